@@ -1,0 +1,59 @@
+"""The demo: a tiny CLIP trained from scratch on vlpt's built-in synthetic dataset.
+
+Runs on a laptop-class CPU over 8 simulated devices in a few minutes and reaches high held-out
+zero-shot accuracy over the 24 color x shape classes (see README for measured figures).
+
+  vlpt-train --config configs/demo.py --workdir /tmp/vlpt-demo
+  vlpt-train --config configs/demo.py:tiny --workdir /tmp/t   # a smaller, faster variant for tests
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vlpt.config import default_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = default_config()
+  c.host_device_count = 8  # simulated CPU devices unless XLA_FLAGS already sets a count
+  c.seed = 0
+  c.total_steps = 600
+  c.batch_size = 256
+  c.log_every_steps = 25
+  c.eval_every_steps = 200
+  c.checkpoint_every_steps = 200
+
+  c.model.embed_dim = 128
+  c.model.image.variant = "demo/4"  # width 128, 3 layers, patch 4
+  c.model.image.image_size = 32
+  c.model.text.variant = "demo"
+
+  c.data.image_size = 32
+  c.data.tokenizer.name = "word"
+  c.data.tokenizer.context_length = 16
+  c.data.train.source = "synthetic"
+
+  c.optimizer.lr = 2e-3
+  c.optimizer.warmup_steps = 50
+  c.optimizer.weight_decay = 0.05
+
+  c.eval.batch_size = 256
+  c.eval.datasets = ml_collections.ConfigDict(
+      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 1024}})
+
+  if arg == "tiny":  # seconds per run: for tests and smoke checks
+    c.total_steps = 20
+    c.batch_size = 32
+    c.log_every_steps = 1
+    c.eval_every_steps = 20
+    c.checkpoint_every_steps = 10
+    c.model.embed_dim = 32
+    c.model.image.variant = "micro/8"
+    c.model.text.variant = "micro"
+    c.optimizer.warmup_steps = 5
+    c.eval.batch_size = 64
+    c.eval.datasets.heldout.num_examples = 128
+  elif arg:
+    raise ValueError(f"unknown demo variant {arg!r}; use configs/demo.py or configs/demo.py:tiny")
+  return c

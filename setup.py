@@ -1,0 +1,47 @@
+"""vlpt: contrastive vision-language pre-training in JAX at pod scale."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "grain>=0.2.18",
+    "tensorflow-datasets>=4.9.10",  # data_source path only: no TensorFlow needed
+    "ml_collections>=1.1",
+    "clu>=0.0.12",
+    "numpy>=1.26",
+    "pillow>=10",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "absl-py>=2",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout>=2", "nbclient>=0.10", "nbformat>=5", "ipykernel>=6",
+             "matplotlib>=3.8"],
+    # The PyTorch stack the parity tests compare against (CPU wheel; see docs/development.md).
+    "reference": ["torch==2.13.0", "torchvision==0.28.0", "open_clip_torch>=3", "transformers>=4.50"],
+    "notebook": ["matplotlib>=3.8", "ipykernel>=6"],
+    "tpu": ["jax[tpu]>=0.10"],
+    "cuda": ["jax[cuda12]>=0.10"],
+}
+
+setup(
+    name="vlpt",
+    version="0.1.0",
+    description="Contrastive vision-language pre-training (CLIP, SigLIP, ALIGN, LiT, CoCa) in JAX at pod scale",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vlpt", "vlpt.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "vlpt-train=vlpt.cli.train:run",
+            "vlpt-eval=vlpt.cli.eval:run",
+        ]
+    },
+)

@@ -1,0 +1,1 @@
+"""Console entry points: ``vlpt-train``, ``vlpt-eval``."""

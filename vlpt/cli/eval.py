@@ -1,0 +1,46 @@
+"""``vlpt-eval --config CONFIG --workdir DIR``: evaluates the latest checkpoint in DIR.
+
+Results are printed and appended to ``WORKDIR/metrics.jsonl`` at the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+from vlpt.cli.common import FLAGS, define_flags, fail, prepare_runtime, run_main
+
+
+def main() -> None:
+  prepare_runtime()
+  import jax
+
+  from vlpt.config import validate
+  from vlpt.train.checkpointing import Checkpointer
+  from vlpt.train.trainer import Evaluator, build
+  from vlpt.train.writers import MetricWriter
+
+  config = FLAGS.config
+  validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  if not config.eval.datasets:
+    fail("config.eval.datasets is empty: nothing to evaluate")
+  checkpointer = Checkpointer(FLAGS.workdir, keep=config.keep_checkpoints, async_save=False)
+  step = checkpointer.latest_step()
+  if step is None:
+    fail(f"no checkpoint in {checkpointer.directory}; train first with vlpt-train")
+  setup = build(config)
+  state, _ = checkpointer.restore(step, setup.abstract_state, None)
+  checkpointer.close()
+  results = Evaluator(setup)(state.params)
+  writer = MetricWriter(FLAGS.workdir, tensorboard=False)
+  writer.write(step, results)
+  writer.close()
+  if jax.process_index() == 0:
+    for key, value in sorted(results.items()):
+      print(f"{key} = {value:.4f}")
+
+
+def run() -> None:
+  define_flags()
+  run_main(main)
+
+
+if __name__ == "__main__":
+  run()

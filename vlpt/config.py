@@ -1,0 +1,180 @@
+"""The configuration schema, its defaults, and validation before any expensive work.
+
+Config files in ``configs/`` start from :func:`default_config` and change what their recipe
+needs. :func:`validate` checks the whole config against this schema and the devices at hand, and
+raises :class:`ConfigError` with one actionable sentence; the CLIs print it and exit non-zero
+before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from vlpt.sharding import MESH_AXES, resolve_mesh_shape
+
+
+class ConfigError(ValueError):
+  """A configuration problem a user can fix; printed as one line, no traceback."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key vlpt understands, with defaults. Config files override a subset."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 256  # global, over all devices of all processes
+  c.log_every_steps = 50
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2
+  c.async_checkpointing = True
+  # CPU only: simulate this many devices unless XLA_FLAGS already sets a count (demos, tests)
+  c.host_device_count = ml_collections.FieldReference(None, field_type=int)
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.sharding_rules = ()  # (logical name, mesh axis or axes or None) pairs over the defaults
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "clip"
+  c.model.embed_dim = 512
+  c.model.image = ml_collections.ConfigDict(
+      {"variant": "B/16", "image_size": 224, "pool": "token", "act": "gelu"})
+  c.model.text = ml_collections.ConfigDict(
+      {"variant": "B", "act": "gelu",
+       # None: taken from the tokenizer
+       "vocab_size": ml_collections.FieldReference(None, field_type=int),
+       "context_length": ml_collections.FieldReference(None, field_type=int)})
+  c.model.init_logit_scale = math.log(1 / 0.07)
+  c.model.max_logit_scale = math.log(100)
+  c.model.init_logit_bias = ml_collections.FieldReference(None, field_type=float)
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" for speed
+  c.model.param_dtype = "float32"
+
+  c.loss = ml_collections.ConfigDict({"name": "softmax"})
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 5e-4
+  c.optimizer.warmup_steps = 100
+  c.optimizer.end_lr_factor = 0.0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.eps = 1e-6
+  c.optimizer.weight_decay = 0.2
+  c.optimizer.grad_clip_norm = 1.0
+  # regexes over '/'-joined parameter paths; any array of rank < 2 is never decayed
+  c.optimizer.no_decay = ("logit_scale", "logit_bias", "embedding", "ln_", "bias")
+  c.optimizer.freeze = ()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 224
+  c.data.normalization = "clip"  # clip | siglip | none
+  c.data.num_workers = 0  # grain worker processes per host
+  c.data.read_threads = 2
+  c.data.prefetch = 8
+  c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
+  c.data.train = ml_collections.ConfigDict(
+      {"source": "synthetic", "split": "train", "shuffle": False, "random_caption": True})
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256  # global
+  c.eval.datasets = ml_collections.ConfigDict()  # name -> {source, split, num_examples}
+  c.eval.at_end = True
+  return c
+
+
+_SECTIONS_WITH_FREE_KEYS = ("loss", "eval.datasets", "data.tokenizer")
+
+
+def _check_keys(config: Any, schema: Any, prefix: str = "") -> None:
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if any(path.startswith(f"{s}.") for s in _SECTIONS_WITH_FREE_KEYS):
+      continue
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+      raise ConfigError(f"unknown config key 'config.{path}'{hint}")
+    value, expected = config[key], schema[key]
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(expected,
+                                                                   ml_collections.ConfigDict):
+      if path not in _SECTIONS_WITH_FREE_KEYS:
+        _check_keys(value, expected, f"{path}.")
+
+
+def _positive_int(config: Any, key: str) -> None:
+  value = config[key]
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+
+
+def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[int, ...]:
+  """Checks ``config`` against the schema and the devices; returns the resolved mesh shape."""
+  _check_keys(config, default_config())
+  for key in ("total_steps", "batch_size", "log_every_steps", "eval_every_steps",
+              "checkpoint_every_steps", "keep_checkpoints"):
+    _positive_int(config, key)
+  try:
+    mesh_shape = resolve_mesh_shape(dict(config.mesh), num_devices)
+  except ValueError as e:
+    raise ConfigError(f"{e} (config.mesh = {dict(config.mesh)})") from None
+  unknown_axes = set(config.mesh.keys()) - set(MESH_AXES)
+  if unknown_axes:
+    raise ConfigError(f"config.mesh has unknown axes {sorted(unknown_axes)}; use {MESH_AXES}")
+  dp = mesh_shape[0] * mesh_shape[1]
+  for key in ("batch_size", "eval.batch_size"):
+    value = config.batch_size if key == "batch_size" else config.eval.batch_size
+    if value % dp:
+      raise ConfigError(
+          f"config.{key}={value} is not divisible by the data-parallel size {dp} "
+          f"(mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
+    if value % num_processes:
+      raise ConfigError(f"config.{key}={value} is not divisible by {num_processes} processes")
+  if config.data.image_size != config.model.image.image_size:
+    raise ConfigError(
+        f"config.data.image_size={config.data.image_size} differs from "
+        f"config.model.image.image_size={config.model.image.image_size}; set them equal")
+  if config.data.normalization not in ("clip", "siglip", "none"):
+    raise ConfigError(f"config.data.normalization must be clip, siglip or none, got "
+                      f"{config.data.normalization!r}")
+  _check_registry_names(config)
+  _check_paths(config)
+  return mesh_shape
+
+
+def _check_registry_names(config: Any) -> None:
+  from vlpt.data.sources import SOURCES
+  from vlpt.data.tokenizers import TOKENIZERS
+  from vlpt.losses import LOSSES
+  from vlpt.models import MODELS
+  from vlpt.models.sizes import parse_text, parse_vit
+
+  checks = [("config.model.name", config.model.name, MODELS),
+            ("config.loss.name", config.loss.name, LOSSES),
+            ("config.data.tokenizer.name", config.data.tokenizer.name, TOKENIZERS),
+            ("config.data.train.source", config.data.train.source.partition(":")[0], SOURCES)]
+  for name, ds in config.eval.datasets.items():
+    checks.append((f"config.eval.datasets.{name}.source", ds.source.partition(":")[0], SOURCES))
+  for key, value, registry in checks:
+    if value not in registry:
+      raise ConfigError(f"{key}={value!r} is not one of: {', '.join(registry.names())}")
+  try:
+    parse_vit(config.model.image.variant)
+    parse_text(config.model.text.variant)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+
+
+def _check_paths(config: Any) -> None:
+  """Sources that name files must point at existing files or directories."""
+  specs = [config.data.train.source] + [d.source for d in config.eval.datasets.values()]
+  for spec in specs:
+    kind, _, arg = spec.partition(":")
+    if kind in ("wds", "files") and arg and not any(ch in arg for ch in "{*?["):
+      if not os.path.exists(arg):
+        raise ConfigError(f"data source {spec!r}: {arg} does not exist")

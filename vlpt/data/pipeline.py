@@ -1,0 +1,130 @@
+"""The grain input pipeline: source -> shuffle -> this process's share -> transform -> batch.
+
+Determinism across topologies is by construction: global batch ``s`` is always the stream
+positions ``[s*B, (s+1)*B)``, process ``p`` of ``P`` takes rows ``[p*B/P, (p+1)*B/P)`` of it, and
+every random choice of an example (augmentation, caption choice) is seeded by
+``(seed, stream position)``. So 1 device, 8 devices and 2 processes see the same global batches,
+and the iterator state is simply where the stream is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import grain
+import numpy as np
+
+from vlpt.data.sources import build_source
+
+
+class GlobalBatchShare(grain.MapDataset):
+  """Element ``k`` of this process = stream position ``(k // b) * B + offset + k % b``.
+
+  Yields ``(position, example)``; the position keys per-example randomness downstream.
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    self._global = global_batch
+    self._local = global_batch // process_count
+    self._offset = process_index * self._local
+
+  def __len__(self) -> int:
+    n = len(self._parent)
+    return n if n >= sys.maxsize else (n // self._global) * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, j = divmod(index, self._local)
+    position = step * self._global + self._offset + j
+    return position, self._parent[position]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+  """Example -> {'image': uint8 [H, W, 3], 'text': int32 [L]}; random choices keyed by position.
+
+  Images stay uint8 on the host (4x less to move); the step normalizes them on device.
+  """
+
+  tokenizer: Any
+  seed: int
+  random_caption: bool = True
+
+  def __call__(self, item: tuple[int, dict]) -> dict[str, np.ndarray]:
+    position, example = item
+    rng = np.random.default_rng([self.seed, 0x7A11, position])
+    caption = example["caption"]
+    captions = example.get("captions")
+    if self.random_caption and captions:
+      caption = captions[rng.integers(len(captions))]
+    return {"image": np.asarray(example["image"], np.uint8),
+            "text": self.tokenizer([caption])[0]}
+
+
+def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: int,
+                  process_index: int, process_count: int, start_batch: int = 0
+                  ) -> grain.IterDataset:
+  """The unbounded training stream of this process's local batches, from ``start_batch`` on."""
+  tc = data_config.train
+  source = build_source(tc.source, split=tc.split, image_size=data_config.image_size, seed=seed)
+  ds = grain.MapDataset.source(source)
+  if tc.shuffle:
+    ds = ds.shuffle(seed=seed)
+  if len(ds) < sys.maxsize:
+    ds = ds.repeat(None)
+  ds = GlobalBatchShare(ds, global_batch=global_batch, process_index=process_index,
+                        process_count=process_count)
+  ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption))
+  ds = ds.batch(global_batch // process_count, drop_remainder=True)
+  if start_batch:
+    ds = ds[start_batch:]
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.read_threads,
+                                            prefetch_buffer_size=data_config.prefetch))
+  if data_config.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return it
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A held-out split, fully in host memory (identical on every process)."""
+
+  name: str
+  images: np.ndarray  # uint8 [N, H, W, 3]
+  labels: np.ndarray  # int32 [N]
+  captions: np.ndarray  # int32 [M, L] token ids
+  caption_image: np.ndarray  # int32 [M]: the image of each caption
+  class_prompts: np.ndarray  # int32 [C, T, L]
+  caption_texts: list[str]
+
+
+def load_eval_set(name: str, spec: str, split: str, *, num_examples: int, image_size: int,
+                  seed: int, tokenizer: Any) -> EvalSet:
+  """Loads ``num_examples`` of a labelled, multi-caption split plus its zero-shot prompts."""
+  from vlpt.data import synthetic  # class names and templates of the built-in dataset
+
+  source = build_source(spec, split=split, image_size=image_size, seed=seed,
+                        num_examples=num_examples)
+  examples = [source[i] for i in range(min(num_examples, len(source)))]
+  texts, owner = [], []
+  for i, ex in enumerate(examples):
+    texts.extend(ex["captions"])
+    owner.extend([i] * len(ex["captions"]))
+  prompts = np.stack([tokenizer([t.format(c) for t in synthetic.PROMPT_TEMPLATES])
+                      for c in synthetic.CLASS_NAMES])
+  return EvalSet(
+      name=name,
+      images=np.stack([ex["image"] for ex in examples]).astype(np.uint8),
+      labels=np.asarray([ex["label"] for ex in examples], np.int32),
+      captions=tokenizer(texts),
+      caption_image=np.asarray(owner, np.int32),
+      class_prompts=prompts,
+      caption_texts=texts,
+  )

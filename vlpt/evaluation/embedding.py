@@ -1,0 +1,33 @@
+"""Sharded embedding of whole evaluation sets.
+
+Every process holds the (small) evaluation set; each feeds its rows of every global batch, the
+towers run sharded over the mesh, and the embeddings come back replicated, so every process can
+compute metrics. The set is padded to a whole number of global batches and trimmed afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from vlpt.data.loader import to_global
+
+
+def embed_in_batches(fn: Callable[[jax.Array], jax.Array], data: np.ndarray, *, mesh: Mesh,
+                     global_batch: int) -> np.ndarray:
+  """Applies the jitted ``fn`` (global batch -> replicated embeddings) over ``data`` in order."""
+  n = data.shape[0]
+  pad = (-n) % global_batch
+  if pad:
+    data = np.concatenate([data, np.repeat(data[-1:], pad, axis=0)])
+  pc, pi = jax.process_count(), jax.process_index()
+  local = global_batch // pc
+  outputs = []
+  for start in range(0, data.shape[0], global_batch):
+    rows = data[start + pi * local: start + (pi + 1) * local]
+    batch = to_global({"x": rows}, mesh, pc)["x"]
+    outputs.append(np.asarray(jax.device_get(fn(batch))))
+  return np.concatenate(outputs)[:n]

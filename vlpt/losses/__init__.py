@@ -1,0 +1,38 @@
+"""Contrastive losses, chosen by ``config.loss.name``.
+
+Public API: ``softmax_contrastive`` and ``sigmoid_contrastive`` (whole-batch arrays, no mesh
+needed). The trainer uses the registered sharded forms, which compute the same global loss from
+per-device blocks inside ``shard_map``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from vlpt.losses.contrastive import (sigmoid_contrastive, sigmoid_contrastive_sharded,
+                                     softmax_contrastive, softmax_contrastive_sharded)
+from vlpt.registry import Registry
+
+# Each entry: (loss config) -> fn(image_emb, text_emb, logit_scale, logit_bias, axes)
+#   -> (global loss, metrics), run inside shard_map over the batch axes.
+LOSSES: Registry[Callable[..., Callable]] = Registry("loss")
+
+
+@LOSSES.register("softmax")
+def _softmax(label_smoothing: float = 0.0) -> Callable:
+  return functools.partial(softmax_contrastive_sharded, label_smoothing=label_smoothing)
+
+
+@LOSSES.register("sigmoid")
+def _sigmoid() -> Callable:
+  return sigmoid_contrastive_sharded
+
+
+def build_loss(loss_config: Any) -> Callable:
+  kwargs = dict(loss_config.to_dict() if hasattr(loss_config, "to_dict") else loss_config)
+  name = kwargs.pop("name")
+  return LOSSES.get(name)(**kwargs)
+
+
+__all__ = ["LOSSES", "build_loss", "sigmoid_contrastive", "softmax_contrastive"]

@@ -1,0 +1,122 @@
+"""Contrastive losses over the global batch.
+
+Two forms of each loss:
+
+* ``softmax_contrastive`` / ``sigmoid_contrastive``: plain functions of whole-batch arrays, usable
+  anywhere (tests, notebooks, a single device). Public API.
+* ``*_sharded``: the same loss computed inside ``jax.shard_map`` from each device's block of the
+  batch. Every device scores its own image rows against the text embeddings of *all* devices (and
+  its text rows against all images), gathered with ``all_gather``; the gather's transpose is a
+  reduce-scatter, so the gradient is exactly the whole-batch gradient (no 1/W factor, no missing
+  cross terms — unlike gathering without gradient). The returned loss is already summed over
+  devices: it is the true global loss, identical on every device.
+
+Embeddings are L2-normalized; ``logit_scale`` is already exponentiated (open_clip's convention).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+AxisNames = Sequence[str]
+
+
+def _softmax_terms(logits: jax.Array, positive: jax.Array, label_smoothing: float) -> jax.Array:
+  """Per-row cross-entropy against the positive column, with ALIGN-style label smoothing."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, positive[:, None], axis=-1)[:, 0]
+  if label_smoothing:
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
+  return nll
+
+
+def softmax_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                        logit_bias: jax.Array | None = None, *, label_smoothing: float = 0.0
+                        ) -> jax.Array:
+  """CLIP's symmetric InfoNCE loss (Radford et al. 2021, Fig. 3), mean over the batch.
+
+  ``(CE(s I T^T, diag) + CE(s T I^T, diag)) / 2``. A constant ``logit_bias`` cancels in the
+  softmax and is accepted only so every loss shares one signature.
+  """
+  del logit_bias
+  logits = logit_scale * jnp.dot(image_emb, text_emb.T, precision="highest")
+  labels = jnp.arange(logits.shape[0])
+  i2t = _softmax_terms(logits, labels, label_smoothing)
+  t2i = _softmax_terms(logits.T, labels, label_smoothing)
+  return (i2t.mean() + t2i.mean()) / 2
+
+
+def sigmoid_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                        logit_bias: jax.Array) -> jax.Array:
+  """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Eq. 1 / Alg. 1).
+
+  ``-sum_ij log sigmoid(z_ij (s <I_i, T_j> + b)) / B`` with z = +1 on the diagonal, -1 elsewhere.
+  """
+  logits = logit_scale * jnp.dot(image_emb, text_emb.T, precision="highest") + logit_bias
+  z = 2.0 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1.0
+  return -jnp.sum(jax.nn.log_sigmoid(z * logits)) / logits.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded forms (run inside jax.shard_map over the batch axes).
+
+
+def _gather(x: jax.Array, axes: AxisNames) -> jax.Array:
+  return jax.lax.all_gather(x, tuple(axes), axis=0, tiled=True)
+
+
+def _block_offset(local_batch: int, axes: AxisNames) -> jax.Array:
+  return jax.lax.axis_index(tuple(axes)) * local_batch
+
+
+def _retrieval_hits(logits: jax.Array, positive: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.argmax(logits, axis=-1) == positive)
+
+
+def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
+                                logit_scale: jax.Array, logit_bias: jax.Array | None,
+                                axes: AxisNames, *, label_smoothing: float = 0.0
+                                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Global CLIP loss from local blocks; returns (global mean loss, global in-batch accuracies)."""
+  del logit_bias
+  b = image_emb.shape[0]
+  all_txt = _gather(text_emb, axes)
+  all_img = _gather(image_emb, axes)
+  n = all_txt.shape[0]
+  positive = _block_offset(b, axes) + jnp.arange(b)
+  i2t = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest")
+  t2i = logit_scale * jnp.dot(text_emb, all_img.T, precision="highest")
+  local = (_softmax_terms(i2t, positive, label_smoothing).sum()
+           + _softmax_terms(t2i, positive, label_smoothing).sum())
+  loss = jax.lax.psum(local, tuple(axes)) / (2 * n)
+  metrics = {
+      "i2t_acc": jax.lax.psum(_retrieval_hits(i2t, positive), tuple(axes)) / n,
+      "t2i_acc": jax.lax.psum(_retrieval_hits(t2i, positive), tuple(axes)) / n,
+  }
+  return loss, metrics
+
+
+def sigmoid_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
+                                logit_scale: jax.Array, logit_bias: jax.Array,
+                                axes: AxisNames) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Global SigLIP loss from local blocks (local image rows against all texts)."""
+  if logit_bias is None:
+    raise ValueError("the sigmoid loss needs a logit bias: set config.model.init_logit_bias "
+                     "(SigLIP uses -10)")
+  b = image_emb.shape[0]
+  all_txt = _gather(text_emb, axes)
+  n = all_txt.shape[0]
+  positive = _block_offset(b, axes) + jnp.arange(b)
+  logits = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest") + logit_bias
+  z = jnp.where(jnp.arange(n)[None, :] == positive[:, None], 1.0, -1.0)
+  loss = -jax.lax.psum(jnp.sum(jax.nn.log_sigmoid(z * logits)), tuple(axes)) / n
+  all_img = _gather(image_emb, axes)
+  t2i = jnp.dot(text_emb, all_img.T, precision="highest")
+  metrics = {
+      "i2t_acc": jax.lax.psum(_retrieval_hits(logits, positive), tuple(axes)) / n,
+      "t2i_acc": jax.lax.psum(_retrieval_hits(t2i, positive), tuple(axes)) / n,
+  }
+  return loss, metrics

@@ -1,0 +1,26 @@
+"""Model zoo: configs pick a model by ``config.model.name``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+
+from vlpt.models.clip import CLIP
+from vlpt.registry import Registry
+
+MODELS: Registry = Registry("model")
+MODELS.register("clip")(CLIP)
+
+
+def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:
+  """Instantiates ``config.model`` (its ``name`` picks the class; the other keys are kwargs)."""
+  kwargs = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+  name = kwargs.pop("name")
+  # Placement is the trainer's job (it jits the init with explicit out_shardings), so variables
+  # are created unsharded even when a mesh is current.
+  with nnx.use_eager_sharding(False):
+    return MODELS.get(name)(rngs=rngs, **kwargs)
+
+
+__all__ = ["CLIP", "MODELS", "build_model"]

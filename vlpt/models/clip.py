@@ -1,0 +1,72 @@
+"""CLIP dual encoder (Radford et al. 2021): image and text towers into one embedding space.
+
+The learnable temperature is stored as log-scale (init ln(1/0.07), Sec. 2.5) and clamped to
+[0, ln 100] after every update; an optional logit bias serves SigLIP-style sigmoid losses
+(Zhai et al. 2023, Sec. 3.2: init scale 10, bias -10).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlpt.models.text import TextTransformer
+from vlpt.models.vit import VisionTransformer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class CLIP(nnx.Module):
+  """Image tower + text tower + temperature (+ optional bias)."""
+
+  def __init__(self, *, image: dict, text: dict, embed_dim: int, rngs: nnx.Rngs,
+               init_logit_scale: float = math.log(1 / 0.07), max_logit_scale: float = math.log(100),
+               init_logit_bias: float | None = None, dtype: str = "float32",
+               param_dtype: str = "float32"):
+    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype))
+    self.image = VisionTransformer(image["variant"], image_size=image["image_size"],
+                                   embed_dim=embed_dim, pool=image.get("pool", "token"),
+                                   act=image.get("act", "gelu"), rngs=rngs, **kw)
+    self.text = TextTransformer(text["variant"], vocab_size=text["vocab_size"],
+                                context_length=text["context_length"], embed_dim=embed_dim,
+                                act=text.get("act", "gelu"), rngs=rngs, **kw)
+    self.logit_scale = nnx.Param(jnp.asarray(init_logit_scale, jnp.float32), out_sharding=())
+    self.logit_bias = (nnx.Param(jnp.asarray(init_logit_bias, jnp.float32), out_sharding=())
+                       if init_logit_bias is not None else None)
+    self.max_logit_scale = max_logit_scale
+
+  def encode_image(self, images: jax.Array) -> jax.Array:
+    """L2-normalized fp32 image embeddings."""
+    return l2_normalize(self.image(images))
+
+  def encode_text(self, ids: jax.Array) -> jax.Array:
+    """L2-normalized fp32 text embeddings."""
+    return l2_normalize(self.text(ids))
+
+  def __call__(self, images: jax.Array, ids: jax.Array) -> dict[str, jax.Array]:
+    out = {
+        "image_emb": self.encode_image(images),
+        "text_emb": self.encode_text(ids),
+        "logit_scale": jnp.exp(self.logit_scale[...]),
+    }
+    if self.logit_bias is not None:
+      out["logit_bias"] = self.logit_bias[...]
+    return out
+
+  def apply_constraints(self) -> None:
+    """Clamps the log temperature to [0, ln max_scale] (CLIP Sec. 2.5), after each update."""
+    self.logit_scale[...] = jnp.clip(self.logit_scale[...], 0.0, self.max_logit_scale)

@@ -1,0 +1,123 @@
+"""Device mesh and logical-axis sharding.
+
+Models annotate parameters and activations with *logical* axis names ("embed", "mlp",
+"activation_batch", ...). This module owns the only mapping from those names to the physical
+mesh axes ``data``, ``fsdp`` and ``tensor``, so data-, fully-sharded- and tensor-parallel layouts
+are a change of rules in the config, never of model code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from flax.core import spmd as flax_spmd
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the global batch is split over both
+
+LogicalRules = tuple[tuple[str, Any], ...]
+
+# Parameters: "embed" (the model width) is split over fsdp (ZeRO-3 style), the wide dims over
+# tensor. Activations keep the batch over (data, fsdp) and heads/mlp over tensor. With fsdp=1 and
+# tensor=1 (the default mesh) this is plain data parallelism.
+DEFAULT_RULES: LogicalRules = (
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("patch", None),
+    ("channels", None),
+    ("norm", None),
+    ("proj", None),
+)
+
+
+def rules_from_config(overrides: Sequence[Sequence[Any]] | None) -> LogicalRules:
+  """Default rules with the config's (logical, mesh-axes) pairs taking precedence."""
+  rules = dict(DEFAULT_RULES)
+  for entry in overrides or ():
+    name, target = entry
+    if target is not None and not isinstance(target, str):
+      target = tuple(target)
+    rules[name] = target
+  return tuple(rules.items())
+
+
+def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ...]:
+  """Fills one -1 entry so the product equals ``num_devices``; raises ValueError otherwise."""
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  unknown = [i for i, s in enumerate(sizes) if s == -1]
+  if len(unknown) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if unknown:
+    if num_devices % known:
+      raise ValueError(
+          f"mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices "
+          f"({num_devices} is not divisible by {known}); set config.mesh to sizes whose product is "
+          f"{num_devices}")
+    sizes[unknown[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f"mesh: {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} "
+        f"are available; set config.mesh so the product is {num_devices} (or use -1 for one axis)")
+  return tuple(sizes)
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over all devices (of all processes) with GSPMD-style (Auto) axes.
+
+  Devices are ordered process-major so each process's devices hold one contiguous slice of the
+  batch, which is what assembling global arrays from process-local data requires.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  devices.sort(key=lambda d: (d.process_index, d.id))
+  sizes = resolve_mesh_shape(shape, len(devices))
+  arr = np.asarray(devices, dtype=object).reshape(sizes)
+  return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: LogicalRules) -> P:
+  """Maps logical axis names to a PartitionSpec; unknown names are replicated."""
+  return P(*flax_spmd.from_sharding_rules(tuple(axes), rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Leading (batch) dimension over (data, fsdp); the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_shardings(abstract_state: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+  """NamedShardings for an nnx.State of annotated variables (partition metadata -> mesh axes)."""
+  with nnx.logical_axis_rules(rules):
+    specs = nnx.get_partition_spec(abstract_state)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
+  """Makes ``mesh`` and ``rules`` current, so logical activation constraints take effect."""
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    yield

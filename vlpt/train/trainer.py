@@ -1,0 +1,268 @@
+"""The trainer: config -> mesh -> sharded state -> jitted step over grain batches -> orbax.
+
+It is the only layer that knows about meshes: models name logical axes, losses name batch axes,
+and this module binds both to the devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vlpt import sharding as S
+from vlpt.config import ConfigError, validate
+from vlpt.data.loader import DeviceLoader
+from vlpt.data.pipeline import EvalSet, load_eval_set, train_dataset
+from vlpt.data.tokenizers import build_tokenizer
+from vlpt.evaluation.evaluators import Encoders, evaluate_set, normalize_images
+from vlpt.losses import build_loss
+from vlpt.models import build_model
+from vlpt.optim import build_optimizer, learning_rate_schedule
+from vlpt.train.checkpointing import Checkpointer
+from vlpt.train.state import TrainState, pure_params
+from vlpt.train.writers import MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+
+
+@struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """Averaged over each log interval on device; fetched only when logged."""
+
+  loss: clu_metrics.Average.from_output("loss")
+  i2t_acc: clu_metrics.Average.from_output("i2t_acc")
+  t2i_acc: clu_metrics.Average.from_output("t2i_acc")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  logit_scale: clu_metrics.LastValue.from_output("logit_scale")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+def resolve_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> dict:
+  """``config.model`` as constructor kwargs, text vocabulary and length filled from the tokenizer."""
+  model = config.model.to_dict()
+  text = model["text"]
+  if text.get("vocab_size") is None:
+    text["vocab_size"] = tokenizer.vocab_size
+  elif text["vocab_size"] < tokenizer.vocab_size:
+    raise ConfigError(f"config.model.text.vocab_size={text['vocab_size']} is smaller than the "
+                      f"tokenizer's vocabulary ({tokenizer.vocab_size}); raise it or set None")
+  if text.get("context_length") is None:
+    text["context_length"] = tokenizer.context_length
+  elif text["context_length"] < tokenizer.context_length:
+    raise ConfigError(f"config.model.text.context_length={text['context_length']} is shorter than "
+                      f"the tokenizer's ({tokenizer.context_length})")
+  return model
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config, before any step runs."""
+
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  rules: S.LogicalRules
+  tokenizer: Any
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
+  state_shardings: TrainState
+  init_fn: Any
+
+
+def build(config: ml_collections.ConfigDict) -> Setup:
+  """Validates the config, builds the mesh, model structure, optimizer and state shardings."""
+  validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  mesh = S.make_mesh(dict(config.mesh))
+  rules = S.rules_from_config(config.sharding_rules)
+  tokenizer = build_tokenizer(config.data.tokenizer)
+  model_config = resolve_model_config(config, tokenizer)
+  if config.loss.name == "sigmoid" and model_config.get("init_logit_bias") is None:
+    raise ConfigError("config.loss.name='sigmoid' needs a logit bias: set "
+                      "config.model.init_logit_bias (SigLIP: -10.0, with init_logit_scale ln 10)")
+
+  def make_model(key):
+    return build_model(model_config, nnx.Rngs(params=key))
+
+  abstract_model = nnx.eval_shape(lambda: make_model(jax.random.key(0)))
+  graphdef, abstract_params, rest = nnx.split(abstract_model, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise NotImplementedError("models with non-parameter state are not supported by the trainer")
+  abstract_params = abstract_params.to_pure_dict()
+  tx = build_optimizer(config, abstract_params)
+
+  def init_fn(seed_key_data):
+    key = jax.random.wrap_key_data(seed_key_data)
+    init_key, train_key = jax.random.split(key)
+    params = pure_params(make_model(init_key))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(train_key))
+
+  param_sh = S.param_shardings(nnx.state(abstract_model, nnx.Param), mesh, rules)
+  param_sh = jax.tree.map(lambda v: v, param_sh.to_pure_dict())
+  repl = S.replicated(mesh)
+  key_data = jax.random.key_data(jax.random.key(config.seed))
+  abstract = jax.eval_shape(init_fn, key_data)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: repl)
+  shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return Setup(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer, graphdef=graphdef,
+               tx=tx, abstract_state=abstract, state_shardings=shardings, init_fn=init_fn)
+
+
+def initial_state(setup: Setup) -> TrainState:
+  key_data = jax.random.key_data(jax.random.key(setup.config.seed))
+  with S.activate(setup.mesh, setup.rules):
+    return jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(key_data)
+
+
+def make_train_step(setup: Setup):
+  """The jitted step: forward, global loss (shard_map), backward, AdamW, temperature clamp."""
+  config, mesh, graphdef, tx = setup.config, setup.mesh, setup.graphdef, setup.tx
+  loss_fn = build_loss(config.loss)
+  schedule = learning_rate_schedule(config)
+  batch_spec = P(S.BATCH_AXES)
+
+  def global_loss(image_emb, text_emb, scale, bias):
+    return loss_fn(image_emb, text_emb, scale, bias, S.BATCH_AXES)
+
+  sharded_loss = jax.shard_map(global_loss, mesh=mesh,
+                               in_specs=(batch_spec, batch_spec, P(), P()),
+                               out_specs=(P(), P()))
+
+  def objective(params, batch):
+    model = nnx.merge(graphdef, params)
+    images = normalize_images(batch["image"], config.data.normalization)
+    out = model(images, batch["text"])
+    bias = out.get("logit_bias", jnp.zeros((), jnp.float32))
+    loss, metrics = sharded_loss(out["image_emb"], out["text_emb"], out["logit_scale"], bias)
+    return loss, (metrics, out["logit_scale"])
+
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    (loss, (metrics, scale)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    model = nnx.merge(graphdef, params)
+    model.apply_constraints()
+    new_state = state.replace(step=state.step + 1, params=pure_params(model),
+                              opt_state=opt_state)
+    step_metrics = TrainMetrics.single_from_model_output(
+        loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"],
+        grad_norm=optax.global_norm(grads), logit_scale=scale,
+        learning_rate=schedule(state.step))
+    return new_state, step_metrics
+
+  batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
+  return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
+                 out_shardings=(setup.state_shardings, S.replicated(mesh)), donate_argnums=0)
+
+
+def load_eval_sets(config: ml_collections.ConfigDict, tokenizer: Any) -> list[EvalSet]:
+  return [load_eval_set(name, ds.source, ds.split, num_examples=ds.num_examples,
+                        image_size=config.data.image_size, seed=config.seed, tokenizer=tokenizer)
+          for name, ds in sorted(config.eval.datasets.items())]
+
+
+class Evaluator:
+  """Runs every configured evaluation set on the current parameters."""
+
+  def __init__(self, setup: Setup):
+    self.sets = load_eval_sets(setup.config, setup.tokenizer)
+    self.encoders = Encoders(setup.graphdef, setup.mesh, setup.state_shardings.params,
+                             setup.config.data.normalization)
+    self.batch = setup.config.eval.batch_size
+    self.setup = setup
+
+  def __call__(self, params: Any) -> dict[str, float]:
+    results: dict[str, float] = {}
+    with S.activate(self.setup.mesh, self.setup.rules):
+      for data in self.sets:
+        results.update(evaluate_set(self.encoders, params, data, self.batch))
+    return results
+
+
+def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
+  config = setup.config
+
+  def make_iterator():
+    ds = train_dataset(config.data, tokenizer=setup.tokenizer, global_batch=config.batch_size,
+                       seed=config.seed, process_index=jax.process_index(),
+                       process_count=jax.process_count(), start_batch=start_batch)
+    return iter(ds)
+
+  return DeviceLoader(make_iterator, setup.mesh, jax.process_count())
+
+
+def _fmt(results: dict[str, float]) -> str:
+  return " ".join(f"{k}={v:.4f}" for k, v in sorted(results.items()) if v == v)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the final eval results."""
+  setup = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
+                              async_save=config.async_checkpointing)
+  latest = checkpointer.latest_step()
+  loader = make_loader(setup)
+  if latest is None:
+    state = initial_state(setup)
+  else:
+    state, data_restored = checkpointer.restore(latest, setup.abstract_state, loader)
+    if not data_restored:
+      loader.close()
+      loader = make_loader(setup, start_batch=latest)
+    if jax.process_index() == 0:
+      print(f"[vlpt] resumed from {checkpointer.directory}/{latest}", flush=True)
+  first_step = int(state.step)
+  train_step = make_train_step(setup)
+  evaluator = Evaluator(setup) if config.eval.datasets else None
+  writer = MetricWriter(workdir)
+  progress = Progress(config.total_steps, config.batch_size, first_step)
+  accumulated = None
+  results: dict[str, float] = {}
+  if jax.process_index() == 0:
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    print(f"[vlpt] {n_params / 1e6:.2f}M parameters, mesh {dict(setup.mesh.shape)}, "
+          f"{jax.process_count()} process(es), global batch {config.batch_size}", flush=True)
+  try:
+    with S.activate(setup.mesh, setup.rules):
+      for step in range(first_step + 1, config.total_steps + 1):
+        batch = next(loader)
+        state, step_metrics = train_step(state, batch)
+        accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          values = {f"train/{k}": float(v) for k, v in accumulated.compute().items()}
+          accumulated = None
+          values["train/examples_per_s"] = progress.update(step, values)
+          writer.write(step, values)
+        if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+          checkpointer.save(step, state, loader, force=True)
+        is_eval = step % config.eval_every_steps == 0
+        is_last = step == config.total_steps and config.eval.at_end
+        if evaluator is not None and (is_eval or is_last):
+          start = time.perf_counter()
+          results = evaluator(state.params)
+          writer.write(step, results)
+          if jax.process_index() == 0:
+            print(f"[vlpt] eval @ {step} ({time.perf_counter() - start:.1f}s): {_fmt(results)}",
+                  flush=True)
+  finally:
+    checkpointer.close()
+    loader.close()
+    writer.close()
+  return results

@@ -1,0 +1,86 @@
+"""Metric sinks: ``WORKDIR/metrics.jsonl``, TensorBoard event files (no TensorFlow), stdout.
+
+Only process 0 writes; every process may call them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Mapping
+
+import jax
+
+
+def _scalar(value) -> float | int:
+  value = float(value) if not isinstance(value, int) else value
+  return value
+
+
+class MetricWriter:
+  """Writes scalar dicts keyed by step to JSONL and TensorBoard."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    for key, value in metrics.items():
+      value = _scalar(value)
+      row[key] = None if isinstance(value, float) and math.isnan(value) else value
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for key, value in row.items():
+        if key != "step" and value is not None:
+          self._tb.add_scalar(key, value, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """One line per log interval: step, loss, examples/s, ETA."""
+
+  def __init__(self, total_steps: int, batch_size: int, first_step: int):
+    self.total = total_steps
+    self.batch = batch_size
+    self._last_step = first_step
+    self._last_time = time.perf_counter()
+    self.enabled = jax.process_index() == 0
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> float:
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    rate = steps * self.batch / max(now - self._last_time, 1e-9)
+    eta = (self.total - step) * (now - self._last_time) / steps
+    self._last_step, self._last_time = step, now
+    if self.enabled:
+      extras = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items()
+                        if k != "train/loss")
+      print(f"[vlpt] step {step:>6d}/{self.total} loss={metrics.get('train/loss', float('nan')):.4f}"
+            f" {extras} | {rate:,.0f} ex/s | ETA {_hms(eta)}", file=sys.stdout, flush=True)
+    return rate
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
