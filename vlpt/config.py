@@ -142,8 +142,8 @@ def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[
   if config.data.normalization not in ("clip", "siglip", "none"):
     raise ConfigError(f"config.data.normalization must be clip, siglip or none, got "
                       f"{config.data.normalization!r}")
-  _check_registry_names(config)
   _check_paths(config)
+  _check_registry_names(config)
   return mesh_shape
 
 
@@ -164,10 +164,13 @@ def _check_registry_names(config: Any) -> None:
     if value not in registry:
       raise ConfigError(f"{key}={value!r} is not one of: {', '.join(registry.names())}")
   try:
-    parse_vit(config.model.image.variant)
+    _, patch = parse_vit(config.model.image.variant)
     parse_text(config.model.text.variant)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from None
+  if config.model.image.image_size % patch:
+    raise ConfigError(f"config.model.image.image_size={config.model.image.image_size} is not "
+                      f"divisible by the patch size {patch} of {config.model.image.variant!r}")
 
 
 def _check_paths(config: Any) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 from typing import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vlpt.config import ConfigError
@@ -32,13 +33,41 @@ def run_main(main: Callable[[], None]) -> None:
   def wrapped(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments {argv[1:]}; overrides look like --config.key=value")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
       main()
     except ConfigError as e:
       fail(str(e))
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _check_config_path(argv: list[str]) -> None:
+  for i, arg in enumerate(argv):
+    value = None
+    if arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    if value is not None:
+      path = value.split(":", 1)[0]
+      if not os.path.isfile(path):
+        fail(f"config file {path!r} does not exist (e.g. --config configs/demo.py)")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config load/override failures reported as one line."""
+  _check_config_path(argv)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    first = lines[0].split(":")[0] if lines else "flags"
+    fail(f"{first}: {lines[-1]}" if len(lines) > 1 else str(e))
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
+    fail(f"bad --config or override: {message}")
+  return []
 
 
 def prepare_runtime() -> None:

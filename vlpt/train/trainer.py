@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metrics as clu_metrics
-from flax import nnx, struct
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vlpt import sharding as S
@@ -32,21 +31,10 @@ from vlpt.models import build_model
 from vlpt.optim import build_optimizer, learning_rate_schedule
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.state import TrainState, pure_params
+from vlpt.train.train_metrics import TrainMetrics
 from vlpt.train.writers import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
-
-
-@struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  """Averaged over each log interval on device; fetched only when logged."""
-
-  loss: clu_metrics.Average.from_output("loss")
-  i2t_acc: clu_metrics.Average.from_output("i2t_acc")
-  t2i_acc: clu_metrics.Average.from_output("t2i_acc")
-  grad_norm: clu_metrics.Average.from_output("grad_norm")
-  logit_scale: clu_metrics.LastValue.from_output("logit_scale")
-  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
 
 
 def resolve_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> dict:

@@ -1,0 +1,58 @@
+"""Bad configs fail fast: one actionable line on stderr, non-zero exit, no compilation."""
+
+import subprocess
+import time
+
+import pytest
+
+from conftest import PYTHON, REPO
+from vlpt.config import ConfigError, default_config, validate
+
+CASES = [
+    (["--config.batch_size=30"], "not divisible by the data-parallel size 8"),
+    (["--config.mesh.data=3"], "mesh"),
+    (["--config.total_steps=0"], "config.total_steps must be a positive integer"),
+    (["--config.total_steps=-5"], "config.total_steps must be a positive integer"),
+    (["--config.data.train.source=wds:/no/such/shards.tar"], "does not exist"),
+    (["--config.model.image.variant=B/7"], "not divisible by the patch size"),
+    (["--config.loss.name=softmaxx"], "config.loss.name='softmaxx' is not one of"),
+    (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
+]
+
+
+@pytest.mark.parametrize("overrides,message", CASES)
+def test_cli_config_errors(tmp_path, cli_env, overrides, message):
+  start = time.perf_counter()
+  proc = subprocess.run([PYTHON, "-m", "vlpt.cli.train", "--config", f"{REPO}/configs/demo.py",
+                         "--workdir", str(tmp_path / "w"), *overrides],
+                        capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
+  assert proc.returncode != 0
+  err = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert any(message in line for line in err), proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert time.perf_counter() - start < 60
+  assert not (tmp_path / "w" / "checkpoints").exists()  # nothing was started
+
+
+def test_unknown_key_in_config_file_is_named():
+  c = default_config()
+  with c.unlocked():
+    c.optimizer.learning_rate = 1e-3
+  with pytest.raises(ConfigError, match=r"config.optimizer.learning_rate.*did you mean"):
+    validate(c, num_devices=8)
+
+
+def test_mesh_must_match_devices():
+  c = default_config()
+  c.mesh.data, c.mesh.fsdp = 2, 2
+  with pytest.raises(ConfigError, match="uses 4 devices but 8 are available"):
+    validate(c, num_devices=8)
+  c.mesh.data = -1
+  assert validate(c, num_devices=8) == (4, 2, 1)
+
+
+def test_image_size_mismatch():
+  c = default_config()
+  c.data.image_size = 64
+  with pytest.raises(ConfigError, match="data.image_size=64 differs"):
+    validate(c, num_devices=8)

@@ -1,0 +1,118 @@
+"""Losses: public reference values, open_clip parity, and exact sharded gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from vlpt import sharding as S
+from vlpt.losses import (sigmoid_contrastive, softmax_contrastive)
+from vlpt.losses.contrastive import sigmoid_contrastive_sharded, softmax_contrastive_sharded
+
+
+def reference_inputs(b, d, dtype=np.float64):
+  i = np.arange(b)[:, None]
+  j = np.arange(d)[None, :]
+  img = np.sin(3 * i + j + 1)
+  txt = img + 0.5 * np.cos(2 * i + 0.5 * j)
+  norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+  return norm(img).astype(dtype), norm(txt).astype(dtype)
+
+
+# Public float64 reference values (shared/notes/reference-semantics.md).
+TABLE = [
+    ("softmax", 1 / 0.07, None, 0.5320747820584042, 0.7321850312531764),
+    ("softmax", 100.0, None, 1.2668613918378517, 0.30398244781991957),
+    ("sigmoid", 10.0, -10.0, 1.3051445556776058, 1.7740640219390398),
+    ("sigmoid", 1 / 0.07, 0.0, 13.149731681830902, 33.728099710573645),
+]
+
+
+@pytest.mark.parametrize("name,scale,bias,v4,v8", TABLE)
+def test_reference_values(name, scale, bias, v4, v8):
+  for (b, d), expected in (((4, 3), v4), ((8, 16), v8)):
+    img, txt = (jnp.asarray(x) for x in reference_inputs(b, d, np.float32))
+    if name == "softmax":
+      got = softmax_contrastive(img, txt, scale)
+    else:
+      got = sigmoid_contrastive(img, txt, scale, bias)
+    np.testing.assert_allclose(float(got), expected, rtol=2e-6)
+
+
+def random_embeddings(b, d, seed=0):
+  rng = np.random.default_rng(seed)
+  img = rng.standard_normal((b, d)).astype(np.float32)
+  txt = (img + rng.standard_normal((b, d)).astype(np.float32)).astype(np.float32)
+  img /= np.linalg.norm(img, axis=1, keepdims=True)
+  txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+  return img, txt
+
+
+def test_open_clip_parity(torch_reference):
+  torch, open_clip = torch_reference
+  from open_clip.loss import ClipLoss, SigLipLoss
+  img, txt = random_embeddings(16, 32)
+  for scale, bias in ((14.3, None), (10.0, -10.0)):
+    ti = torch.tensor(img, requires_grad=True)
+    tt = torch.tensor(txt, requires_grad=True)
+    ts = torch.tensor(scale, requires_grad=True)
+    if bias is None:
+      ref = ClipLoss()(ti, tt, ts)
+      fn = lambda i, t, s: softmax_contrastive(i, t, s)  # noqa: E731
+      args = (img, txt, jnp.float32(scale))
+    else:
+      tb = torch.tensor(bias, requires_grad=True)
+      ref = SigLipLoss()(ti, tt, ts, tb)
+      fn = sigmoid_contrastive  # noqa: E731
+      args = (img, txt, jnp.float32(scale), jnp.float32(bias))
+    ref.backward()
+    value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+    np.testing.assert_allclose(float(value), ref.item(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grads[0], ti.grad.numpy(), atol=1e-6)
+    np.testing.assert_allclose(grads[1], tt.grad.numpy(), atol=1e-6)
+    np.testing.assert_allclose(float(grads[2]), ts.grad.item(), rtol=1e-5, atol=1e-6)
+    if bias is not None:
+      np.testing.assert_allclose(float(grads[3]), tb.grad.item(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mesh_shape", [dict(data=8), dict(data=2, fsdp=4),
+                                        dict(data=2, fsdp=2, tensor=2)])
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_sharded_loss_equals_whole_batch(mesh_shape, loss):
+  """Value and gradient of the sharded global loss equal the single-device whole-batch ones."""
+  mesh = S.make_mesh(mesh_shape)
+  img, txt = random_embeddings(32, 16, seed=1)
+  scale, bias = jnp.float32(12.0), jnp.float32(-3.0)
+  if loss == "softmax":
+    plain = lambda i, t, s, b: softmax_contrastive(i, t, s)  # noqa: E731
+    local = functools.partial(softmax_contrastive_sharded, axes=S.BATCH_AXES)
+  else:
+    plain = sigmoid_contrastive
+    local = functools.partial(sigmoid_contrastive_sharded, axes=S.BATCH_AXES)
+  spec = P(S.BATCH_AXES)
+  sharded = jax.shard_map(lambda i, t, s, b: local(i, t, s, b)[0], mesh=mesh,
+                          in_specs=(spec, spec, P(), P()), out_specs=P())
+  want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2, 3))(img, txt, scale, bias)
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(img, txt, scale,
+                                                                            bias)
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
+  if loss == "softmax":  # a constant bias cancels in the softmax: zero gradient
+    assert float(got_g[3]) == 0.0
+
+
+def test_sharded_in_batch_accuracy():
+  mesh = S.make_mesh(dict(data=8))
+  img, _ = random_embeddings(16, 8, seed=3)
+  txt = img.copy()
+  txt[[0, 1]] = txt[[1, 0]]  # two swapped pairs: 14/16 correct
+  spec = P(S.BATCH_AXES)
+  f = jax.shard_map(lambda i, t: softmax_contrastive_sharded(i, t, 10.0, None, S.BATCH_AXES)[1],
+                    mesh=mesh, in_specs=(spec, spec), out_specs=P())
+  m = jax.jit(f)(img, txt)
+  assert float(m["i2t_acc"]) == pytest.approx(14 / 16)
+  assert float(m["t2i_acc"]) == pytest.approx(14 / 16)

@@ -1,0 +1,19 @@
+"""Training metrics as a clu Collection, averaged over a log interval on device.
+
+(No ``from __future__ import annotations`` here: clu reads the field annotations at runtime.)
+"""
+
+from clu import metrics as clu_metrics
+from flax import struct
+
+
+@struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """Fetched to the host only when a log line is written."""
+
+  loss: clu_metrics.Average.from_output("loss")
+  i2t_acc: clu_metrics.Average.from_output("i2t_acc")
+  t2i_acc: clu_metrics.Average.from_output("t2i_acc")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  logit_scale: clu_metrics.LastValue.from_output("logit_scale")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
