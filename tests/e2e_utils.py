@@ -1,0 +1,45 @@
+"""Helpers for end-to-end tests that run the CLIs as subprocesses."""
+
+import json
+import os
+import re
+import subprocess
+
+from conftest import PYTHON, REPO
+
+DEMO = os.path.join(REPO, "configs", "demo.py")
+
+
+def env_with_devices(base_env, devices):
+  env = dict(base_env)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+  return env
+
+
+def cli(module, workdir, *overrides, config=DEMO + ":tiny"):
+  return [PYTHON, "-m", module, "--config", config, "--workdir", str(workdir), *overrides]
+
+
+def launch(n, command):
+  return [PYTHON, os.path.join(REPO, "launch", "local.py"), "-n", str(n), "--", *command]
+
+
+def run(command, env, timeout=300):
+  proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+  return proc
+
+
+def metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(workdir):
+  """step -> train/loss, the last logged value for each step (a restart re-logs steps)."""
+  return {row["step"]: row["train/loss"] for row in metrics(workdir) if "train/loss" in row}
+
+
+def eval_rows(workdir):
+  return [row for row in metrics(workdir) if any(k.endswith("zeroshot/top1") for k in row)]

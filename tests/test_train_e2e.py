@@ -1,0 +1,112 @@
+"""End to end on the tiny demo: exact resume, topology independence, cross-topology restore."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from e2e_utils import cli, env_with_devices, eval_rows, launch, metrics, run, train_losses
+
+
+def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env):
+  workdir = tmp_path / "run"
+  proc = run(cli("vlpt.cli.train", workdir), env_with_devices(cli_env, 8))
+  assert "step     20/20" in proc.stdout and "ex/s" in proc.stdout and "ETA" in proc.stdout
+  rows = metrics(workdir)
+  assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 21))
+  evals = eval_rows(workdir)
+  assert len(evals) == 1 and evals[0]["step"] == 20
+  for key in ("zeroshot/top1", "zeroshot/top5", "zeroshot/mean_per_class_recall",
+              "retrieval/t2i_r1", "retrieval/t2i_r5", "retrieval/i2t_r1", "retrieval/i2t_r5"):
+    assert f"heldout/{key}" in evals[0]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+  losses = train_losses(workdir)
+  assert all(np.isfinite(v) for v in losses.values())
+
+  # vlpt-eval reproduces the training-time evaluation of the last checkpoint.
+  proc = run(cli("vlpt.cli.eval", workdir), env_with_devices(cli_env, 8))
+  again = eval_rows(workdir)[-1]
+  assert again["step"] == 20
+  for key, value in evals[0].items():
+    if key != "step" and value is not None:
+      assert again[key] == pytest.approx(value, abs=1e-6), key
+
+
+def _kill_after_checkpoint(command, env, workdir, min_step):
+  """Starts training, SIGKILLs it once a checkpoint >= min_step is finalized."""
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  ckpt = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.exists() else []
+    if steps and max(steps) >= min_step:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return proc
+
+
+def test_exact_resume_after_sigkill(tmp_path, cli_env):
+  env = env_with_devices(cli_env, 8)
+  overrides = ["--config.total_steps=80", "--config.checkpoint_every_steps=10",
+               "--config.eval.at_end=False", "--config.eval_every_steps=1000"]
+  reference = tmp_path / "reference"
+  run(cli("vlpt.cli.train", reference, *overrides), env)
+  want = train_losses(reference)
+
+  interrupted = tmp_path / "interrupted"
+  proc = _kill_after_checkpoint(cli("vlpt.cli.train", interrupted, *overrides), env, interrupted,
+                                min_step=10)
+  assert proc.returncode == -signal.SIGKILL
+  before = train_losses(interrupted)
+  resumed_from = max(int(d) for d in os.listdir(interrupted / "checkpoints") if d.isdigit())
+  assert resumed_from < 80, "the run finished before it could be killed"
+  out = run(cli("vlpt.cli.train", interrupted, *overrides), env).stdout
+  assert f"resumed from" in out
+  got = train_losses(interrupted)
+  assert set(got) == set(want)
+  for step in range(resumed_from + 1, 81):
+    assert got[step] == want[step], (step, got[step], want[step])  # bitwise
+  assert len(before) >= resumed_from
+
+
+@pytest.mark.parametrize("kind", ["1 device", "2 processes x 4 devices"])
+def test_topology_independence(tmp_path, cli_env, kind):
+  overrides = ["--config.eval.at_end=False", "--config.eval_every_steps=1000"]
+  eight = tmp_path / "eight"
+  run(cli("vlpt.cli.train", eight, *overrides), env_with_devices(cli_env, 8))
+  other = tmp_path / "other"
+  command = cli("vlpt.cli.train", other, *overrides)
+  if kind == "1 device":
+    run(command, env_with_devices(cli_env, 1))
+  else:
+    run(launch(2, command), env_with_devices(cli_env, 8))
+  a, b = train_losses(eight), train_losses(other)
+  assert sorted(a) == sorted(b) == list(range(1, 21))
+  np.testing.assert_allclose([b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)],
+                             atol=1e-5, rtol=0)
+
+
+def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env):
+  workdir = tmp_path / "run"
+  run(cli("vlpt.cli.train", workdir), env_with_devices(cli_env, 8))
+  want = eval_rows(workdir)[-1]
+  run(cli("vlpt.cli.eval", workdir), env_with_devices(cli_env, 1))
+  run(launch(2, cli("vlpt.cli.eval", workdir)), env_with_devices(cli_env, 8))
+  rows = eval_rows(workdir)
+  assert len(rows) == 3
+  for got in rows[1:]:
+    assert got["step"] == 20
+    for key, value in want.items():
+      if key != "step" and value is not None:
+        assert got[key] == pytest.approx(value, abs=1e-5), key
+  # Training resumes on 2 processes x 4 devices from the 8-device checkpoint.
+  out = run(launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=25")),
+            env_with_devices(cli_env, 8)).stdout
+  assert "resumed from" in out
+  assert max(train_losses(workdir)) == 25
