@@ -21,7 +21,8 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2", "nbclient>=0.10", "nbformat>=5", "ipykernel>=6",
              "matplotlib>=3.8"],
     # The PyTorch stack the parity tests compare against (CPU wheel; see docs/development.md).
-    "reference": ["torch==2.13.0", "torchvision==0.28.0", "open_clip_torch>=3", "transformers>=4.50"],
+    "reference": ["torch==2.13.0", "torchvision==0.28.0", "open_clip_torch>=3", "transformers>=4.50",
+                  "scikit-learn>=1.3", "tqdm"],
     "notebook": ["matplotlib>=3.8", "ipykernel>=6"],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],

@@ -13,21 +13,18 @@ def main() -> None:
   import jax
 
   from vlpt.config import validate
-  from vlpt.train.checkpointing import Checkpointer
-  from vlpt.train.trainer import Evaluator, build
+  from vlpt.train.trainer import Evaluator, load_checkpoint
   from vlpt.train.writers import MetricWriter
 
   config = FLAGS.config
   validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   if not config.eval.datasets:
     fail("config.eval.datasets is empty: nothing to evaluate")
-  checkpointer = Checkpointer(FLAGS.workdir, keep=config.keep_checkpoints, async_save=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    fail(f"no checkpoint in {checkpointer.directory}; train first with vlpt-train")
-  setup = build(config)
-  state, _ = checkpointer.restore(step, setup.abstract_state, None)
-  checkpointer.close()
+  try:
+    setup, state = load_checkpoint(config, FLAGS.workdir)
+  except FileNotFoundError as e:
+    fail(f"{e} with vlpt-train")
+  step = int(state.step)
   results = Evaluator(setup)(state.params)
   writer = MetricWriter(FLAGS.workdir, tensorboard=False)
   writer.write(step, results)

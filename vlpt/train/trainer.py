@@ -195,6 +195,21 @@ def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
   return DeviceLoader(make_iterator, setup.mesh, jax.process_count())
 
 
+def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+                    ) -> tuple[Setup, TrainState]:
+  """Builds ``config`` and restores ``step`` (default: the latest) of ``workdir`` onto its mesh."""
+  setup = build(config)
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first")
+    state, _ = checkpointer.restore(step, setup.abstract_state, None)
+  finally:
+    checkpointer.close()
+  return setup, state
+
+
 def _fmt(results: dict[str, float]) -> str:
   return " ".join(f"{k}={v:.4f}" for k, v in sorted(results.items()) if v == v)
 
