@@ -17,10 +17,7 @@ def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:
   """Instantiates ``config.model`` (its ``name`` picks the class; the other keys are kwargs)."""
   kwargs = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
   name = kwargs.pop("name")
-  # Placement is the trainer's job (it jits the init with explicit out_shardings), so variables
-  # are created unsharded even when a mesh is current.
-  with nnx.use_eager_sharding(False):
-    return MODELS.get(name)(rngs=rngs, **kwargs)
+  return MODELS.get(name)(rngs=rngs, **kwargs)
 
 
 __all__ = ["CLIP", "MODELS", "build_model"]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlpt.models.partitioning import annotated
 from vlpt.models.text import TextTransformer
 from vlpt.models.vit import VisionTransformer
 
@@ -44,8 +45,8 @@ class CLIP(nnx.Module):
     self.text = TextTransformer(text["variant"], vocab_size=text["vocab_size"],
                                 context_length=text["context_length"], embed_dim=embed_dim,
                                 act=text.get("act", "gelu"), rngs=rngs, **kw)
-    self.logit_scale = nnx.Param(jnp.asarray(init_logit_scale, jnp.float32), out_sharding=())
-    self.logit_bias = (nnx.Param(jnp.asarray(init_logit_bias, jnp.float32), out_sharding=())
+    self.logit_scale = annotated(jnp.asarray(init_logit_scale, jnp.float32))
+    self.logit_bias = (annotated(jnp.asarray(init_logit_bias, jnp.float32))
                        if init_logit_bias is not None else None)
     self.max_logit_scale = max_logit_scale
 

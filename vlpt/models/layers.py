@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlpt.models.partitioning import constrain, param
+from vlpt.models.partitioning import annotated, constrain, param
 
 Dtype = jnp.dtype
 
@@ -44,8 +44,8 @@ class LayerNorm(nnx.Module):
 
   def __init__(self, dim: int, *, eps: float = 1e-5, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32):
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",))
-    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=("norm",))
+    self.scale = annotated(jnp.ones((dim,), param_dtype), "norm")
+    self.bias = annotated(jnp.zeros((dim,), param_dtype), "norm")
     self.eps = eps
     self.dtype = dtype
 

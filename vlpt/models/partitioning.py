@@ -10,8 +10,17 @@ from jax.sharding import PartitionSpec as P
 
 
 def param(init, *axes: str | None):
-  """Wraps an initializer so the parameter carries logical axis names."""
-  return nnx.with_partitioning(init, tuple(axes))
+  """Wraps an initializer so the parameter carries logical axis names.
+
+  Placement is the trainer's job (it jits the init with explicit out_shardings), so parameters
+  are never sharded eagerly at creation, whatever mesh is current.
+  """
+  return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
+
+
+def annotated(value: jax.Array, *axes: str | None) -> nnx.Param:
+  """An nnx.Param holding ``value`` with logical axis names (see :func:`param`)."""
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
 def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
