@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 10
     c.model.embed_dim = 32
     c.optimizer.warmup_steps = 5
+    c.optimizer.lr = 1e-4  # slow enough that 20 steps stay informative (no collapse)
     c.eval.batch_size = 64
     c.eval.datasets.heldout.num_examples = 128
   elif arg:

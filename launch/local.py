@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
   signal.signal(signal.SIGTERM, forward)
   signal.signal(signal.SIGINT, forward)
   exit_code = 0
-  while any(p.poll() is None for p in procs):
+  while [p.poll() for p in procs].count(None):
     failed = [p for p in procs if p.returncode not in (None, 0)]
     if failed and not exit_code:
       exit_code = failed[0].returncode

@@ -238,6 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   progress = Progress(config.total_steps, config.batch_size, first_step)
   accumulated = None
   results: dict[str, float] = {}
+  start_time = time.perf_counter()
   if jax.process_index() == 0:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     print(f"[vlpt] {n_params / 1e6:.2f}M parameters, mesh {dict(setup.mesh.shape)}, "
@@ -268,4 +269,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     checkpointer.close()
     loader.close()
     writer.close()
+  if jax.process_index() == 0:
+    _print_summary(config.total_steps - first_step, time.perf_counter() - start_time, results)
   return results
+
+
+def _print_summary(steps: int, seconds: float, results: dict[str, float]) -> None:
+  lines = [f"[vlpt] done: {steps} steps in {seconds:.0f}s"]
+  for key in sorted(results):
+    if key.endswith(("zeroshot/top1", "zeroshot/top5", "retrieval/t2i_r5", "retrieval/i2t_r5")):
+      lines.append(f"[vlpt]   {key:<40s} {results[key]:.4f}")
+  print("\n".join(lines), flush=True)
