@@ -45,12 +45,13 @@ def test_sigterm_is_forwarded(tmp_path, cli_env):
   script = ("import os, signal, sys, time\n"
             f"def h(*a): open(r'{marker}' + os.environ['VLPT_PROCESS_ID'], 'w').close(); sys.exit(0)\n"
             "signal.signal(signal.SIGTERM, h)\n"
-            "print('ready', flush=True)\n"
+            f"open(r'{tmp_path}/ready' + os.environ['VLPT_PROCESS_ID'], 'w').close()\n"
             "time.sleep(60)")
-  proc = subprocess.Popen([PYTHON, LAUNCH, "-n", "2", "--", PYTHON, "-c", script], env=cli_env,
-                          stdout=subprocess.PIPE, text=True)
-  for _ in range(2):
-    assert proc.stdout.readline().strip() == "ready"
+  proc = subprocess.Popen([PYTHON, LAUNCH, "-n", "2", "--", PYTHON, "-c", script], env=cli_env)
+  deadline = time.time() + 30
+  while not ((tmp_path / "ready0").exists() and (tmp_path / "ready1").exists()):
+    assert time.time() < deadline
+    time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=30) == 0
   assert (tmp_path / "got0").exists() and (tmp_path / "got1").exists()
