@@ -67,7 +67,7 @@ def test_exact_resume_after_sigkill(tmp_path, cli_env):
   resumed_from = max(int(d) for d in os.listdir(interrupted / "checkpoints") if d.isdigit())
   assert resumed_from < 80, "the run finished before it could be killed"
   out = run(cli("vlpt.cli.train", interrupted, *overrides), env).stdout
-  assert f"resumed from" in out
+  assert "resumed from" in out
   got = train_losses(interrupted)
   assert set(got) == set(want)
   for step in range(resumed_from + 1, 81):

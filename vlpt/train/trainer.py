@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from vlpt import sharding as S
 from vlpt.config import ConfigError, validate
