@@ -37,8 +37,9 @@ def test_cli_config_errors(tmp_path, cli_env, overrides, message):
 def test_unknown_key_in_config_file_is_named():
   c = default_config()
   with c.unlocked():
-    c.optimizer.learning_rate = 1e-3
-  with pytest.raises(ConfigError, match=r"config.optimizer.learning_rate.*did you mean"):
+    c.optimizer.weight_decy = 1e-3
+  with pytest.raises(ConfigError, match=r"'config.optimizer.weight_decy' \(did you mean "
+                                        r"optimizer.weight_decay\?\)"):
     validate(c, num_devices=8)
 
 
