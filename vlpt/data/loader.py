@@ -90,3 +90,6 @@ class DeviceLoader:
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)
+    close = getattr(self._iterator, "close", None)  # stops grain worker processes
+    if close is not None:
+      close()
