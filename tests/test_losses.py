@@ -116,3 +116,52 @@ def test_sharded_in_batch_accuracy():
   m = jax.jit(f)(img, txt)
   assert float(m["i2t_acc"]) == pytest.approx(14 / 16)
   assert float(m["t2i_acc"]) == pytest.approx(14 / 16)
+
+
+# ---- Tiled ring losses: equal to the whole-batch loss in value, gradient and accuracies ----
+
+from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded  # noqa: E402
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("mesh_shape,tile", [(dict(data=8), 4), (dict(data=2, fsdp=4), 2),
+                                             (dict(data=2, fsdp=4), 8), (dict(data=8), 100)])
+def test_ring_loss_equals_whole_batch(loss, mesh_shape, tile):
+  mesh = S.make_mesh(mesh_shape)
+  img, txt = random_embeddings(64, 16, seed=2)
+  scale, bias = jnp.float32(12.0), jnp.float32(-3.0)
+  if loss == "softmax":
+    plain = lambda i, t, s, b: softmax_contrastive(i, t, s)  # noqa: E731
+    ring, gather = softmax_ring_sharded, softmax_contrastive_sharded
+  else:
+    plain, ring, gather = sigmoid_contrastive, sigmoid_ring_sharded, sigmoid_contrastive_sharded
+  spec = P(S.BATCH_AXES)
+
+  def wrap(fn, out):
+    return jax.shard_map(lambda i, t, s, b: out(fn(i, t, s, b, S.BATCH_AXES)), mesh=mesh,
+                         in_specs=(spec, spec, P(), P()), out_specs=P())
+
+  ring_fn = functools.partial(ring, tile_size=tile)
+  value = wrap(ring_fn, lambda r: r[0])
+  want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2, 3))(img, txt, scale, bias)
+  got_v, got_g = jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2, 3)))(img, txt, scale, bias)
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
+  txt_swapped = txt.copy()
+  txt_swapped[[0, 1]] = txt_swapped[[1, 0]]
+  got_m = jax.jit(wrap(ring_fn, lambda r: r[1]))(img, txt_swapped, scale, bias)
+  want_m = jax.jit(wrap(gather, lambda r: r[1]))(img, txt_swapped, scale, bias)
+  for key in ("i2t_acc", "t2i_acc"):
+    assert float(got_m[key]) == float(want_m[key])
+
+
+def test_ring_tile_must_divide_local_batch():
+  mesh = S.make_mesh(dict(data=8))
+  img, txt = random_embeddings(48, 8)  # 6 rows per device
+  spec = P(S.BATCH_AXES)
+  f = jax.shard_map(lambda i, t: softmax_ring_sharded(i, t, 10.0, None, S.BATCH_AXES,
+                                                      tile_size=4)[0],
+                    mesh=mesh, in_specs=(spec, spec), out_specs=P())
+  with pytest.raises(ValueError, match="tile size 4 must divide the per-device batch 6"):
+    jax.jit(f)(img, txt)

@@ -13,7 +13,6 @@ def test_quickstart_notebook_runs(tmp_path):
   nbclient = pytest.importorskip("nbclient")
   nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
   os.environ["VLPT_NOTEBOOK_STEPS"] = "300"
-  os.environ["MPLBACKEND"] = "Agg"
   client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                    resources={"metadata": {"path": os.path.join(REPO, "notebooks")}})
   client.execute()

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from vlpt.losses.contrastive import (sigmoid_contrastive, sigmoid_contrastive_sharded,
                                      softmax_contrastive, softmax_contrastive_sharded)
+from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 from vlpt.registry import Registry
 
 # Each entry: (loss config) -> fn(image_emb, text_emb, logit_scale, logit_bias, axes)
@@ -19,13 +20,32 @@ from vlpt.registry import Registry
 LOSSES: Registry[Callable[..., Callable]] = Registry("loss")
 
 
+IMPLEMENTATIONS = ("gather", "ring")
+
+
+def _check_impl(impl: str) -> None:
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"config.loss.impl={impl!r}: choose 'gather' (all-gather, b x B logits per "
+                     f"device) or 'ring' (tiled ring, memory linear in B/n)")
+
+
 @LOSSES.register("softmax")
-def _softmax(label_smoothing: float = 0.0) -> Callable:
+def _softmax(label_smoothing: float = 0.0, impl: str = "gather", tile_size: int = 4096
+             ) -> Callable:
+  _check_impl(impl)
+  if impl == "ring":
+    if label_smoothing:
+      raise ValueError("config.loss.label_smoothing needs impl='gather' (the ring folds rows into "
+                       "log-sum-exps and has no smoothed targets)")
+    return functools.partial(softmax_ring_sharded, tile_size=tile_size)
   return functools.partial(softmax_contrastive_sharded, label_smoothing=label_smoothing)
 
 
 @LOSSES.register("sigmoid")
-def _sigmoid() -> Callable:
+def _sigmoid(impl: str = "gather", tile_size: int = 4096) -> Callable:
+  _check_impl(impl)
+  if impl == "ring":
+    return functools.partial(sigmoid_ring_sharded, tile_size=tile_size)
   return sigmoid_contrastive_sharded
 
 

@@ -1,0 +1,294 @@
+"""Tiled ring contrastive losses: the global B x B logit matrix is never stored.
+
+Inside ``shard_map`` over the batch axes (n devices, b = B/n rows each), embedding blocks travel
+around a ring of devices with ``ppermute`` in *chunks* of ``tile`` rows, while each device folds
+every (tile x tile) logit tile into running per-row statistics. Memory per device is one travelling
+block plus a few tiles, linear in B/n, with no b x B term (Inf-CL, Cheng et al. 2024, Sec. 3).
+
+Softmax (CLIP). Forward: text chunks travel *with their column log-sum-exp accumulators*, so one
+circle of the ring gives both the row LSEs (image->text, kept locally) and the column LSEs
+(text->image, arriving home with the chunk). Backward (custom VJP, tiles recomputed):
+dL/dz_ij = (p_ij + q_ij) / 2B - delta_ij / B with p = softmax over rows, q = over columns. A
+first circle moves text chunks (with their final column LSEs) and accumulates the local image
+gradient; a second circle moves image chunks (with their row LSEs) and accumulates the local
+text gradient. No gradient accumulator ever travels, so nothing but embeddings and per-row
+scalars crosses the interconnect.
+
+Sigmoid (SigLIP, Zhai et al. 2023, Eq. 1): the same two circles, every pair scored as a negative
+in the ring and the local diagonal corrected (log sigmoid(z) - log sigmoid(-z) = z).
+
+The returned loss is this device's share; the caller ``psum``s it to the global loss.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+AxisNames = Sequence[str]
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _check_tiles(b: int, tile: int) -> None:
+  if tile <= 0 or b % tile:
+    raise ValueError(f"loss tile size {tile} must divide the per-device batch {b}; choose a "
+                     f"divisor of {b} (config.loss.tile_size)")
+
+
+def _ring(axes: AxisNames, n: int):
+  perm = [(i, (i + 1) % n) for i in range(n)]
+  return lambda x: jax.lax.ppermute(x, tuple(axes), perm)
+
+
+def _varying(tree, axes: AxisNames):
+  """Marks loop-carry initial values as device-varying (shard_map's type rule for loops)."""
+  def cast(x):
+    missing = tuple(a for a in axes if a not in jax.typeof(x).manual_axis_type.varying)
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+  return jax.tree.map(cast, tree)
+
+
+def _circle(block, aux, carry, body, *, axes: AxisNames, n: int, tile: int):
+  """Moves ``block`` (and per-row ``aux``) once around the ring, chunk by chunk.
+
+  ``body(chunk, aux_chunk, origin, offset, carry) -> (aux_chunk, carry)`` sees every chunk of
+  every device's block exactly once; ``origin`` is the device the chunk came from and ``offset``
+  its row offset inside that device's block. Returns the (updated) aux back at home and carry.
+  """
+  shift = _ring(axes, n)
+  me = jax.lax.axis_index(tuple(axes))
+  m = block.shape[0] // tile
+
+  def step(t, state):
+    block, aux, carry = state
+    r, c = t // m, t % m
+    start = c * tile
+    chunk = jax.lax.dynamic_slice_in_dim(block, start, tile)
+    aux_chunk = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, tile), aux)
+    aux_chunk, carry = body(chunk, aux_chunk, (me - r) % n, start, carry)
+    block = jax.lax.dynamic_update_slice_in_dim(block, shift(chunk), start, 0)
+    aux = jax.tree.map(lambda a, c: jax.lax.dynamic_update_slice_in_dim(a, shift(c), start, 0),
+                       aux, aux_chunk)
+    return block, aux, carry
+
+  _, aux, carry = jax.lax.fori_loop(0, n * m, step, _varying((block, aux, carry), axes))
+  return aux, carry
+
+
+def _row_tiles(local, body, carry, tile: int, axes: AxisNames):
+  """``body(rows, start, carry) -> carry`` over the local rows, ``tile`` at a time."""
+  def step(k, carry):
+    start = k * tile
+    return body(jax.lax.dynamic_slice_in_dim(local, start, tile), start, carry)
+  return jax.lax.fori_loop(0, local.shape[0] // tile, step, _varying(carry, axes))
+
+
+def _add_rows(acc, start, update):
+  old = jax.lax.dynamic_slice_in_dim(acc, start, update.shape[0])
+  return jax.lax.dynamic_update_slice_in_dim(acc, old + update, start, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax
+
+
+def _update_rows(acc, start, fn, update):
+  old = jax.lax.dynamic_slice_in_dim(acc, start, update.shape[0])
+  return jax.lax.dynamic_update_slice_in_dim(acc, fn(old, update), start, 0)
+
+
+def _softmax_forward(img, txt, scale, axes, n, tile):
+  """Row/column log-sum-exps and maxima of the global logits, in one circle."""
+  b = img.shape[0]
+  neg_inf = jnp.full((b,), -jnp.inf, jnp.float32)
+  me = jax.lax.axis_index(tuple(axes))
+
+  def body(chunk, col, origin, offset, rows_state):
+    def tile_fn(rows, start, state):
+      (row_lse, row_max), (col_lse, col_max) = state
+      z = scale * jnp.dot(rows, chunk.T, precision=_HI)
+      row_lse = _update_rows(row_lse, start, jnp.logaddexp, jax.nn.logsumexp(z, axis=1))
+      neg = _negatives(z, origin, me, start, offset)
+      row_max = _update_rows(row_max, start, jnp.maximum, neg.max(axis=1))
+      col = (jnp.logaddexp(col_lse, jax.nn.logsumexp(z, axis=0)),
+             jnp.maximum(col_max, neg.max(axis=0)))
+      return (row_lse, row_max), col
+    rows_state, col = _row_tiles(img, tile_fn, (rows_state, col), tile, axes)
+    return col, rows_state
+
+  col, rows = _circle(txt, (neg_inf, neg_inf), (neg_inf, neg_inf), body, axes=axes, n=n,
+                      tile=tile)
+  return rows, col
+
+
+def _hits(pos, row_max, col_max):
+  """In-batch retrieval hits: the positive beats every negative of its row (column)."""
+  return jnp.stack([jnp.sum(pos > row_max), jnp.sum(pos > col_max)]).astype(jnp.float32)
+
+
+def _negatives(z, origin, me, row_start, col_start):
+  """``z`` with the positive pairs (the global diagonal) masked out, for the maxima."""
+  rows = row_start + jnp.arange(z.shape[0])[:, None]
+  cols = col_start + jnp.arange(z.shape[1])[None, :]
+  return jnp.where((origin == me) & (rows == cols), -jnp.inf, z)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _softmax_local(img, txt, scale, axes, n, tile, total):
+  return _softmax_fwd(img, txt, scale, axes, n, tile, total)[0]
+
+
+def _softmax_fwd(img, txt, scale, axes, n, tile, total):
+  (row_lse, row_max), (col_lse, col_max) = _softmax_forward(img, txt, scale, axes, n, tile)
+  pos = scale * jnp.sum(img * txt, axis=1)
+  local = (row_lse.sum() + col_lse.sum() - 2 * pos.sum()) / (2 * total)
+  return (local, _hits(pos, row_max, col_max)), (img, txt, scale, row_lse, col_lse)
+
+
+def _softmax_bwd(axes, n, tile, total, res, cts):
+  img, txt, scale, row_lse, col_lse = res
+  ct = cts[0]  # the hit counts are not differentiable
+  w = ct / (2 * total)
+
+  def image_grads(chunk, chunk_col_lse, origin, offset, carry):
+    def tile_fn(rows, start, carry):
+      d_img, d_scale = carry
+      dots = jnp.dot(rows, chunk.T, precision=_HI)
+      z = scale * dots
+      r = jax.lax.dynamic_slice_in_dim(row_lse, start, tile)
+      g = w * (jnp.exp(z - r[:, None]) + jnp.exp(z - chunk_col_lse[None, :]))
+      d_img = _add_rows(d_img, start, scale * jnp.dot(g, chunk, precision=_HI))
+      return d_img, d_scale + jnp.sum(g * dots)
+    return chunk_col_lse, _row_tiles(img, tile_fn, carry, tile, axes)
+
+  _, (d_img, d_scale) = _circle(txt, col_lse, (jnp.zeros_like(img), jnp.zeros((), jnp.float32)),
+                                image_grads, axes=axes, n=n, tile=tile)
+
+  def text_grads(chunk, chunk_row_lse, origin, offset, d_txt):
+    def tile_fn(rows, start, d_txt):
+      z = scale * jnp.dot(rows, chunk.T, precision=_HI)  # [text tile, image chunk]
+      c = jax.lax.dynamic_slice_in_dim(col_lse, start, tile)
+      g = w * (jnp.exp(z - chunk_row_lse[None, :]) + jnp.exp(z - c[:, None]))
+      return _add_rows(d_txt, start, scale * jnp.dot(g, chunk, precision=_HI))
+    return chunk_row_lse, _row_tiles(txt, tile_fn, d_txt, tile, axes)
+
+  _, d_txt = _circle(img, row_lse, jnp.zeros_like(txt), text_grads, axes=axes, n=n, tile=tile)
+  # The positives' -z_ii / B terms.
+  d_img = d_img - (ct / total) * scale * txt
+  d_txt = d_txt - (ct / total) * scale * img
+  d_scale = d_scale - (ct / total) * jnp.sum(img * txt)
+  return d_img, d_txt, d_scale
+
+
+_softmax_local.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sigmoid
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _sigmoid_local(img, txt, scale, bias, axes, n, tile, total):
+  return _sigmoid_fwd(img, txt, scale, bias, axes, n, tile, total)[0]
+
+
+def _sigmoid_fwd(img, txt, scale, bias, axes, n, tile, total):
+  neg_inf = jnp.full((txt.shape[0],), -jnp.inf, jnp.float32)
+  me = jax.lax.axis_index(tuple(axes))
+
+  def body(chunk, col_max, origin, offset, carry):
+    def tile_fn(rows, start, state):
+      (acc, row_max), col_max = state
+      z = scale * jnp.dot(rows, chunk.T, precision=_HI) + bias
+      neg = _negatives(z, origin, me, start, offset)
+      row_max = _update_rows(row_max, start, jnp.maximum, neg.max(axis=1))
+      return (acc + jnp.sum(jax.nn.log_sigmoid(-z)), row_max), jnp.maximum(col_max, neg.max(axis=0))
+    carry, col_max = _row_tiles(img, tile_fn, (carry, col_max), tile, axes)
+    return col_max, carry
+
+  col_max, (neg, row_max) = _circle(txt, neg_inf, (jnp.zeros((), jnp.float32), neg_inf), body,
+                                    axes=axes, n=n, tile=tile)
+  pos = scale * jnp.sum(img * txt, axis=1) + bias
+  local = -(neg + pos.sum()) / total
+  return (local, _hits(pos, row_max, col_max)), (img, txt, scale, bias)
+
+
+def _sigmoid_bwd(axes, n, tile, total, res, cts):
+  img, txt, scale, bias = res
+  ct = cts[0]
+  w = ct / total
+  dummy = jnp.zeros((txt.shape[0],), jnp.float32)
+
+  def image_grads(chunk, aux, origin, offset, carry):
+    def tile_fn(rows, start, carry):
+      d_img, d_scale, d_bias = carry
+      dots = jnp.dot(rows, chunk.T, precision=_HI)
+      g = w * jax.nn.sigmoid(scale * dots + bias)  # d/dz of -log sigmoid(-z), times w
+      d_img = _add_rows(d_img, start, scale * jnp.dot(g, chunk, precision=_HI))
+      return d_img, d_scale + jnp.sum(g * dots), d_bias + jnp.sum(g)
+    return aux, _row_tiles(img, tile_fn, carry, tile, axes)
+
+  zero = jnp.zeros((), jnp.float32)
+  _, (d_img, d_scale, d_bias) = _circle(txt, dummy, (jnp.zeros_like(img), zero, zero),
+                                        image_grads, axes=axes, n=n, tile=tile)
+
+  def text_grads(chunk, aux, origin, offset, d_txt):
+    def tile_fn(rows, start, d_txt):
+      g = w * jax.nn.sigmoid(scale * jnp.dot(rows, chunk.T, precision=_HI) + bias)
+      return _add_rows(d_txt, start, scale * jnp.dot(g, chunk, precision=_HI))
+    return aux, _row_tiles(txt, tile_fn, d_txt, tile, axes)
+
+  _, d_txt = _circle(img, dummy, jnp.zeros_like(txt), text_grads, axes=axes, n=n, tile=tile)
+  # The diagonal: -z_ii / B per positive pair.
+  d_img = d_img - w * scale * txt
+  d_txt = d_txt - w * scale * img
+  d_scale = d_scale - w * jnp.sum(img * txt)
+  d_bias = d_bias - w * img.shape[0]
+  return d_img, d_txt, d_scale, d_bias
+
+
+_sigmoid_local.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points (called inside shard_map over ``axes``)
+
+
+def _setup(image_emb, axes, tile):
+  n = jax.lax.psum(1, tuple(axes))
+  b = image_emb.shape[0]
+  tile = min(tile, b)
+  _check_tiles(b, tile)
+  return n, tile, n * b
+
+
+def _global(local, hits, axes, total):
+  hits = jax.lax.psum(jax.lax.stop_gradient(hits), tuple(axes)) / total
+  return jax.lax.psum(local, tuple(axes)), {"i2t_acc": hits[0], "t2i_acc": hits[1]}
+
+
+def softmax_ring_sharded(image_emb, text_emb, logit_scale, logit_bias, axes: AxisNames, *,
+                         tile_size: int = 4096):
+  """Global CLIP loss by the tiled ring; returns (global mean loss, in-batch accuracies)."""
+  del logit_bias
+  n, tile, total = _setup(image_emb, axes, tile_size)
+  scale = jax.lax.pcast(logit_scale, tuple(axes), to="varying")
+  local, hits = _softmax_local(image_emb.astype(jnp.float32), text_emb.astype(jnp.float32),
+                               scale, tuple(axes), n, tile, total)
+  return _global(local, hits, axes, total)
+
+
+def sigmoid_ring_sharded(image_emb, text_emb, logit_scale, logit_bias, axes: AxisNames, *,
+                         tile_size: int = 4096):
+  """Global SigLIP loss by the tiled ring; returns (global mean loss, in-batch accuracies)."""
+  if logit_bias is None:
+    raise ValueError("the sigmoid loss needs a logit bias (config.model.init_logit_bias)")
+  n, tile, total = _setup(image_emb, axes, tile_size)
+  scale = jax.lax.pcast(logit_scale, tuple(axes), to="varying")
+  bias = jax.lax.pcast(logit_bias, tuple(axes), to="varying")
+  local, hits = _sigmoid_local(image_emb.astype(jnp.float32), text_emb.astype(jnp.float32),
+                               scale, bias, tuple(axes), n, tile, total)
+  return _global(local, hits, axes, total)
