@@ -52,30 +52,35 @@ def _varying(tree, axes: AxisNames):
 
 
 def _circle(block, aux, carry, body, *, axes: AxisNames, n: int, tile: int):
-  """Moves ``block`` (and per-row ``aux``) once around the ring, chunk by chunk.
+  """Moves every chunk of ``block`` (with its per-row ``aux``) once around the ring.
 
+  Chunk-major order: chunk ``c`` of every device's block makes a full circle (n hops) before
+  chunk ``c + 1`` starts, so a device holds one travelling chunk at a time (never a copy of a
+  block) and each chunk arrives exactly when the neighbour has finished with it.
   ``body(chunk, aux_chunk, origin, offset, carry) -> (aux_chunk, carry)`` sees every chunk of
-  every device's block exactly once; ``origin`` is the device the chunk came from and ``offset``
-  its row offset inside that device's block. Returns the (updated) aux back at home and carry.
+  every device exactly once; ``origin`` is the device it came from, ``offset`` its row offset in
+  that device's block. Returns ``aux`` as updated by the whole ring (back home) and the carry.
   """
   shift = _ring(axes, n)
   me = jax.lax.axis_index(tuple(axes))
-  m = block.shape[0] // tile
 
-  def step(t, state):
-    block, aux, carry = state
-    r, c = t // m, t % m
+  def one_chunk(c, state):
+    aux_home, carry = state
     start = c * tile
-    chunk = jax.lax.dynamic_slice_in_dim(block, start, tile)
-    aux_chunk = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, tile), aux)
-    aux_chunk, carry = body(chunk, aux_chunk, (me - r) % n, start, carry)
-    block = jax.lax.dynamic_update_slice_in_dim(block, shift(chunk), start, 0)
-    aux = jax.tree.map(lambda a, c: jax.lax.dynamic_update_slice_in_dim(a, shift(c), start, 0),
-                       aux, aux_chunk)
-    return block, aux, carry
+    travelling = (jax.lax.dynamic_slice_in_dim(block, start, tile),
+                  jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, tile), aux_home))
 
-  _, aux, carry = jax.lax.fori_loop(0, n * m, step, _varying((block, aux, carry), axes))
-  return aux, carry
+    def hop(r, state):
+      (chunk, aux_chunk), carry = state
+      aux_chunk, carry = body(chunk, aux_chunk, (me - r) % n, start, carry)
+      return jax.tree.map(shift, (chunk, aux_chunk)), carry
+
+    (_, aux_chunk), carry = jax.lax.fori_loop(0, n, hop, _varying((travelling, carry), axes))
+    aux_home = jax.tree.map(lambda a, u: jax.lax.dynamic_update_slice_in_dim(a, u, start, 0),
+                            aux_home, aux_chunk)
+    return aux_home, carry
+
+  return jax.lax.fori_loop(0, block.shape[0] // tile, one_chunk, _varying((aux, carry), axes))
 
 
 def _row_tiles(local, body, carry, tile: int, axes: AxisNames):
