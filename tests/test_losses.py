@@ -165,3 +165,19 @@ def test_ring_tile_must_divide_local_batch():
                     mesh=mesh, in_specs=(spec, spec), out_specs=P())
   with pytest.raises(ValueError, match="tile size 4 must divide the per-device batch 6"):
     jax.jit(f)(img, txt)
+
+
+def test_sharded_label_smoothing_equals_whole_batch():
+  mesh = S.make_mesh(dict(data=4, fsdp=2))
+  img, txt = random_embeddings(32, 16, seed=5)
+  spec = P(S.BATCH_AXES)
+  sharded = jax.shard_map(
+      lambda i, t, s: softmax_contrastive_sharded(i, t, s, None, S.BATCH_AXES,
+                                                  label_smoothing=0.1)[0],
+      mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+  plain = functools.partial(softmax_contrastive, label_smoothing=0.1)
+  want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2))(img, txt, jnp.float32(9.0))
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt, jnp.float32(9.0))
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)

@@ -80,21 +80,40 @@ def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
                                 logit_scale: jax.Array, logit_bias: jax.Array | None,
                                 axes: AxisNames, *, label_smoothing: float = 0.0
                                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Global CLIP loss from local blocks; returns (global mean loss, global in-batch accuracies)."""
+  """Global CLIP loss from local blocks; returns (global mean loss, global in-batch accuracies).
+
+  One b x B logit matrix per device (local images against all gathered texts): the rows give
+  image->text; the text->image column statistics (log-sum-exp, row mean, best negative) are
+  reduced over devices with pmax/psum of B-vectors, so no second matrix is built.
+  """
   del logit_bias
+  axes = tuple(axes)
   b = image_emb.shape[0]
   all_txt = _gather(text_emb, axes)
-  all_img = _gather(image_emb, axes)
   n = all_txt.shape[0]
-  positive = _block_offset(b, axes) + jnp.arange(b)
-  i2t = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest")
-  t2i = logit_scale * jnp.dot(text_emb, all_img.T, precision="highest")
-  local = (_softmax_terms(i2t, positive, label_smoothing).sum()
-           + _softmax_terms(t2i, positive, label_smoothing).sum())
-  loss = jax.lax.psum(local, tuple(axes)) / (2 * n)
+  offset = _block_offset(b, axes)
+  positive = offset + jnp.arange(b)
+  logits = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest")  # [b, B]
+  i2t = _softmax_terms(logits, positive, label_smoothing).sum()
+  # Column log-sum-exp over every device's rows (any shift m is exact; stop its gradient).
+  col_max = jax.lax.pmax(jax.lax.stop_gradient(logits.max(axis=0)), axes)
+  col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(logits - col_max).sum(axis=0), axes))
+  own = jax.lax.dynamic_slice_in_dim(col_lse, offset, b)
+  pos = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
+  t2i_nll = own - pos
+  if label_smoothing:
+    col_mean = jax.lax.psum(logits.sum(axis=0), axes) / n
+    t2i_nll = ((1.0 - label_smoothing) * t2i_nll
+               - label_smoothing * (jax.lax.dynamic_slice_in_dim(col_mean, offset, b) - own))
+  loss = jax.lax.psum(i2t + t2i_nll.sum(), axes) / (2 * n)
+  negatives = jnp.where(jnp.arange(n)[None, :] == positive[:, None], -jnp.inf,
+                        jax.lax.stop_gradient(logits))
+  pos = jax.lax.stop_gradient(pos)  # accuracies only from here on
+  best_negative_col = jax.lax.pmax(negatives.max(axis=0), axes)
   metrics = {
-      "i2t_acc": jax.lax.psum(_retrieval_hits(i2t, positive), tuple(axes)) / n,
-      "t2i_acc": jax.lax.psum(_retrieval_hits(t2i, positive), tuple(axes)) / n,
+      "i2t_acc": jax.lax.psum(jnp.sum(pos > negatives.max(axis=1)), axes) / n,
+      "t2i_acc": jax.lax.psum(
+          jnp.sum(pos > jax.lax.dynamic_slice_in_dim(best_negative_col, offset, b)), axes) / n,
   }
   return loss, metrics
 
