@@ -16,6 +16,7 @@ CASES = [
     (["--config.data.train.source=wds:/no/such/shards.tar"], "does not exist"),
     (["--config.model.image.variant=B/7"], "not divisible by the patch size"),
     (["--config.loss.name=softmaxx"], "config.loss.name='softmaxx' is not one of"),
+    (["--config.loss.impl=ring", "--config.loss.label_smoothing=0.1"], "needs impl='gather'"),
     (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
 ]
 

@@ -110,3 +110,14 @@ def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env):
             env_with_devices(cli_env, 8)).stdout
   assert "resumed from" in out
   assert max(train_losses(workdir)) == 25
+
+
+def test_ring_loss_trains_like_the_gather_loss(tmp_path, cli_env):
+  env = env_with_devices(cli_env, 8)
+  overrides = ["--config.eval.at_end=False", "--config.eval_every_steps=1000"]
+  run(cli("vlpt.cli.train", tmp_path / "gather", *overrides), env)
+  run(cli("vlpt.cli.train", tmp_path / "ring", *overrides, "--config.loss.impl=ring",
+          "--config.loss.tile_size=2"), env)
+  a, b = train_losses(tmp_path / "gather"), train_losses(tmp_path / "ring")
+  np.testing.assert_allclose([b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)],
+                             atol=1e-5, rtol=0)

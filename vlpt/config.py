@@ -55,7 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype; "bfloat16" for speed
   c.model.param_dtype = "float32"
 
-  c.loss = ml_collections.ConfigDict({"name": "softmax"})
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "softmax"  # softmax (CLIP) | sigmoid (SigLIP)
+  c.loss.impl = "gather"  # gather: b x B logits per device; ring: tiled ring, memory ~ B/n
+  c.loss.tile_size = 4096  # ring tile (rows); must divide the per-device batch
+  c.loss.label_smoothing = 0.0  # ALIGN uses 0.1 (softmax, impl=gather)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
@@ -88,7 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-_SECTIONS_WITH_FREE_KEYS = ("loss", "eval.datasets", "data.tokenizer")
+_SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer")
 
 
 def _check_keys(config: Any, schema: Any, prefix: str = "") -> None:
@@ -163,6 +167,11 @@ def _check_registry_names(config: Any) -> None:
   for key, value, registry in checks:
     if value not in registry:
       raise ConfigError(f"{key}={value!r} is not one of: {', '.join(registry.names())}")
+  from vlpt.losses import build_loss
+  try:
+    build_loss(config.loss)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   try:
     _, patch = parse_vit(config.model.image.variant)
     parse_text(config.model.text.variant)

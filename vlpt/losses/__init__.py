@@ -42,8 +42,11 @@ def _softmax(label_smoothing: float = 0.0, impl: str = "gather", tile_size: int 
 
 
 @LOSSES.register("sigmoid")
-def _sigmoid(impl: str = "gather", tile_size: int = 4096) -> Callable:
+def _sigmoid(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0.0
+             ) -> Callable:
   _check_impl(impl)
+  if label_smoothing:
+    raise ValueError("config.loss.label_smoothing applies to the softmax loss only")
   if impl == "ring":
     return functools.partial(sigmoid_ring_sharded, tile_size=tile_size)
   return sigmoid_contrastive_sharded
