@@ -28,6 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.total_steps = 1000
   c.batch_size = 256  # global, over all devices of all processes
+  # k > 1: exact contrastive gradient accumulation over k micro-batches (GradCache)
+  c.accumulation_steps = 1
   c.log_every_steps = 50
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
@@ -120,7 +122,7 @@ def _positive_int(config: Any, key: str) -> None:
 def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[int, ...]:
   """Checks ``config`` against the schema and the devices; returns the resolved mesh shape."""
   _check_keys(config, default_config())
-  for key in ("total_steps", "batch_size", "log_every_steps", "eval_every_steps",
+  for key in ("total_steps", "batch_size", "accumulation_steps", "log_every_steps", "eval_every_steps",
               "checkpoint_every_steps", "keep_checkpoints"):
     _positive_int(config, key)
   try:
@@ -139,6 +141,11 @@ def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[
           f"(mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
     if value % num_processes:
       raise ConfigError(f"config.{key}={value} is not divisible by {num_processes} processes")
+  k = config.accumulation_steps
+  if config.batch_size % (dp * k):
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} must split into {k} micro-batches on each of "
+        f"{dp} data-parallel shards; use a multiple of {dp * k}")
   if config.data.image_size != config.model.image.image_size:
     raise ConfigError(
         f"config.data.image_size={config.data.image_size} differs from "

@@ -58,15 +58,16 @@ class CLIP(nnx.Module):
     """L2-normalized fp32 text embeddings."""
     return l2_normalize(self.text(ids))
 
-  def __call__(self, images: jax.Array, ids: jax.Array) -> dict[str, jax.Array]:
-    out = {
-        "image_emb": self.encode_image(images),
-        "text_emb": self.encode_text(ids),
-        "logit_scale": jnp.exp(self.logit_scale[...]),
-    }
+  def logit_params(self) -> dict[str, jax.Array]:
+    """The exponentiated temperature and, if the model has one, the logit bias."""
+    out = {"logit_scale": jnp.exp(self.logit_scale[...])}
     if self.logit_bias is not None:
       out["logit_bias"] = self.logit_bias[...]
     return out
+
+  def __call__(self, images: jax.Array, ids: jax.Array) -> dict[str, jax.Array]:
+    return {"image_emb": self.encode_image(images), "text_emb": self.encode_text(ids),
+            **self.logit_params()}
 
   def apply_constraints(self) -> None:
     """Clamps the log temperature to [0, ln max_scale] (CLIP Sec. 2.5), after each update."""

@@ -29,6 +29,7 @@ from vlpt.evaluation.evaluators import Encoders, evaluate_set, normalize_images
 from vlpt.losses import build_loss
 from vlpt.models import build_model
 from vlpt.optim import build_optimizer, learning_rate_schedule
+from vlpt.train.accumulation import accumulated_value_and_grad
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.state import TrainState, pure_params
 from vlpt.train.train_metrics import TrainMetrics
@@ -117,11 +118,14 @@ def initial_state(setup: Setup) -> TrainState:
     return jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(key_data)
 
 
-def make_train_step(setup: Setup):
-  """The jitted step: forward, global loss (shard_map), backward, AdamW, temperature clamp."""
-  config, mesh, graphdef, tx = setup.config, setup.mesh, setup.graphdef, setup.tx
+def make_value_and_grad(setup: Setup):
+  """(params, batch) -> ((global loss, metrics), grads): towers under jit, loss in shard_map.
+
+  With ``config.accumulation_steps = k > 1`` the gradient is accumulated exactly over k
+  micro-batches (see ``vlpt.train.accumulation``).
+  """
+  config, mesh, graphdef = setup.config, setup.mesh, setup.graphdef
   loss_fn = build_loss(config.loss)
-  schedule = learning_rate_schedule(config)
   batch_spec = P(S.BATCH_AXES)
 
   def global_loss(image_emb, text_emb, scale, bias):
@@ -131,17 +135,40 @@ def make_train_step(setup: Setup):
                                in_specs=(batch_spec, batch_spec, P(), P()),
                                out_specs=(P(), P()))
 
-  def objective(params, batch):
+  def embed(params, images, text):
     model = nnx.merge(graphdef, params)
-    images = normalize_images(batch["image"], config.data.normalization)
-    out = model(images, batch["text"])
-    bias = out.get("logit_bias", jnp.zeros((), jnp.float32))
-    loss, metrics = sharded_loss(out["image_emb"], out["text_emb"], out["logit_scale"], bias)
-    return loss, (metrics, out["logit_scale"])
+    images = normalize_images(images, config.data.normalization)
+    return model.encode_image(images), model.encode_text(text)
+
+  def logit_params(params):
+    out = nnx.merge(graphdef, params).logit_params()
+    return out["logit_scale"], out.get("logit_bias", jnp.zeros((), jnp.float32))
+
+  def objective(params, batch):
+    image_emb, text_emb = embed(params, batch["image"], batch["text"])
+    return sharded_loss(image_emb, text_emb, *logit_params(params))
+
+  k = config.accumulation_steps
+  n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def value_and_grad(params, batch):
+    if k == 1:
+      return jax.value_and_grad(objective, has_aux=True)(params, batch)
+    return accumulated_value_and_grad(embed, logit_params, sharded_loss, params, batch["image"],
+                                      batch["text"], k=k, n=n_batch_shards)
+
+  return value_and_grad, logit_params
+
+
+def make_train_step(setup: Setup):
+  """The jitted step: forward, global loss (shard_map), backward, AdamW, temperature clamp."""
+  config, mesh, graphdef, tx = setup.config, setup.mesh, setup.graphdef, setup.tx
+  schedule = learning_rate_schedule(config)
+  value_and_grad, logit_params = make_value_and_grad(setup)
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
-    (loss, (metrics, scale)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params, batch)
+    (loss, metrics), grads = value_and_grad(state.params, batch)
+    scale = logit_params(state.params)[0]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model = nnx.merge(graphdef, params)
