@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Compiled temporary memory of one train step as the accumulation steps k grow.
+
+  python benchmarks/accumulation_memory.py --config configs/demo.py --batch 2048 --ks 1,2,4,8
+
+Compiles (never runs) the jitted train step for each k and prints XLA's
+``temp_size_in_bytes`` per device: activation memory should fall roughly as B/k while the loss
+still sees all B examples. The last line is ``temp_bytes_per_device_by_k=k1:bytes,k2:bytes,...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/demo.py")
+  p.add_argument("--batch", type=int, default=2048)
+  p.add_argument("--ks", default="1,2,4,8")
+  p.add_argument("--devices", type=int, default=8)
+  args = p.parse_args()
+  flags = os.environ.get("XLA_FLAGS", "")
+  if DEVICE_FLAG not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={args.devices}".strip()
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import jax
+  import jax.numpy as jnp
+
+  from vlpt.train import trainer as T
+
+  path, _, variant = args.config.partition(":")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  results = []
+  for k in (int(x) for x in args.ks.split(",")):
+    config = module.get_config(variant or None)
+    config.batch_size = args.batch
+    config.accumulation_steps = k
+    setup = T.build(config)
+    size = config.data.image_size
+    length = setup.tokenizer.context_length
+    batch = {
+        "image": jax.ShapeDtypeStruct((args.batch, size, size, 3), jnp.uint8,
+                                      sharding=T.S.batch_sharding(setup.mesh, 4)),
+        "text": jax.ShapeDtypeStruct((args.batch, length), jnp.int32,
+                                     sharding=T.S.batch_sharding(setup.mesh, 2)),
+    }
+    with T.S.activate(setup.mesh, setup.rules):
+      compiled = T.make_train_step(setup).lower(setup.abstract_state, batch).compile()
+    temp = int(compiled.memory_analysis().temp_size_in_bytes)
+    results.append((k, temp))
+    print(f"{args.config} batch {args.batch} on {jax.device_count()} devices, k={k}: "
+          f"{temp / 2**20:.1f} MiB temp per device", flush=True)
+  print("temp_bytes_per_device_by_k=" + ",".join(f"{k}:{t}" for k, t in results))
+
+
+if __name__ == "__main__":
+  main()
