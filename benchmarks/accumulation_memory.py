@@ -11,12 +11,8 @@ still sees all B examples. The last line is ``temp_bytes_per_device_by_k=k1:byte
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
-
-DEVICE_FLAG = "--xla_force_host_platform_device_count"
-
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,22 +21,18 @@ def main() -> None:
   p.add_argument("--ks", default="1,2,4,8")
   p.add_argument("--devices", type=int, default=8)
   args = p.parse_args()
-  flags = os.environ.get("XLA_FLAGS", "")
-  if DEVICE_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={args.devices}".strip()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vlpt.distributed import set_host_device_count
+  set_host_device_count(args.devices)
   import jax
   import jax.numpy as jnp
 
+  from vlpt.config import load_config
   from vlpt.train import trainer as T
 
-  path, _, variant = args.config.partition(":")
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   results = []
   for k in (int(x) for x in args.ks.split(",")):
-    config = module.get_config(variant or None)
+    config = load_config(args.config)
     config.batch_size = args.batch
     config.accumulation_steps = k
     setup = T.build(config)

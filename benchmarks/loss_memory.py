@@ -17,9 +17,6 @@ import argparse
 import os
 import sys
 
-DEVICE_FLAG = "--xla_force_host_platform_device_count"
-
-
 def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batch", type=int, default=16384, help="global batch")
@@ -61,10 +58,9 @@ def temp_bytes(batch: int, impl: str, loss: str, dim: int, tile: int) -> int:
 
 def main() -> None:
   args = parse_args()
-  flags = os.environ.get("XLA_FLAGS", "")
-  if DEVICE_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={args.devices}".strip()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vlpt.distributed import set_host_device_count
+  set_host_device_count(args.devices)
   import jax
   n = jax.device_count()
   if args.sweep:

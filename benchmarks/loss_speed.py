@@ -16,9 +16,6 @@ import statistics
 import sys
 import time
 
-DEVICE_FLAG = "--xla_force_host_platform_device_count"
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batch", type=int, default=32768)
@@ -28,10 +25,9 @@ def main() -> None:
   p.add_argument("--tile", type=int, default=2048)
   p.add_argument("--repeats", type=int, default=5)
   args = p.parse_args()
-  flags = os.environ.get("XLA_FLAGS", "")
-  if DEVICE_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={args.devices}".strip()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vlpt.distributed import set_host_device_count
+  set_host_device_count(args.devices)
   import functools
 
   import jax

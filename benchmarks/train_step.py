@@ -13,15 +13,10 @@ the median block is reported. The last line is machine-readable.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import re
 import statistics
 import sys
 import time
-
-DEVICE_FLAG = "--xla_force_host_platform_device_count"
-
 
 def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,14 +29,6 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--open_clip", action="store_true", help="also time open_clip on CPU torch")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
   return p.parse_args()
-
-
-def load_config(spec: str):
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
 
 
 class VlptRunner:
@@ -133,22 +120,20 @@ def timed_block(runner, steps: int) -> float:
 
 def main() -> None:
   args = parse_args()
-  flags = os.environ.get("XLA_FLAGS", "")
-  if args.devices and DEVICE_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={args.devices}".strip()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vlpt.distributed import set_host_device_count
+  set_host_device_count(args.devices)
   from absl import flags as absl_flags
   absl_flags.FLAGS.mark_as_parsed()
   import jax
 
+  from vlpt.config import load_config
   from vlpt.data.tokenizers import build_tokenizer
   from vlpt.train.trainer import resolve_model_config
 
   config = load_config(args.config)
   if args.batch:
     config.batch_size = args.batch
-  if "host_device_count" in config and not re.search(DEVICE_FLAG, os.environ.get("XLA_FLAGS", "")):
-    config.host_device_count = None
   vlpt = VlptRunner(config)
   runners = {"vlpt": vlpt}
   if args.open_clip:

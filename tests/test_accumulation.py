@@ -1,6 +1,5 @@
 """Exact contrastive gradient accumulation: k micro-batches == one full batch."""
 
-import importlib.util
 import os
 
 import jax
@@ -9,15 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from vlpt.config import load_config
 from vlpt.train import trainer as T
 from vlpt.train.accumulation import merge_micro_batches, split_micro_batches
 
 
 def demo_config(variant="tiny"):
-  spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return load_config(os.path.join(REPO, "configs", f"demo.py:{variant}"))
 
 
 def test_split_merge_roundtrip_keeps_device_blocks():

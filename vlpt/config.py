@@ -197,3 +197,17 @@ def _check_paths(config: Any) -> None:
     if kind in ("wds", "files") and arg and not any(ch in arg for ch in "{*?["):
       if not os.path.exists(arg):
         raise ConfigError(f"data source {spec!r}: {arg} does not exist")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """``'configs/demo.py:tiny'`` -> the file's ``get_config('tiny')`` (for scripts and notebooks)."""
+  import importlib.util
+
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      f"vlpt_config_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
