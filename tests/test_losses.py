@@ -181,3 +181,42 @@ def test_sharded_label_smoothing_equals_whole_batch():
   np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
+
+
+# ---- The loss family ----
+
+from vlpt.losses import leave_one_out_contrastive  # noqa: E402
+
+
+def numpy_leave_one_out(img, txt, scale):
+  """InfoLOOB / DCL straight from the equation, in float64."""
+  z = scale * img.astype(np.float64) @ txt.astype(np.float64).T
+  n = len(z)
+  total = 0.0
+  for i in range(n):
+    neg_row = [z[i, j] for j in range(n) if j != i]
+    neg_col = [z[j, i] for j in range(n) if j != i]
+    total += (-z[i, i] + np.log(np.sum(np.exp(neg_row)))) / 2
+    total += (-z[i, i] + np.log(np.sum(np.exp(neg_col)))) / 2
+  return total / n
+
+
+@pytest.mark.parametrize("mesh_shape", [dict(data=8), dict(data=2, fsdp=4)])
+def test_leave_one_out_matches_equation_and_shards_exactly(mesh_shape):
+  img, txt = random_embeddings(32, 16, seed=7)
+  scale = 11.0
+  want = numpy_leave_one_out(img, txt, scale)
+  assert float(leave_one_out_contrastive(img, txt, scale)) == pytest.approx(want, rel=1e-6)
+  mesh = S.make_mesh(mesh_shape)
+  spec = P(S.BATCH_AXES)
+  sharded = jax.shard_map(
+      lambda i, t, s: softmax_contrastive_sharded(i, t, s, None, S.BATCH_AXES,
+                                                  leave_one_out=True)[0],
+      mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+  want_v, want_g = jax.value_and_grad(leave_one_out_contrastive, argnums=(0, 1, 2))(
+      img, txt, jnp.float32(scale))
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt,
+                                                                          jnp.float32(scale))
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)

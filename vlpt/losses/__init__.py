@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from vlpt.losses.contrastive import (sigmoid_contrastive, sigmoid_contrastive_sharded,
-                                     softmax_contrastive, softmax_contrastive_sharded)
+from vlpt.losses.contrastive import (leave_one_out_contrastive, sigmoid_contrastive,
+                                     sigmoid_contrastive_sharded, softmax_contrastive,
+                                     softmax_contrastive_sharded)
 from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 from vlpt.registry import Registry
 
@@ -52,10 +53,34 @@ def _sigmoid(impl: str = "gather", tile_size: int = 4096, label_smoothing: float
   return sigmoid_contrastive_sharded
 
 
+def _leave_one_out(name: str, impl: str, label_smoothing: float) -> Callable:
+  if impl != "gather":
+    raise ValueError(f"config.loss.name={name!r} needs config.loss.impl='gather'")
+  if label_smoothing:
+    raise ValueError(f"config.loss.label_smoothing does not apply to {name!r}")
+  return functools.partial(softmax_contrastive_sharded, leave_one_out=True)
+
+
+@LOSSES.register("infoloob")
+def _infoloob(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0.0
+              ) -> Callable:
+  """InfoLOOB (CLOOB, Fürst et al. 2022); see ``leave_one_out_contrastive``."""
+  del tile_size
+  return _leave_one_out("infoloob", impl, label_smoothing)
+
+
+@LOSSES.register("dcl")
+def _dcl(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0.0) -> Callable:
+  """Decoupled contrastive loss (Yeh et al. 2022, Eq. 6): the same leave-one-out normalizer."""
+  del tile_size
+  return _leave_one_out("dcl", impl, label_smoothing)
+
+
 def build_loss(loss_config: Any) -> Callable:
   kwargs = dict(loss_config.to_dict() if hasattr(loss_config, "to_dict") else loss_config)
   name = kwargs.pop("name")
   return LOSSES.get(name)(**kwargs)
 
 
-__all__ = ["LOSSES", "build_loss", "sigmoid_contrastive", "softmax_contrastive"]
+__all__ = ["LOSSES", "build_loss", "leave_one_out_contrastive", "sigmoid_contrastive",
+           "softmax_contrastive"]

@@ -49,6 +49,26 @@ def softmax_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: 
   return (i2t.mean() + t2i.mean()) / 2
 
 
+def leave_one_out_contrastive(image_emb: jax.Array, text_emb: jax.Array,
+                              logit_scale: jax.Array, logit_bias: jax.Array | None = None
+                              ) -> jax.Array:
+  """InfoLOOB (Fürst et al. 2022, CLOOB, Eq. 5) = DCL (Yeh et al. 2022, Eq. 6), symmetric.
+
+  The positive is left out of the denominator: per row
+  ``-z_ii + log sum_{j != i} exp(z_ij)`` (and the same per column), averaged over both
+  directions. Without the positive in the normalizer the gradient no longer shrinks as the
+  positive pair becomes easy (the "negative-positive coupling" DCL removes).
+  """
+  del logit_bias
+  logits = logit_scale * jnp.dot(image_emb, text_emb.T, precision="highest")
+  eye = jnp.eye(logits.shape[0], dtype=bool)
+  negatives = jnp.where(eye, -jnp.inf, logits)
+  pos = jnp.diagonal(logits)
+  rows = jax.nn.logsumexp(negatives, axis=1) - pos
+  cols = jax.nn.logsumexp(negatives, axis=0) - pos
+  return (rows.mean() + cols.mean()) / 2
+
+
 def sigmoid_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
                         logit_bias: jax.Array) -> jax.Array:
   """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Eq. 1 / Alg. 1).
@@ -78,9 +98,13 @@ def _retrieval_hits(logits: jax.Array, positive: jax.Array) -> jax.Array:
 
 def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
                                 logit_scale: jax.Array, logit_bias: jax.Array | None,
-                                axes: AxisNames, *, label_smoothing: float = 0.0
+                                axes: AxisNames, *, label_smoothing: float = 0.0,
+                                leave_one_out: bool = False
                                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Global CLIP loss from local blocks; returns (global mean loss, global in-batch accuracies).
+
+  ``leave_one_out=True`` gives InfoLOOB / DCL (:func:`leave_one_out_contrastive`): the positive
+  pairs are masked out of every normalizer.
 
   One b x B logit matrix per device (local images against all gathered texts): the rows give
   image->text; the text->image column statistics (log-sum-exp, row mean, best negative) are
@@ -94,20 +118,27 @@ def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
   offset = _block_offset(b, axes)
   positive = offset + jnp.arange(b)
   logits = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest")  # [b, B]
-  i2t = _softmax_terms(logits, positive, label_smoothing).sum()
-  # Column log-sum-exp over every device's rows (any shift m is exact; stop its gradient).
-  col_max = jax.lax.pmax(jax.lax.stop_gradient(logits.max(axis=0)), axes)
-  col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(logits - col_max).sum(axis=0), axes))
-  own = jax.lax.dynamic_slice_in_dim(col_lse, offset, b)
   pos = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
+  is_positive = jnp.arange(n)[None, :] == positive[:, None]
+  if leave_one_out:
+    if label_smoothing:
+      raise ValueError("label smoothing does not combine with the leave-one-out losses")
+    normalized = jnp.where(is_positive, -jnp.inf, logits)
+    i2t = jnp.sum(jax.nn.logsumexp(normalized, axis=1) - pos)
+  else:
+    normalized = logits
+    i2t = _softmax_terms(logits, positive, label_smoothing).sum()
+  # Column log-sum-exp over every device's rows (any shift m is exact; stop its gradient).
+  col_max = jax.lax.pmax(jax.lax.stop_gradient(normalized.max(axis=0)), axes)
+  col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(normalized - col_max).sum(axis=0), axes))
+  own = jax.lax.dynamic_slice_in_dim(col_lse, offset, b)
   t2i_nll = own - pos
   if label_smoothing:
     col_mean = jax.lax.psum(logits.sum(axis=0), axes) / n
     t2i_nll = ((1.0 - label_smoothing) * t2i_nll
                - label_smoothing * (jax.lax.dynamic_slice_in_dim(col_mean, offset, b) - own))
   loss = jax.lax.psum(i2t + t2i_nll.sum(), axes) / (2 * n)
-  negatives = jnp.where(jnp.arange(n)[None, :] == positive[:, None], -jnp.inf,
-                        jax.lax.stop_gradient(logits))
+  negatives = jnp.where(is_positive, -jnp.inf, jax.lax.stop_gradient(logits))
   pos = jax.lax.stop_gradient(pos)  # accuracies only from here on
   best_negative_col = jax.lax.pmax(negatives.max(axis=0), axes)
   metrics = {
