@@ -13,6 +13,7 @@ LOSSES = {
     "infoloob": [],
     "dcl": [],
     "softmax_ring": ["--config.loss.impl=ring", "--config.loss.tile_size=32"],
+    "softmax_matryoshka": ["--config.loss.matryoshka_dims=(32,64,128)"],
 }
 
 

@@ -220,3 +220,25 @@ def test_leave_one_out_matches_equation_and_shards_exactly(mesh_shape):
   np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
+
+
+def test_matryoshka_sums_the_loss_over_renormalized_prefixes():
+  from vlpt.losses import build_loss
+  img, txt = random_embeddings(32, 16, seed=9)
+  mesh = S.make_mesh(dict(data=8))
+  spec = P(S.BATCH_AXES)
+  fn = build_loss({"name": "softmax", "impl": "gather", "tile_size": 4, "label_smoothing": 0.0,
+                   "matryoshka_dims": (4, 8, 16)})
+  sharded = jax.shard_map(lambda i, t, s: fn(i, t, s, jnp.float32(0.0), S.BATCH_AXES)[0],
+                          mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+
+  def plain(i, t, s):
+    unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return sum(softmax_contrastive(unit(i[:, :m]), unit(t[:, :m]), s) for m in (4, 8, 16))
+
+  want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1))(img, txt, jnp.float32(10.0))
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(img, txt, jnp.float32(10.0))
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
+  assert float(want_v) > float(softmax_contrastive(img, txt, 10.0))  # prefixes add terms

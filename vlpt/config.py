@@ -62,6 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.impl = "gather"  # gather: b x B logits per device; ring: tiled ring, memory ~ B/n
   c.loss.tile_size = 4096  # ring tile (rows); must divide the per-device batch
   c.loss.label_smoothing = 0.0  # ALIGN uses 0.1 (softmax, impl=gather)
+  # Matryoshka (Kusupati et al. 2022): sum the loss over these nested embedding prefixes
+  # (e.g. (32, 64, 128)); empty: the full embedding only
+  c.loss.matryoshka_dims = ()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
@@ -179,6 +182,10 @@ def _check_registry_names(config: Any) -> None:
     build_loss(config.loss)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  dims = tuple(config.loss.matryoshka_dims or ())
+  if dims and max(dims) > config.model.embed_dim:
+    raise ConfigError(f"config.loss.matryoshka_dims={dims} exceeds config.model.embed_dim="
+                      f"{config.model.embed_dim}")
   try:
     _, patch = parse_vit(config.model.image.variant)
     parse_text(config.model.text.variant)

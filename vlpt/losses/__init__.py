@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
+
 from vlpt.losses.contrastive import (leave_one_out_contrastive, sigmoid_contrastive,
                                      sigmoid_contrastive_sharded, softmax_contrastive,
                                      softmax_contrastive_sharded)
@@ -76,10 +79,42 @@ def _dcl(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0
   return _leave_one_out("dcl", impl, label_smoothing)
 
 
+def _prefix(x, dim: int):
+  x = x[:, :dim]
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+
+
+def matryoshka(loss_fn: Callable, dims: tuple[int, ...]) -> Callable:
+  """Matryoshka representation learning (Kusupati et al. 2022, Eq. 2 with c_m = 1).
+
+  The loss summed over nested prefixes ``x[:, :m]`` of the embeddings, each re-normalized, so
+  every prefix is a usable smaller embedding. Metrics are those of the largest prefix.
+  """
+  dims = tuple(sorted(int(d) for d in dims))
+
+  def wrapped(image_emb, text_emb, logit_scale, logit_bias, axes):
+    if dims[-1] > image_emb.shape[-1]:
+      raise ValueError(f"matryoshka dim {dims[-1]} exceeds the embedding size "
+                       f"{image_emb.shape[-1]}")
+    total, metrics = 0.0, {}
+    for dim in dims:
+      value, metrics = loss_fn(_prefix(image_emb, dim), _prefix(text_emb, dim), logit_scale,
+                               logit_bias, axes)
+      total = total + value
+    return total, metrics
+
+  return wrapped
+
+
 def build_loss(loss_config: Any) -> Callable:
+  """``config.loss`` -> fn(image_emb, text_emb, scale, bias, axes) -> (global loss, metrics)."""
   kwargs = dict(loss_config.to_dict() if hasattr(loss_config, "to_dict") else loss_config)
   name = kwargs.pop("name")
-  return LOSSES.get(name)(**kwargs)
+  dims = tuple(kwargs.pop("matryoshka_dims", ()) or ())
+  if dims and any(int(d) <= 0 for d in dims):
+    raise ValueError(f"config.loss.matryoshka_dims must be positive, got {dims}")
+  fn = LOSSES.get(name)(**kwargs)
+  return matryoshka(fn, dims) if dims else fn
 
 
 __all__ = ["LOSSES", "build_loss", "leave_one_out_contrastive", "sigmoid_contrastive",
