@@ -107,9 +107,10 @@ class EvalSet:
 
 def load_eval_set(name: str, spec: str, split: str, *, num_examples: int, image_size: int,
                   seed: int, tokenizer: Any) -> EvalSet:
-  """Loads ``num_examples`` of a labelled, multi-caption split plus its zero-shot prompts."""
-  from vlpt.data import synthetic  # class names and templates of the built-in dataset
+  """Loads ``num_examples`` of a labelled, multi-caption split plus its zero-shot prompts.
 
+  The source supplies ``class_names`` and ``prompt_templates`` for zero-shot classification.
+  """
   source = build_source(spec, split=split, image_size=image_size, seed=seed,
                         num_examples=num_examples)
   examples = [source[i] for i in range(min(num_examples, len(source)))]
@@ -117,8 +118,8 @@ def load_eval_set(name: str, spec: str, split: str, *, num_examples: int, image_
   for i, ex in enumerate(examples):
     texts.extend(ex["captions"])
     owner.extend([i] * len(ex["captions"]))
-  prompts = np.stack([tokenizer([t.format(c) for t in synthetic.PROMPT_TEMPLATES])
-                      for c in synthetic.CLASS_NAMES])
+  prompts = np.stack([tokenizer([t.format(c) for t in source.prompt_templates])
+                      for c in source.class_names])
   return EvalSet(
       name=name,
       images=np.stack([ex["image"] for ex in examples]).astype(np.uint8),

@@ -5,7 +5,7 @@ Metric definitions follow CLIP_benchmark (see ``vlpt.evaluation.metrics``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,5 +77,3 @@ def evaluate_set(encoders: Encoders, params: Any, data: EvalSet, global_batch: i
   results.update({f"{data.name}/retrieval/{k}": v for k, v in retrieval.items()})
   return results
 
-
-EvaluateFn = Callable[[Any], dict[str, float]]

@@ -98,8 +98,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(train_key))
 
-  param_sh = S.param_shardings(nnx.state(abstract_model, nnx.Param), mesh, rules)
-  param_sh = jax.tree.map(lambda v: v, param_sh.to_pure_dict())
+  param_sh = S.param_shardings(nnx.state(abstract_model, nnx.Param), mesh, rules).to_pure_dict()
   repl = S.replicated(mesh)
   key_data = jax.random.key_data(jax.random.key(config.seed))
   abstract = jax.eval_shape(init_fn, key_data)

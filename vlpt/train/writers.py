@@ -15,11 +15,6 @@ from typing import Mapping
 import jax
 
 
-def _scalar(value) -> float | int:
-  value = float(value) if not isinstance(value, int) else value
-  return value
-
-
 class MetricWriter:
   """Writes scalar dicts keyed by step to JSONL and TensorBoard."""
 
@@ -40,7 +35,7 @@ class MetricWriter:
       return
     row = {"step": int(step)}
     for key, value in metrics.items():
-      value = _scalar(value)
+      value = value if isinstance(value, int) else float(value)
       row[key] = None if isinstance(value, float) and math.isnan(value) else value
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
