@@ -242,3 +242,26 @@ def test_matryoshka_sums_the_loss_over_renormalized_prefixes():
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
   assert float(want_v) > float(softmax_contrastive(img, txt, 10.0))  # prefixes add terms
+
+
+def test_caption_loss_matches_open_clip_coca(torch_reference):
+  torch, _ = torch_reference
+  from open_clip.loss import CoCaLoss
+
+  from vlpt.losses.captioning import caption_loss, coca_loss
+  rng = np.random.default_rng(11)
+  logits = rng.standard_normal((4, 7, 30)).astype(np.float32)
+  labels = rng.integers(1, 30, (4, 7))
+  labels[0, 4:] = 0  # padding, ignored
+  labels[2, 1:] = 0
+  img, txt = random_embeddings(4, 8, seed=12)
+  ref_clip, ref_cap = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)(
+      torch.tensor(img), torch.tensor(txt), torch.tensor(logits), torch.tensor(labels),
+      torch.tensor(10.0))
+  got = caption_loss(jnp.asarray(logits), jnp.asarray(labels), pad_id=0)
+  np.testing.assert_allclose(2.0 * float(got), ref_cap.item(), rtol=1e-6)
+  total = coca_loss(softmax_contrastive(img, txt, 10.0), got)
+  np.testing.assert_allclose(float(total), ref_clip.item() + ref_cap.item(), rtol=1e-6)
+  # The gradient only reaches non-pad positions.
+  grad = jax.grad(lambda x: caption_loss(x, jnp.asarray(labels)))(jnp.asarray(logits))
+  assert float(jnp.abs(grad[0, 4:]).max()) == 0.0 and float(jnp.abs(grad[0, :4]).max()) > 0
