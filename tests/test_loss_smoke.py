@@ -14,13 +14,14 @@ LOSSES = {
     "dcl": [],
     "softmax_ring": ["--config.loss.impl=ring", "--config.loss.tile_size=32"],
     "softmax_matryoshka": ["--config.loss.matryoshka_dims=(32,64,128)"],
+    "clip_align_uniform": [],
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_trains_demo(tmp_path, cli_env, name):
-  loss = name.split("_")[0]
+  loss = name if name in ("clip_align_uniform",) else name.split("_")[0]
   overrides = [f"--config.loss.name={loss}", "--config.total_steps=600",
                "--config.eval_every_steps=600", "--config.checkpoint_every_steps=600",
                *LOSSES[name]]

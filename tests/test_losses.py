@@ -265,3 +265,49 @@ def test_caption_loss_matches_open_clip_coca(torch_reference):
   # The gradient only reaches non-pad positions.
   grad = jax.grad(lambda x: caption_loss(x, jnp.asarray(labels)))(jnp.asarray(logits))
   assert float(jnp.abs(grad[0, 4:]).max()) == 0.0 and float(jnp.abs(grad[0, :4]).max()) > 0
+
+
+def numpy_align_uniform(img, txt, t=2.0):
+  img, txt = img.astype(np.float64), txt.astype(np.float64)
+  align = np.mean(np.sum((img - txt) ** 2, axis=1))
+
+  def uniformity(x):
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    off = ~np.eye(len(x), dtype=bool)
+    return np.log(np.mean(np.exp(-t * d[off])))
+  return align, (uniformity(img) + uniformity(txt)) / 2
+
+
+def test_uniformity_alignment_matches_definition_and_shards_exactly():
+  from vlpt.losses import build_loss, uniformity_alignment
+  img, txt = random_embeddings(32, 16, seed=13)
+  want_align, want_unif = numpy_align_uniform(img, txt)
+  align, unif = uniformity_alignment(img, txt)
+  assert float(align) == pytest.approx(want_align, rel=1e-5)
+  assert float(unif) == pytest.approx(want_unif, rel=1e-5)
+  fn = build_loss({"name": "clip_align_uniform", "impl": "gather", "align_weight": 0.5,
+                   "uniform_weight": 2.0})
+  mesh = S.make_mesh(dict(data=4, fsdp=2))
+  spec = P(S.BATCH_AXES)
+  sharded = jax.shard_map(lambda i, t, s: fn(i, t, s, jnp.float32(0.0), S.BATCH_AXES)[0],
+                          mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+
+  def plain(i, t, s):
+    a, u = uniformity_alignment(i, t)
+    return softmax_contrastive(i, t, s) + 0.5 * a + 2.0 * u
+
+  want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2))(img, txt, jnp.float32(10.0))
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt,
+                                                                          jnp.float32(10.0))
+  np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
+
+
+def test_loss_keys_that_do_not_apply_are_refused():
+  from vlpt.losses import build_loss
+  with pytest.raises(ValueError, match="config.loss.align_weight does not apply"):
+    build_loss({"name": "softmax", "align_weight": 3.0})
+  with pytest.raises(ValueError, match="config.loss.label_smoothing does not apply"):
+    build_loss({"name": "sigmoid", "label_smoothing": 0.1})
+  build_loss({"name": "sigmoid", "label_smoothing": 0.0, "align_weight": 1.0})  # defaults pass

@@ -65,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Matryoshka (Kusupati et al. 2022): sum the loss over these nested embedding prefixes
   # (e.g. (32, 64, 128)); empty: the full embedding only
   c.loss.matryoshka_dims = ()
+  c.loss.align_weight = 1.0  # clip_align_uniform only
+  c.loss.uniform_weight = 1.0  # clip_align_uniform only
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"

@@ -8,14 +8,17 @@ per-device blocks inside ``shard_map``.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from vlpt.losses.captioning import caption_loss, coca_loss
 from vlpt.losses.contrastive import (leave_one_out_contrastive, sigmoid_contrastive,
                                      sigmoid_contrastive_sharded, softmax_contrastive,
-                                     softmax_contrastive_sharded)
+                                     softmax_contrastive_sharded,
+                                     softmax_uniformity_alignment_sharded, uniformity_alignment)
 from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 from vlpt.registry import Registry
 
@@ -46,37 +49,40 @@ def _softmax(label_smoothing: float = 0.0, impl: str = "gather", tile_size: int 
 
 
 @LOSSES.register("sigmoid")
-def _sigmoid(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0.0
-             ) -> Callable:
+def _sigmoid(impl: str = "gather", tile_size: int = 4096) -> Callable:
   _check_impl(impl)
-  if label_smoothing:
-    raise ValueError("config.loss.label_smoothing applies to the softmax loss only")
   if impl == "ring":
     return functools.partial(sigmoid_ring_sharded, tile_size=tile_size)
   return sigmoid_contrastive_sharded
 
 
-def _leave_one_out(name: str, impl: str, label_smoothing: float) -> Callable:
+def _gather_only(name: str, impl: str) -> None:
   if impl != "gather":
-    raise ValueError(f"config.loss.name={name!r} needs config.loss.impl='gather'")
-  if label_smoothing:
-    raise ValueError(f"config.loss.label_smoothing does not apply to {name!r}")
-  return functools.partial(softmax_contrastive_sharded, leave_one_out=True)
+    raise ValueError(f"config.loss.name={name!r} needs config.loss.impl='gather' (its "
+                     f"normalizers or extra terms are not in the ring)")
 
 
 @LOSSES.register("infoloob")
-def _infoloob(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0.0
-              ) -> Callable:
+def _infoloob(impl: str = "gather") -> Callable:
   """InfoLOOB (CLOOB, Fürst et al. 2022); see ``leave_one_out_contrastive``."""
-  del tile_size
-  return _leave_one_out("infoloob", impl, label_smoothing)
+  _gather_only("infoloob", impl)
+  return functools.partial(softmax_contrastive_sharded, leave_one_out=True)
 
 
 @LOSSES.register("dcl")
-def _dcl(impl: str = "gather", tile_size: int = 4096, label_smoothing: float = 0.0) -> Callable:
+def _dcl(impl: str = "gather") -> Callable:
   """Decoupled contrastive loss (Yeh et al. 2022, Eq. 6): the same leave-one-out normalizer."""
-  del tile_size
-  return _leave_one_out("dcl", impl, label_smoothing)
+  _gather_only("dcl", impl)
+  return functools.partial(softmax_contrastive_sharded, leave_one_out=True)
+
+
+@LOSSES.register("clip_align_uniform")
+def _clip_align_uniform(impl: str = "gather", align_weight: float = 1.0,
+                        uniform_weight: float = 1.0) -> Callable:
+  """CLIP + alignment + uniformity (Fahim et al. 2024; Wang & Isola 2020)."""
+  _gather_only("clip_align_uniform", impl)
+  return functools.partial(softmax_uniformity_alignment_sharded, align_weight=align_weight,
+                           uniform_weight=uniform_weight)
 
 
 def _prefix(x, dim: int):
@@ -113,9 +119,16 @@ def build_loss(loss_config: Any) -> Callable:
   dims = tuple(kwargs.pop("matryoshka_dims", ()) or ())
   if dims and any(int(d) <= 0 for d in dims):
     raise ValueError(f"config.loss.matryoshka_dims must be positive, got {dims}")
-  fn = LOSSES.get(name)(**kwargs)
+  builder = LOSSES.get(name)
+  accepted = inspect.signature(builder).parameters
+  from vlpt.config import default_config  # the defaults of every loss key
+  defaults = default_config().loss
+  for key in [k for k in kwargs if k not in accepted]:
+    if kwargs.pop(key) != defaults.get(key):
+      raise ValueError(f"config.loss.{key} does not apply to config.loss.name={name!r}")
+  fn = builder(**kwargs)
   return matryoshka(fn, dims) if dims else fn
 
 
-__all__ = ["LOSSES", "build_loss", "leave_one_out_contrastive", "sigmoid_contrastive",
-           "softmax_contrastive"]
+__all__ = ["LOSSES", "build_loss", "caption_loss", "coca_loss", "leave_one_out_contrastive",
+           "sigmoid_contrastive", "softmax_contrastive", "uniformity_alignment"]
