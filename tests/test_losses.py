@@ -311,3 +311,48 @@ def test_loss_keys_that_do_not_apply_are_refused():
   with pytest.raises(ValueError, match="config.loss.label_smoothing does not apply"):
     build_loss({"name": "sigmoid", "label_smoothing": 0.1})
   build_loss({"name": "sigmoid", "label_smoothing": 0.0, "align_weight": 1.0})  # defaults pass
+
+
+def test_distillation_matches_open_clip(torch_reference):
+  torch, _ = torch_reference
+  from open_clip.loss import DistillClipLoss
+
+  from vlpt.losses.teacher import distillation_loss
+  img, txt = random_embeddings(12, 8, seed=21)
+  t_img, t_txt = random_embeddings(12, 8, seed=22)
+  ti, tt = torch.tensor(img, requires_grad=True), torch.tensor(txt, requires_grad=True)
+  ref_c, ref_d = DistillClipLoss()(ti, tt, torch.tensor(14.0), torch.tensor(t_img),
+                                   torch.tensor(t_txt), torch.tensor(30.0))
+  (ref_c + ref_d).backward()
+
+  def total(i, t):
+    c, d = distillation_loss(i, t, 14.0, t_img, t_txt, 30.0)
+    return c + d, (c, d)
+
+  (value, (c, d)), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(img, txt)
+  np.testing.assert_allclose(float(c), ref_c.item(), rtol=1e-6)
+  np.testing.assert_allclose(float(d), ref_d.item(), rtol=1e-6)
+  np.testing.assert_allclose(grads[0], ti.grad.numpy(), atol=1e-6)
+  np.testing.assert_allclose(grads[1], tt.grad.numpy(), atol=1e-6)
+
+
+def test_cwcl_matches_equation_and_reduces_to_clip_with_one_hot_weights():
+  from vlpt.losses.teacher import cwcl_loss
+  img, txt = random_embeddings(10, 8, seed=31)
+  q_img, q_txt = random_embeddings(10, 8, seed=32)
+  z = 9.0 * img.astype(np.float64) @ txt.astype(np.float64).T
+
+  def direction(z, q):
+    w = (1 + q.astype(np.float64) @ q.astype(np.float64).T) / 2
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return np.mean(-(w * logp).sum(1) / w.sum(1))
+
+  want = (direction(z, q_img) + direction(z.T, q_txt)) / 2
+  assert float(cwcl_loss(img, txt, 9.0, q_img, q_txt)) == pytest.approx(want, rel=1e-6)
+  # A teacher that sees every example as identical weighs all pairs equally: the loss becomes
+  # the mean negative log-probability over each whole row.
+  ones = np.ones((10, 8), np.float32) / np.sqrt(8)
+  uniform = float(cwcl_loss(img, txt, 9.0, ones, ones))
+  logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+  logq = z.T - np.log(np.exp(z.T).sum(1, keepdims=True))
+  assert uniform == pytest.approx((np.mean(-logp.mean(1)) + np.mean(-logq.mean(1))) / 2, rel=1e-6)
