@@ -18,6 +18,7 @@ CASES = [
     (["--config.loss.name=softmaxx"], "config.loss.name='softmaxx' is not one of"),
     (["--config.loss.impl=ring", "--config.loss.label_smoothing=0.1"], "needs impl='gather'"),
     (["--config.loss.matryoshka_dims=(8,1024)"], "exceeds config.model.embed_dim=128"),
+    (["--config.loss.name=sigmoid"], "needs a logit bias"),
     (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
 ]
 

@@ -184,6 +184,9 @@ def _check_registry_names(config: Any) -> None:
     build_loss(config.loss)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.loss.name == "sigmoid" and config.model.init_logit_bias is None:
+    raise ConfigError("config.loss.name='sigmoid' needs a logit bias: set "
+                      "config.model.init_logit_bias (SigLIP: -10.0, with init_logit_scale ln 10)")
   dims = tuple(config.loss.matryoshka_dims or ())
   if dims and max(dims) > config.model.embed_dim:
     raise ConfigError(f"config.loss.matryoshka_dims={dims} exceeds config.model.embed_dim="

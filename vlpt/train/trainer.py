@@ -77,9 +77,6 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   rules = S.rules_from_config(config.sharding_rules)
   tokenizer = build_tokenizer(config.data.tokenizer)
   model_config = resolve_model_config(config, tokenizer)
-  if config.loss.name == "sigmoid" and model_config.get("init_logit_bias") is None:
-    raise ConfigError("config.loss.name='sigmoid' needs a logit bias: set "
-                      "config.model.init_logit_bias (SigLIP: -10.0, with init_logit_scale ln 10)")
 
   def make_model(key):
     return build_model(model_config, nnx.Rngs(params=key))
