@@ -15,7 +15,6 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from flax.core import spmd as flax_spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -92,11 +91,6 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
   sizes = resolve_mesh_shape(shape, len(devices))
   arr = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
-
-
-def logical_to_spec(axes: Sequence[str | None], rules: LogicalRules) -> P:
-  """Maps logical axis names to a PartitionSpec; unknown names are replicated."""
-  return P(*flax_spmd.from_sharding_rules(tuple(axes), rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

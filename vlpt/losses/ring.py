@@ -91,11 +91,6 @@ def _row_tiles(local, body, carry, tile: int, axes: AxisNames):
   return jax.lax.fori_loop(0, local.shape[0] // tile, step, _varying(carry, axes))
 
 
-def _add_rows(acc, start, update):
-  old = jax.lax.dynamic_slice_in_dim(acc, start, update.shape[0])
-  return jax.lax.dynamic_update_slice_in_dim(acc, old + update, start, 0)
-
-
 # ---------------------------------------------------------------------------------------------
 # Softmax
 
@@ -165,7 +160,7 @@ def _softmax_bwd(axes, n, tile, total, res, cts):
       z = scale * dots
       r = jax.lax.dynamic_slice_in_dim(row_lse, start, tile)
       g = w * (jnp.exp(z - r[:, None]) + jnp.exp(z - chunk_col_lse[None, :]))
-      d_img = _add_rows(d_img, start, scale * jnp.dot(g, chunk, precision=_HI))
+      d_img = _update_rows(d_img, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
       return d_img, d_scale + jnp.sum(g * dots)
     return chunk_col_lse, _row_tiles(img, tile_fn, carry, tile, axes)
 
@@ -177,7 +172,7 @@ def _softmax_bwd(axes, n, tile, total, res, cts):
       z = scale * jnp.dot(rows, chunk.T, precision=_HI)  # [text tile, image chunk]
       c = jax.lax.dynamic_slice_in_dim(col_lse, start, tile)
       g = w * (jnp.exp(z - chunk_row_lse[None, :]) + jnp.exp(z - c[:, None]))
-      return _add_rows(d_txt, start, scale * jnp.dot(g, chunk, precision=_HI))
+      return _update_rows(d_txt, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
     return chunk_row_lse, _row_tiles(txt, tile_fn, d_txt, tile, axes)
 
   _, d_txt = _circle(img, row_lse, jnp.zeros_like(txt), text_grads, axes=axes, n=n, tile=tile)
@@ -232,7 +227,7 @@ def _sigmoid_bwd(axes, n, tile, total, res, cts):
       d_img, d_scale, d_bias = carry
       dots = jnp.dot(rows, chunk.T, precision=_HI)
       g = w * jax.nn.sigmoid(scale * dots + bias)  # d/dz of -log sigmoid(-z), times w
-      d_img = _add_rows(d_img, start, scale * jnp.dot(g, chunk, precision=_HI))
+      d_img = _update_rows(d_img, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
       return d_img, d_scale + jnp.sum(g * dots), d_bias + jnp.sum(g)
     return aux, _row_tiles(img, tile_fn, carry, tile, axes)
 
@@ -243,7 +238,7 @@ def _sigmoid_bwd(axes, n, tile, total, res, cts):
   def text_grads(chunk, aux, origin, offset, d_txt):
     def tile_fn(rows, start, d_txt):
       g = w * jax.nn.sigmoid(scale * jnp.dot(rows, chunk.T, precision=_HI) + bias)
-      return _add_rows(d_txt, start, scale * jnp.dot(g, chunk, precision=_HI))
+      return _update_rows(d_txt, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
     return aux, _row_tiles(txt, tile_fn, d_txt, tile, axes)
 
   _, d_txt = _circle(img, dummy, jnp.zeros_like(txt), text_grads, axes=axes, n=n, tile=tile)
