@@ -43,6 +43,8 @@ DEFAULT_RULES: LogicalRules = (
     ("channels", None),
     ("norm", None),
     ("proj", None),
+    ("layers", None),  # the stacked-layer axis of scanned towers
+    ("queries", None),  # attention-pooler queries
 )
 
 

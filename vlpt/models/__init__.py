@@ -7,10 +7,12 @@ from typing import Any
 from flax import nnx
 
 from vlpt.models.clip import CLIP
+from vlpt.models.coca import CoCa
 from vlpt.registry import Registry
 
 MODELS: Registry = Registry("model")
 MODELS.register("clip")(CLIP)
+MODELS.register("coca")(CoCa)
 
 
 def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -20,4 +22,4 @@ def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:
   return MODELS.get(name)(rngs=rngs, **kwargs)
 
 
-__all__ = ["CLIP", "MODELS", "build_model"]
+__all__ = ["CLIP", "CoCa", "MODELS", "build_model"]

@@ -32,27 +32,29 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 class CLIP(nnx.Module):
-  """Image tower + text tower + temperature (+ optional bias)."""
+  """Image tower + text tower + temperature (+ optional bias).
+
+  ``image`` and ``text`` are the towers' keyword arguments (see ``VisionTransformer`` and
+  ``TextTransformer``); ``config.model.image`` / ``config.model.text`` hold them.
+  """
 
   def __init__(self, *, image: dict, text: dict, embed_dim: int, rngs: nnx.Rngs,
                init_logit_scale: float = math.log(1 / 0.07), max_logit_scale: float = math.log(100),
                init_logit_bias: float | None = None, dtype: str = "float32",
                param_dtype: str = "float32"):
-    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype))
-    self.image = VisionTransformer(image["variant"], image_size=image["image_size"],
-                                   embed_dim=embed_dim, pool=image.get("pool", "token"),
-                                   act=image.get("act", "gelu"), rngs=rngs, **kw)
-    self.text = TextTransformer(text["variant"], vocab_size=text["vocab_size"],
-                                context_length=text["context_length"], embed_dim=embed_dim,
-                                act=text.get("act", "gelu"), rngs=rngs, **kw)
+    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype), embed_dim=embed_dim,
+              rngs=rngs)
+    self.image = VisionTransformer(**image, **kw)
+    self.text = TextTransformer(**text, **kw)
     self.logit_scale = annotated(jnp.asarray(init_logit_scale, jnp.float32))
     self.logit_bias = (annotated(jnp.asarray(init_logit_bias, jnp.float32))
                        if init_logit_bias is not None else None)
     self.max_logit_scale = max_logit_scale
 
-  def encode_image(self, images: jax.Array) -> jax.Array:
-    """L2-normalized fp32 image embeddings."""
-    return l2_normalize(self.image(images))
+  def encode_image(self, images: jax.Array, *, dropout_rng: jax.Array | None = None
+                   ) -> jax.Array:
+    """L2-normalized fp32 image embeddings (``dropout_rng``: patch dropout, training only)."""
+    return l2_normalize(self.image(images, dropout_rng=dropout_rng))
 
   def encode_text(self, ids: jax.Array) -> jax.Array:
     """L2-normalized fp32 text embeddings."""

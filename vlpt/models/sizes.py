@@ -55,6 +55,18 @@ def parse_vit(variant: str) -> tuple[TowerSize, int]:
 
 
 def parse_text(variant: str) -> TowerSize:
+  if variant not in TEXT_SIZES and variant in VIT_SIZES:
+    return VIT_SIZES[variant]  # SigLIP-style text towers match the image tower's width
   if variant not in TEXT_SIZES:
     raise ValueError(f"unknown text tower size {variant!r}; known: {', '.join(TEXT_SIZES)}")
   return TEXT_SIZES[variant]
+
+
+def tower_size(size: TowerSize, *, width: int | None = None, depth: int | None = None,
+               heads: int | None = None, mlp_dim: int | None = None) -> TowerSize:
+  """``size`` with any explicitly given dimension replaced (imported checkpoints, ablations)."""
+  out = TowerSize(width or size.width, depth or size.depth, heads or size.heads,
+                  mlp_dim or size.mlp_dim)
+  if out.width % out.heads:
+    raise ValueError(f"tower width {out.width} is not divisible by {out.heads} heads")
+  return out

@@ -1,0 +1,90 @@
+"""Reading and writing tensor files without executing pickled code.
+
+safetensors and ``.npz`` (``allow_pickle=False``) need no torch; ``.bin`` / ``.pt`` / ``.pth``
+go through ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+from vlpt.weights.mapping import WeightsError
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+def _to_numpy_torch(t) -> np.ndarray:
+  import torch
+  if t.dtype in (torch.bfloat16, torch.float16):
+    t = t.float()
+  return t.detach().cpu().numpy()
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  out = {}
+  try:
+    with safe_open(path, framework="numpy") as f:
+      for key in f.keys():
+        out[key] = f.get_tensor(key)
+  except (TypeError, ValueError):  # bfloat16 has no numpy dtype without ml_dtypes support
+    with safe_open(path, framework="flax") as f:
+      for key in f.keys():
+        out[key] = np.asarray(f.get_tensor(key), np.float32)
+  return out
+
+
+def read_torch(path: str) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError as e:
+    raise WeightsError(f"{path}: reading .bin/.pt files needs torch (pip install torch), or "
+                       "convert the file to safetensors") from e
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as z:
+      if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
+        raise WeightsError(f"{path} is a TorchScript archive (e.g. OpenAI's original release); "
+                           "use its open_clip or HF safetensors export instead")
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises UnpicklingError, RuntimeError, ...
+    raise WeightsError(f"{path}: not a plain tensor checkpoint ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}); vlpt never unpickles arbitrary code") from e
+  if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    obj = obj["state_dict"]  # open_clip training checkpoints
+  if not isinstance(obj, dict):
+    raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+  return {k: _to_numpy_torch(v) for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except ValueError as e:
+    raise WeightsError(f"{path}: the .npz holds pickled objects, which vlpt does not load") from e
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise WeightsError(f"no such checkpoint file: {path}")
+  if path.endswith(".safetensors"):
+    return read_safetensors(path)
+  if path.endswith(".npz"):
+    return read_npz(path)
+  if path.endswith(TORCH_SUFFIXES):
+    return read_torch(path)
+  raise WeightsError(f"{path}: unknown checkpoint file type (expected .safetensors, .npz, "
+                     ".bin, .pt or .pth)")
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None
+                      ) -> None:
+  """Atomic write: a crash never leaves a truncated file under the final name."""
+  from safetensors.numpy import save_file
+  tmp = path + ".tmp"
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+  os.replace(tmp, path)
