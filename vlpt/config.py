@@ -56,6 +56,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.init_logit_bias = ml_collections.FieldReference(None, field_type=float)
   c.model.dtype = "float32"  # compute dtype; "bfloat16" for speed
   c.model.param_dtype = "float32"
+  # CoCa only (model.name = "coca"): the multimodal decoder's kwargs (width, depth, heads,
+  # mlp_dim, vocab_size, context_length; None: from the text tower / tokenizer)
+  c.model.decoder = ml_collections.ConfigDict()
+  c.model.caption_weight = 2.0  # CoCa: total = contrastive + caption_weight * caption (Eq. 3)
+  # Start from pretrained weights: any source vlpt.load accepts (vlpt export or workdir,
+  # open_clip dir, HF CLIP/SigLIP dir, big_vision .npz); positions resized to this config
+  c.model.init_from = ml_collections.FieldReference(None, field_type=str)
+  # LiT (Zhai et al. 2022): towers listed here ("image", "text") get no gradient and no
+  # optimizer state
+  c.model.lock_towers = ()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "softmax"  # softmax (CLIP) | sigmoid (SigLIP)
@@ -99,7 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-_SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer")
+# model towers take their classes' keyword arguments (checked against the signatures below)
+_SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer", "model.image", "model.text",
+                            "model.decoder")
 
 
 def _check_keys(config: Any, schema: Any, prefix: str = "") -> None:
@@ -160,7 +172,49 @@ def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[
                       f"{config.data.normalization!r}")
   _check_paths(config)
   _check_registry_names(config)
+  _check_model(config)
   return mesh_shape
+
+
+def _check_kwargs(section: str, given: Any, cls: Any, *, fixed: tuple[str, ...]) -> None:
+  import inspect
+  accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", *fixed)]
+  for key in given.keys():
+    if key not in accepted:
+      close = difflib.get_close_matches(key, accepted, n=1)
+      hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+      raise ConfigError(f"unknown config key 'config.{section}.{key}'{hint}")
+
+
+def _check_model(config: Any) -> None:
+  from vlpt.models.coca import MultimodalDecoder
+  from vlpt.models.text import TextTransformer
+  from vlpt.models.vit import VisionTransformer
+  fixed = ("embed_dim", "rngs", "dtype", "param_dtype")
+  _check_kwargs("model.image", config.model.image, VisionTransformer, fixed=fixed)
+  _check_kwargs("model.text", config.model.text, TextTransformer, fixed=fixed)
+  _check_kwargs("model.decoder", config.model.decoder, MultimodalDecoder, fixed=fixed)
+  bad_lock = set(config.model.lock_towers) - {"image", "text"}
+  if bad_lock:
+    raise ConfigError(f"config.model.lock_towers={tuple(config.model.lock_towers)}: only "
+                      "'image' and 'text' towers can be locked")
+  if config.model.name == "coca":
+    if config.accumulation_steps > 1:
+      raise ConfigError("CoCa with config.accumulation_steps > 1 is not supported; raise the "
+                        "number of devices or lower config.batch_size")
+    if config.loss.matryoshka_dims:
+      raise ConfigError("CoCa with config.loss.matryoshka_dims is not supported")
+  elif config.model.decoder:
+    raise ConfigError(f"config.model.decoder is for CoCa only (config.model.name="
+                      f"{config.model.name!r})")
+  init = config.model.init_from
+  if init:
+    from vlpt.pretrained import detect_format
+    from vlpt.weights.mapping import WeightsError
+    try:
+      detect_format(init)
+    except WeightsError as e:
+      raise ConfigError(f"config.model.init_from: {e}") from None
 
 
 def _check_registry_names(config: Any) -> None:

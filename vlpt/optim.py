@@ -60,7 +60,9 @@ def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
                            weight_decay=oc.weight_decay,
                            mask=decay_mask(params, tuple(oc.no_decay))))
   tx = optax.chain(*parts)
-  if oc.freeze:
+  # LiT: a locked tower is frozen like any other pattern (no updates, no optimizer state)
+  freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.model.get("lock_towers", ()))
+  if freeze:
     tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
-                               frozen_labels(params, tuple(oc.freeze)))
+                               frozen_labels(params, freeze))
   return tx

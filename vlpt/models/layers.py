@@ -138,7 +138,7 @@ class Attention(nnx.Module):
     self.out_bias = nnx.Param(param(_zeros, "embed")(rngs.params(), (dim,), param_dtype))
     self.dtype = dtype
     self.heads, self.head_dim = heads, head_dim
-    self.cache: KVCache | None = None
+    self.cache: KVCache | None = nnx.data(None)
 
   def init_cache(self, batch: int, length: int) -> None:
     """Allocates an empty key/value cache for ``length`` decoding positions."""
@@ -161,11 +161,11 @@ class Attention(nnx.Module):
     if decode:
       if self.cache is None:
         raise ValueError("decode=True needs init_cache() first")
-      c = self.cache[...]
+      c = self.cache.get_value()
       idx = c["index"]
       keys = jax.lax.dynamic_update_slice_in_dim(c["key"], k, idx, axis=1)
       values = jax.lax.dynamic_update_slice_in_dim(c["value"], v, idx, axis=1)
-      self.cache[...] = {"key": keys, "value": values, "index": idx + q.shape[1]}
+      self.cache.set_value({"key": keys, "value": values, "index": idx + q.shape[1]})
       # query position idx + i sees cached positions <= idx + i
       qpos = idx + jnp.arange(q.shape[1])
       visible = jnp.arange(keys.shape[1])[None, :] <= qpos[:, None]

@@ -40,20 +40,21 @@ def accumulated_value_and_grad(
     embed: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
     logit_params: Callable[[Any], tuple[jax.Array, jax.Array]],
     loss: Callable[..., tuple[jax.Array, dict]],
-    params: Any, images: jax.Array, text: jax.Array, *, k: int, n: int,
+    params: Any, images: jax.Array, text: jax.Array, *extra: jax.Array, k: int, n: int,
 ) -> tuple[tuple[jax.Array, dict], Any]:
   """((loss, metrics), grads) of ``loss(embed(params, batch), logit_params(params))``.
 
-  ``embed(params, images, text) -> (image_emb, text_emb)``; ``logit_params(params) -> (scale,
-  bias)``; ``loss(image_emb, text_emb, scale, bias) -> (loss, metrics)`` on the whole batch.
+  ``embed(params, images, text, *extra) -> (image_emb, text_emb)``; ``extra`` are further
+  per-example inputs (e.g. patch-dropout keys), split into micro-batches like the images;
+  ``logit_params(params) -> (scale, bias)``; ``loss(image_emb, text_emb, scale, bias) ->
+  (loss, metrics)`` on the whole batch.
   """
-  images_k = split_micro_batches(images, k, n)
-  text_k = split_micro_batches(text, k, n)
+  inputs_k = tuple(split_micro_batches(x, k, n) for x in (images, text, *extra))
 
   def embed_one(_, micro):
     return None, embed(params, *micro)
 
-  _, (image_emb, text_emb) = jax.lax.scan(embed_one, None, (images_k, text_k))
+  _, (image_emb, text_emb) = jax.lax.scan(embed_one, None, inputs_k)
   image_emb = jax.lax.stop_gradient(merge_micro_batches(image_emb, n))
   text_emb = jax.lax.stop_gradient(merge_micro_batches(text_emb, n))
   (scale, bias), scalar_vjp = jax.vjp(logit_params, params)
@@ -62,11 +63,11 @@ def accumulated_value_and_grad(
   (grads,) = scalar_vjp((g_scale, g_bias))
 
   def backward(acc, micro):
-    imgs, txt, g_img, g_txt = micro
-    _, vjp = jax.vjp(lambda p: embed(p, imgs, txt), params)
+    inputs, g_img, g_txt = micro
+    _, vjp = jax.vjp(lambda p: embed(p, *inputs), params)
     (g,) = vjp((g_img, g_txt))
     return jax.tree.map(jnp.add, acc, g), None
 
-  grads, _ = jax.lax.scan(backward, grads, (images_k, text_k, split_micro_batches(g_image, k, n),
+  grads, _ = jax.lax.scan(backward, grads, (inputs_k, split_micro_batches(g_image, k, n),
                                             split_micro_batches(g_text, k, n)))
   return (value, metrics), grads

@@ -17,3 +17,11 @@ class TrainMetrics(clu_metrics.Collection):
   grad_norm: clu_metrics.Average.from_output("grad_norm")
   logit_scale: clu_metrics.LastValue.from_output("logit_scale")
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+@struct.dataclass
+class CocaTrainMetrics(TrainMetrics):
+  """CoCa logs its two loss terms too (``loss`` is their weighted sum)."""
+
+  contrastive_loss: clu_metrics.Average.from_output("contrastive_loss")
+  caption_loss: clu_metrics.Average.from_output("caption_loss")

@@ -27,20 +27,26 @@ from vlpt.data.pipeline import EvalSet, load_eval_set, train_dataset
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.evaluation.evaluators import Encoders, evaluate_set, normalize_images
 from vlpt.losses import build_loss
+from vlpt.losses.captioning import caption_loss
 from vlpt.models import build_model
 from vlpt.optim import build_optimizer, learning_rate_schedule
 from vlpt.train.accumulation import accumulated_value_and_grad
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.state import TrainState, pure_params
-from vlpt.train.train_metrics import TrainMetrics
+from vlpt.train.train_metrics import CocaTrainMetrics, TrainMetrics
 from vlpt.train.writers import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
+
+WORKDIR_CONFIG = "vlpt_config.json"
 
 
 def resolve_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> dict:
   """``config.model`` as constructor kwargs, text vocabulary and length filled from the tokenizer."""
   model = config.model.to_dict()
+  for key in ("init_from", "lock_towers", "caption_weight"):  # trainer settings, not model kwargs
+    model.pop(key)
+  decoder = model.pop("decoder")
   text = model["text"]
   if text.get("vocab_size") is None:
     text["vocab_size"] = tokenizer.vocab_size
@@ -52,6 +58,9 @@ def resolve_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> d
   elif text["context_length"] < tokenizer.context_length:
     raise ConfigError(f"config.model.text.context_length={text['context_length']} is shorter than "
                       f"the tokenizer's ({tokenizer.context_length})")
+  if model["name"] == "coca":
+    model["decoder"] = {"vocab_size": text["vocab_size"],
+                        "context_length": text["context_length"], **decoder}
   return model
 
 
@@ -68,6 +77,7 @@ class Setup:
   abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
   state_shardings: TrainState
   init_fn: Any
+  model_config: dict
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
@@ -105,24 +115,62 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   return Setup(config=config, mesh=mesh, rules=rules, tokenizer=tokenizer, graphdef=graphdef,
-               tx=tx, abstract_state=abstract, state_shardings=shardings, init_fn=init_fn)
+               tx=tx, abstract_state=abstract, state_shardings=shardings, init_fn=init_fn,
+               model_config=model_config)
 
 
 def initial_state(setup: Setup) -> TrainState:
+  """Fresh parameters and optimizer state; ``config.model.init_from`` replaces the parameters."""
   key_data = jax.random.key_data(jax.random.key(setup.config.seed))
   with S.activate(setup.mesh, setup.rules):
-    return jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(key_data)
+    state = jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(key_data)
+  if setup.config.model.init_from:
+    state = state.replace(params=pretrained_params(setup))
+  return state
+
+
+def pretrained_params(setup: Setup) -> Any:
+  """``config.model.init_from`` read, resized to the config, and placed with the params' shardings.
+
+  The config's model must describe the checkpoint's architecture (``vlpt-convert SRC
+  --print-config`` prints it); any mismatch is reported by tensor name.
+  """
+  from vlpt.pretrained import read_bundle
+  from vlpt.weights.mapping import WeightsError
+  from vlpt.weights.resize import resize_model
+  from vlpt.weights.state import pure_tree
+  path = setup.config.model.init_from
+  text = setup.model_config["text"]
+  try:
+    bundle = read_bundle(path)
+    _, flat = resize_model(bundle.model, bundle.params,
+                           image_size=setup.model_config["image"]["image_size"],
+                           context_length=text["context_length"])
+    abstract_model = nnx.eval_shape(lambda: build_model(setup.model_config, nnx.Rngs(0)))
+    tree = pure_tree(abstract_model, flat)
+  except (WeightsError, ValueError) as e:
+    raise ConfigError(f"config.model.init_from={path!r}: {e}") from None
+  shardings = setup.state_shardings.params
+  dtypes = jax.tree.map(lambda a: a.dtype, setup.abstract_state.params)
+
+  def place(value, sharding, dtype):
+    value = np.asarray(value).astype(dtype)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+  return jax.tree.map(place, tree, shardings, dtypes)
 
 
 def make_value_and_grad(setup: Setup):
   """(params, batch) -> ((global loss, metrics), grads): towers under jit, loss in shard_map.
 
   With ``config.accumulation_steps = k > 1`` the gradient is accumulated exactly over k
-  micro-batches (see ``vlpt.train.accumulation``).
+  micro-batches (see ``vlpt.train.accumulation``). Locked towers (LiT) see their parameters
+  through ``stop_gradient``, so no backward pass runs through them. CoCa adds the caption term.
   """
   config, mesh, graphdef = setup.config, setup.mesh, setup.graphdef
   loss_fn = build_loss(config.loss)
   batch_spec = P(S.BATCH_AXES)
+  locked = tuple(config.model.lock_towers)
 
   def global_loss(image_emb, text_emb, scale, bias):
     return loss_fn(image_emb, text_emb, scale, bias, S.BATCH_AXES)
@@ -131,18 +179,37 @@ def make_value_and_grad(setup: Setup):
                                in_specs=(batch_spec, batch_spec, P(), P()),
                                out_specs=(P(), P()))
 
-  def embed(params, images, text):
-    model = nnx.merge(graphdef, params)
+  def merged(params):
+    if locked:
+      params = {k: jax.lax.stop_gradient(v) if k in locked else v for k, v in params.items()}
+    return nnx.merge(graphdef, params)
+
+  def dropout_rng(keys):
+    return None if keys is None else jax.random.wrap_key_data(keys)
+
+  def embed(params, images, text, keys=None):
+    model = merged(params)
     images = normalize_images(images, config.data.normalization)
-    return model.encode_image(images), model.encode_text(text)
+    return (model.encode_image(images, dropout_rng=dropout_rng(keys)),
+            model.encode_text(text))
 
   def logit_params(params):
     out = nnx.merge(graphdef, params).logit_params()
     return out["logit_scale"], out.get("logit_bias", jnp.zeros((), jnp.float32))
 
   def objective(params, batch):
-    image_emb, text_emb = embed(params, batch["image"], batch["text"])
-    return sharded_loss(image_emb, text_emb, *logit_params(params))
+    if config.model.name != "coca":
+      image_emb, text_emb = embed(params, batch["image"], batch["text"], batch.get("keys"))
+      return sharded_loss(image_emb, text_emb, *logit_params(params))
+    model = merged(params)
+    images = normalize_images(batch["image"], config.data.normalization)
+    image_emb, image_tokens = model.image_features(images,
+                                                   dropout_rng=dropout_rng(batch.get("keys")))
+    text_emb, logits, labels = model.caption_logits(batch["text"], image_tokens)
+    contrastive, metrics = sharded_loss(image_emb, text_emb, *logit_params(params))
+    caption = caption_loss(logits, labels, pad_id=model.pad_id)
+    total = contrastive + config.model.caption_weight * caption
+    return total, {**metrics, "contrastive_loss": contrastive, "caption_loss": caption}
 
   k = config.accumulation_steps
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -150,8 +217,9 @@ def make_value_and_grad(setup: Setup):
   def value_and_grad(params, batch):
     if k == 1:
       return jax.value_and_grad(objective, has_aux=True)(params, batch)
+    extra = (batch["keys"],) if "keys" in batch else ()
     return accumulated_value_and_grad(embed, logit_params, sharded_loss, params, batch["image"],
-                                      batch["text"], k=k, n=n_batch_shards)
+                                      batch["text"], *extra, k=k, n=n_batch_shards)
 
   return value_and_grad, logit_params
 
@@ -162,7 +230,14 @@ def make_train_step(setup: Setup):
   schedule = learning_rate_schedule(config)
   value_and_grad, logit_params = make_value_and_grad(setup)
 
+  patch_dropout = float(config.model.image.get("patch_dropout", 0.0) or 0.0)
+  metrics_cls = CocaTrainMetrics if config.model.name == "coca" else TrainMetrics
+
   def step(state: TrainState, batch: dict[str, jax.Array]):
+    if patch_dropout > 0:  # per-example keys, split with the batch (also across micro-batches)
+      key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+      keys = jax.random.key_data(jax.random.split(key, batch["image"].shape[0]))
+      batch = {**batch, "keys": jax.lax.with_sharding_constraint(keys, S.batch_sharding(mesh, 2))}
     (loss, metrics), grads = value_and_grad(state.params, batch)
     scale = logit_params(state.params)[0]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -171,8 +246,9 @@ def make_train_step(setup: Setup):
     model.apply_constraints()
     new_state = state.replace(step=state.step + 1, params=pure_params(model),
                               opt_state=opt_state)
-    step_metrics = TrainMetrics.single_from_model_output(
-        loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"],
+    extra = {k: metrics[k] for k in ("contrastive_loss", "caption_loss") if k in metrics}
+    step_metrics = metrics_cls.single_from_model_output(
+        loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"], **extra,
         grad_norm=optax.global_norm(grads), logit_scale=scale,
         learning_rate=schedule(state.step))
     return new_state, step_metrics
@@ -241,6 +317,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the final eval results."""
   setup = build(config)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # what vlpt.load / vlpt-convert read back from a workdir
+    tmp = os.path.join(workdir, WORKDIR_CONFIG + ".tmp")
+    with open(tmp, "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, WORKDIR_CONFIG))
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
   latest = checkpointer.latest_step()
