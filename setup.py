@@ -15,6 +15,12 @@ CORE = [
     "pillow>=10",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "absl-py>=2",
+    # tokenizers (CLIP BPE cleaning, HF tokenizer files, SigLIP SentencePiece) and weights I/O
+    "ftfy>=6",
+    "regex>=2023",
+    "tokenizers>=0.15",
+    "sentencepiece>=0.2",
+    "safetensors>=0.4",
 ]
 
 EXTRAS = {
@@ -37,12 +43,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["vlpt", "vlpt.*"]),
+    package_data={"vlpt.data": ["assets/*.gz", "assets/LICENSE-*.txt"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "vlpt-train=vlpt.cli.train:run",
             "vlpt-eval=vlpt.cli.eval:run",
+            "vlpt-convert=vlpt.cli.convert:run",
         ]
     },
 )

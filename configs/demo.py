@@ -5,6 +5,9 @@ zero-shot accuracy over the 24 color x shape classes (see README for measured fi
 
   vlpt-train --config configs/demo.py --workdir /tmp/vlpt-demo
   vlpt-train --config configs/demo.py:tiny --workdir /tmp/t   # a smaller, faster variant for tests
+  vlpt-train --config configs/demo.py:coca --workdir /tmp/coca  # CoCa: contrastive + captioner
+
+Variants combine with commas, e.g. ``configs/demo.py:coca,tiny``.
 """
 
 from __future__ import annotations
@@ -42,17 +45,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.datasets = ml_collections.ConfigDict(
       {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 1024}})
 
-  if arg == "tiny":  # seconds per run: for tests and smoke checks
+  variants = set(filter(None, (arg or "").split(",")))
+  unknown = variants - {"tiny", "coca"}
+  if unknown:
+    raise ValueError(f"unknown demo variant(s) {sorted(unknown)}; use tiny and/or coca")
+  if "coca" in variants:  # CoCa (Yu et al. 2022): attentional pooling, CLS text token, decoder
+    c.model.name = "coca"
+    c.model.embed_dim = 64  # CoCa's decoder reads image tokens and text features of this width
+    c.model.image.pool = "coca"
+    c.model.image.pooler_queries = 17  # 16 captioner tokens + 1 contrastive
+    c.model.image.pooler_heads = 4
+    c.model.decoder = ml_collections.ConfigDict({"variant": "micro"})
+    c.model.caption_weight = 2.0
+  if "tiny" in variants:  # seconds per run: for tests and smoke checks
     c.total_steps = 20
     c.batch_size = 32
     c.log_every_steps = 1
     c.eval_every_steps = 20
     c.checkpoint_every_steps = 10
-    c.model.embed_dim = 32
+    if "coca" not in variants:
+      c.model.embed_dim = 32
     c.optimizer.warmup_steps = 5
     c.optimizer.lr = 1e-4  # slow enough that 20 steps stay informative (no collapse)
     c.eval.batch_size = 64
     c.eval.datasets.heldout.num_examples = 128
-  elif arg:
-    raise ValueError(f"unknown demo variant {arg!r}; use configs/demo.py or configs/demo.py:tiny")
   return c

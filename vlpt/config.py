@@ -18,6 +18,9 @@ import ml_collections
 from vlpt.sharding import MESH_AXES, resolve_mesh_shape
 
 
+WORKDIR_CONFIG = "vlpt_config.json"  # the run's config, written into its workdir by the trainer
+
+
 class ConfigError(ValueError):
   """A configuration problem a user can fix; printed as one line, no traceback."""
 
@@ -199,6 +202,16 @@ def _check_model(config: Any) -> None:
     raise ConfigError(f"config.model.lock_towers={tuple(config.model.lock_towers)}: only "
                       "'image' and 'text' towers can be locked")
   if config.model.name == "coca":
+    from vlpt.models.sizes import parse_text, tower_size
+    text, dec = config.model.text, config.model.decoder
+    size = lambda t: tower_size(parse_text(t.get("variant", "B")),  # noqa: E731
+                                **{k: t.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
+    widths = (config.model.embed_dim, size(text).width, size(dec).width)
+    if len(set(widths)) != 1:
+      raise ConfigError(f"CoCa needs config.model.embed_dim, the text tower width and the "
+                        f"decoder width equal (open_clip layout), got {widths}")
+    if config.model.image.get("pool", "coca") != "coca":
+      raise ConfigError("CoCa needs config.model.image.pool='coca'")
     if config.accumulation_steps > 1:
       raise ConfigError("CoCa with config.accumulation_steps > 1 is not supported; raise the "
                         "number of devices or lower config.batch_size")

@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlpt.config import WORKDIR_CONFIG
 from vlpt.data.preprocess import Preprocess
 from vlpt.weights.io import read_tensors, write_safetensors
 from vlpt.weights.mapping import WeightsError
 
 VLPT_MODEL_JSON = "vlpt_model.json"
 VLPT_WEIGHTS = "model.safetensors"
-WORKDIR_CONFIG = "vlpt_config.json"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_PRE = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash",
@@ -227,13 +227,28 @@ def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:
     raise WeightsError(f"{dst} exists and is not empty; choose a new directory (nothing was "
                        "overwritten)")
   # convert fully before touching the disk, so a refusal leaves nothing half-written
+  cfg = sd = None
   if to == "open_clip":
     from vlpt.weights.open_clip import to_open_clip
     cfg, sd = to_open_clip(bundle.model, bundle.params)
   elif to == "hf":
     from vlpt.weights.hf import to_hf
     cfg, sd = to_hf(bundle.model, bundle.params)
-  os.makedirs(dst, exist_ok=True)
+  final, dst = dst, dst.rstrip("/") + ".partial"
+  shutil.rmtree(dst, ignore_errors=True)
+  os.makedirs(dst)
+  try:
+    _write_files(bundle, dst, to, cfg if to != "vlpt" else None, sd if to != "vlpt" else None)
+  except BaseException:
+    shutil.rmtree(dst, ignore_errors=True)
+    raise
+  if os.path.isdir(final):
+    os.rmdir(final)  # empty, checked above
+  os.replace(dst, final)  # the directory appears complete or not at all
+
+
+def _write_files(bundle: Bundle, dst: str, to: str, cfg: dict | None,
+                 sd: dict[str, np.ndarray] | None) -> None:
   pre = bundle.preprocess
   if to == "vlpt":
     meta = {"format": "vlpt", "version": 1, "model": bundle.model, "preprocess": pre.to_dict(),

@@ -20,8 +20,17 @@ class TrainMetrics(clu_metrics.Collection):
 
 
 @struct.dataclass
-class CocaTrainMetrics(TrainMetrics):
-  """CoCa logs its two loss terms too (``loss`` is their weighted sum)."""
+class CocaTrainMetrics(clu_metrics.Collection):
+  """CoCa logs its two loss terms too (``loss`` is their weighted sum).
 
+  (clu collects a Collection's fields from its own annotations only, hence no subclassing.)
+  """
+
+  loss: clu_metrics.Average.from_output("loss")
+  i2t_acc: clu_metrics.Average.from_output("i2t_acc")
+  t2i_acc: clu_metrics.Average.from_output("t2i_acc")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  logit_scale: clu_metrics.LastValue.from_output("logit_scale")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
   contrastive_loss: clu_metrics.Average.from_output("contrastive_loss")
   caption_loss: clu_metrics.Average.from_output("caption_loss")

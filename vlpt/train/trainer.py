@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vlpt import sharding as S
-from vlpt.config import ConfigError, validate
+from vlpt.config import WORKDIR_CONFIG, ConfigError, validate
 from vlpt.data.loader import DeviceLoader
 from vlpt.data.pipeline import EvalSet, load_eval_set, train_dataset
 from vlpt.data.tokenizers import build_tokenizer
@@ -37,8 +37,6 @@ from vlpt.train.train_metrics import CocaTrainMetrics, TrainMetrics
 from vlpt.train.writers import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
-
-WORKDIR_CONFIG = "vlpt_config.json"
 
 
 def resolve_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> dict:

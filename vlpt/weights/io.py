@@ -86,5 +86,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict 
   """Atomic write: a crash never leaves a truncated file under the final name."""
   from safetensors.numpy import save_file
   tmp = path + ".tmp"
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+  # (np.ascontiguousarray would turn 0-d scalars such as logit_scale into shape (1,))
+  arrays = {k: np.array(v, order="C", copy=True) for k, v in tensors.items()}
+  save_file(arrays, tmp, metadata=metadata)
   os.replace(tmp, path)

@@ -97,8 +97,6 @@ def open_clip_config_from_model(model: dict) -> dict:
     problems.append("image towers without a class token, with a patch bias or MAP pooling")
   if image.get("proj", True) is False or image.get("proj_bias"):
     problems.append("image towers without a bias-free projection")
-  if vsize.width // vsize.heads != 64:
-    problems.append(f"an image head width of {vsize.width // vsize.heads} (open_clip uses 64)")
   if image.get("act", "gelu") != text.get("act", "gelu") or image.get("act", "gelu") not in (
       "gelu", "quick_gelu"):
     problems.append("activations other than one shared gelu / quick_gelu")
@@ -106,7 +104,8 @@ def open_clip_config_from_model(model: dict) -> dict:
     raise WeightsError("open_clip's native towers cannot express " + "; ".join(problems)
                        + "; export with --to hf instead")
   vc: dict[str, Any] = dict(image_size=image["image_size"], layers=vsize.depth, width=vsize.width,
-                            head_width=64, mlp_ratio=vsize.mlp_dim / vsize.width, patch_size=patch)
+                            head_width=vsize.width // vsize.heads,
+                            mlp_ratio=vsize.mlp_dim / vsize.width, patch_size=patch)
   if not image.get("ln_pre", True):
     vc["no_ln_pre"] = True
   if image.get("pool") == "gap":

@@ -1,0 +1,66 @@
+"""``vlpt-convert SRC DST [--to vlpt|open_clip|hf]``: checkpoints between vlpt and the ecosystem.
+
+SRC is detected: a vlpt export or training workdir, an open_clip directory
+(``open_clip_config.json`` + ``open_clip_model.safetensors``), an HF ``CLIPModel`` /
+``SiglipModel`` directory (``config.json`` + ``model.safetensors``) or a big_vision ``.npz``.
+DST must not exist (or be empty); it appears only once fully written.
+``--print-config`` prints the vlpt ``config.model`` that matches SRC (for training configs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlpt.weights.mapping import WeightsError
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="vlpt-convert", description=__doc__.splitlines()[0])
+  parser.add_argument("src", help="checkpoint to read (format detected)")
+  parser.add_argument("dst", nargs="?", help="output directory (must not exist or be empty)")
+  parser.add_argument("--to", choices=("vlpt", "open_clip", "hf"), default="vlpt",
+                      help="output format (default: vlpt)")
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="resize image position embeddings to this resolution")
+  parser.add_argument("--context-length", type=int, default=None,
+                      help="resize text position embeddings to this length")
+  parser.add_argument("--print-config", action="store_true",
+                      help="print the matching vlpt config.model as JSON and exit")
+  args = parser.parse_args(argv)
+  if not args.print_config and not args.dst:
+    parser.error("DST is required (or use --print-config)")
+  from vlpt.pretrained import detect_format, read_bundle, write_bundle
+  from vlpt.weights.resize import resize_model
+  try:
+    kind = detect_format(args.src)
+    bundle = read_bundle(args.src)
+    if args.image_size or args.context_length:
+      bundle.model, bundle.params = resize_model(bundle.model, bundle.params,
+                                                 image_size=args.image_size,
+                                                 context_length=args.context_length)
+      if args.image_size:
+        import dataclasses
+        bundle.preprocess = dataclasses.replace(bundle.preprocess, image_size=args.image_size)
+      if args.context_length and bundle.tokenizer:
+        bundle.tokenizer = dict(bundle.tokenizer, context_length=args.context_length)
+    if args.print_config:
+      print(json.dumps(bundle.model, indent=2))
+      return 0
+    write_bundle(bundle, args.dst, args.to)
+  except (WeightsError, ValueError, OSError) as e:
+    print(f"vlpt-convert: error: {e}", file=sys.stderr)
+    return 2
+  n = sum(v.size for v in bundle.params.values())
+  print(f"[vlpt-convert] {kind} -> {args.to}: {len(bundle.params)} tensors, {n / 1e6:.2f}M "
+        f"parameters written to {args.dst}")
+  return 0
+
+
+def run() -> None:
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()
