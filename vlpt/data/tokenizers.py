@@ -69,13 +69,15 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
   return [texts] if isinstance(texts, str) else list(texts)
 
 
-def _rows(sequences: Sequence[Sequence[int]], length: int, pad_id: int) -> np.ndarray:
-  """Pads/truncates id lists to ``length``; a truncated row keeps its closing token last."""
+def _rows(sequences: Sequence[Sequence[int]], length: int, pad_id: int, keep_last: bool = True
+          ) -> np.ndarray:
+  """Pads/truncates id lists to ``length``; with ``keep_last`` a truncated row keeps its closing token
+  (EOT/EOS/[SEP]) last, where a text tower pools."""
   out = np.full((len(sequences), length), pad_id, np.int32)
   for row, ids in enumerate(sequences):
     ids = list(ids)
     if len(ids) > length:
-      ids = ids[: length - 1] + ids[-1:]
+      ids = ids[: length - 1] + ids[-1:] if keep_last else ids[:length]
     out[row, : len(ids)] = ids
   return out
 
@@ -124,82 +126,107 @@ def clip_vocabulary(path: str = CLIP_VOCAB) -> list[str]:
           + ["<start_of_text>", "<end_of_text>"])
 
 
-def clip_clean(text: str) -> str:
-  """CLIP's text normalization: ftfy repair, HTML unescaping, whitespace collapse, lower case."""
-  import ftfy
-  text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-  return re.sub(r"\s+", " ", text).strip().lower()
+@functools.cache
+def _ftfy():
+  try:
+    import ftfy
+  except ImportError as e:  # pragma: no cover - ftfy is an install requirement
+    raise ImportError("CLIP's text cleaning needs ftfy (pip install ftfy)") from e
+  return ftfy
+
+
+def clip_clean(text: str, lower: bool = True) -> str:
+  """CLIP's text normalization: ftfy repair, HTML unescaping (twice), whitespace collapse, lower case.
+
+  Printable ASCII without '&' skips ftfy and unescaping, which leave such text unchanged (most captions
+  are such text, and ftfy is most of the cost).
+  """
+  if not (text.isascii() and text.isprintable() and "&" not in text):
+    text = html.unescape(html.unescape(_ftfy().fix_text(text)))
+  text = " ".join(text.split())  # str.split's whitespace, as open_clip's
+  return text.lower() if lower else text
 
 
 class ClipBpeTokenizer:
   """CLIP's BPE tokenizer (Radford et al. 2021; Sennrich et al. 2016's BPE over UTF-8 bytes).
 
-  Same ids as open_clip's: SOT 49406, EOT 49407, pad 0, truncation keeps EOT.
+  Same ids as open_clip's ``tokenize``: SOT 49406, EOT 49407, pad 0, truncation keeps EOT. Each distinct
+  pre-token is merged once and its ids are cached, so repeated words cost a dict lookup.
   """
 
   pad_id = 0
+  cache_size = 1 << 18  # distinct pre-tokens remembered; the cache starts over when full
 
   def __init__(self, context_length: int = 77, vocab_path: str | None = None):
     import regex
+    _ftfy()  # required: fail here rather than at the first non-ASCII caption
     if context_length < 2:
       raise ValueError(f"context_length must be >= 2 (SOT + EOT), got {context_length}")
+    path = vocab_path or CLIP_VOCAB
     self.context_length = context_length
-    vocab = clip_vocabulary(vocab_path or CLIP_VOCAB)
-    self._ids = {tok: i for i, tok in enumerate(vocab)}
-    self._tokens = vocab
-    self._ranks = {m: i for i, m in enumerate(clip_merges(vocab_path or CLIP_VOCAB))}
-    self._alphabet = byte_alphabet()
-    self._bytes = {c: b for b, c in enumerate(self._alphabet)}
+    self._tokens = clip_vocabulary(path)
+    self._ids = {tok: i for i, tok in enumerate(self._tokens)}
+    self._ranks = {pair: rank for rank, pair in enumerate(clip_merges(path))}
+    alphabet = byte_alphabet()
+    self._to_alphabet = dict(enumerate(alphabet))  # a str.translate table over latin-1 characters
+    self._from_alphabet = {c: b for b, c in enumerate(alphabet)}
     self._pattern = regex.compile(CLIP_PATTERN, regex.IGNORECASE)
     self.sot_id = self._ids["<start_of_text>"]
     self.eot_id = self._ids["<end_of_text>"]
-    self.vocab_size = len(vocab)
-    self._word = functools.lru_cache(maxsize=200_000)(self._merge_word)
+    self.vocab_size = len(self._tokens)
+    self._specials = {"<start_of_text>": (self.sot_id,), "<end_of_text>": (self.eot_id,)}
+    self._cache = dict(self._specials)
 
-  def _merge_word(self, word: str) -> tuple[str, ...]:
-    """Applies the merges to one pre-token, lowest rank first, until none applies."""
-    if word in ("<start_of_text>", "<end_of_text>"):
-      return (word,)
-    parts = [*word[:-1], word[-1] + "</w>"]
-    while len(parts) > 1:
-      ranked = [(self._ranks.get((a, b), None), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
-      ranked = [(r, i) for r, i in ranked if r is not None]
-      if not ranked:
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_cache": dict(self._specials)}  # workers rebuild their own cache
+
+  def _merge(self, symbols: list[str]) -> list[str]:
+    """Merges the adjacent pair of lowest rank (every occurrence, left to right) until none is a
+    merge."""
+    ranks = self._ranks
+    while len(symbols) > 1:
+      pairs = [p for p in zip(symbols, symbols[1:]) if p in ranks]
+      if not pairs:
         break
-      best = min(ranked)[0]
-      pair = next((parts[i], parts[i + 1]) for r, i in ranked if r == best)
-      merged, i = [], 0
-      while i < len(parts):
-        if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-          merged.append(parts[i] + parts[i + 1])
+      first, second = min(pairs, key=ranks.__getitem__)
+      merged, i, n = [], 0, len(symbols)
+      while i < n:
+        if i + 1 < n and symbols[i] == first and symbols[i + 1] == second:
+          merged.append(first + second)
           i += 2
         else:
-          merged.append(parts[i])
+          merged.append(symbols[i])
           i += 1
-      parts = merged
-    return tuple(parts)
+      symbols = merged
+    return symbols
+
+  def _piece_ids(self, piece: str) -> tuple[int, ...]:
+    chars = piece.encode("utf-8").decode("latin-1").translate(self._to_alphabet)
+    ids = tuple(self._ids[s] for s in self._merge([*chars[:-1], chars[-1] + "</w>"]))
+    if len(self._cache) >= self.cache_size:
+      self._cache = dict(self._specials)
+    self._cache[piece] = ids
+    return ids
 
   def encode(self, text: str) -> list[int]:
     """Text -> BPE ids without SOT/EOT."""
-    ids = []
+    ids, cache = [], self._cache
     for piece in self._pattern.findall(clip_clean(text)):
-      word = "".join(self._alphabet[b] for b in piece.encode("utf-8"))
-      ids.extend(self._ids[t] for t in self._word(word))
+      hit = cache.get(piece)
+      ids.extend(hit if hit is not None else self._piece_ids(piece))
     return ids
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Texts -> int32 ids [N, context_length]."""
     return _rows([[self.sot_id, *self.encode(t), self.eot_id] for t in _as_list(texts)],
                  self.context_length, self.pad_id)
 
   def decode(self, ids: Sequence[int]) -> str:
-    """Ids -> text (special tokens and padding dropped)."""
+    """Ids -> text: special tokens and padding dropped, one space between pre-tokens."""
     special = (self.pad_id, self.sot_id, self.eot_id)
-    chars = "".join(self._tokens[int(i)] for i in ids if int(i) not in special)
-    out = bytearray()
-    for word in chars.split("</w>"):
-      out.extend(bytes(self._bytes[c] for c in word))
-      out.extend(b" ")
-    return re.sub(" +", " ", out.decode("utf-8", errors="replace")).strip()
+    chars = "".join(self._tokens[i] for i in map(int, ids) if i not in special)
+    data = b" ".join(bytes(self._from_alphabet[c] for c in word) for word in chars.split("</w>"))
+    return " ".join(data.decode("utf-8", errors="replace").split())
 
 
 def write_hf_clip_vocab(directory: str, vocab_path: str | None = None) -> None:
@@ -216,61 +243,130 @@ def write_hf_clip_vocab(directory: str, vocab_path: str | None = None) -> None:
 
 # ---- HF tokenizers, SentencePiece, WordPiece -----------------------------------------------
 class HFTokenizer:
-  """A tokenizer from HF's ``tokenizers`` library: a ``tokenizer.json`` (any family, its own
-  special tokens kept), or a CLIP ``vocab.json`` + ``merges.txt`` directory (CLIP's BPE, with
-  SOT/EOT added and pad 0 as open_clip; same ids as open_clip except for texts that spell out
-  ``<start_of_text>`` literally, which open_clip alone treats as a special token)."""
+  """A tokenizer of HF's ``tokenizers`` library, in one of two forms.
 
-  def __init__(self, path: str, context_length: int = 77, pad_id: int | None = None):
+  - ``tokenizer.json`` (the file, or a directory holding it): used as saved, with the special tokens
+    its post-processor adds and no others, so SigLIP/T5-style tokenizers keep their own EOS and pad.
+    Only padding and truncation are ours: cut to ``context_length`` (keeping its closing token, if it
+    adds one, last) and pad with ``pad_id`` (default: its padding or pad token, else 0).
+    ``lower_case=True`` lower-cases texts first (for tokenizers that expect it but do not do it).
+  - a CLIP directory (``vocab.json`` + ``merges.txt``, as HF's CLIPTokenizer reads them): CLIP's BPE
+    rebuilt as a ``tokenizers`` model with open_clip's cleaning (``lower_case=False`` keeps case,
+    open_clip's "whitespace" cleaning), SOT/EOT and pad 0. Same ids as open_clip, except for letters
+    and digits of Unicode versions newer than the tables of the ``tokenizers`` regex engine.
+  """
+
+  def __init__(self, path: str, context_length: int = 77, pad_id: int | None = None,
+               lower_case: bool | None = None):
     from tokenizers import Tokenizer
+    if context_length < 1:
+      raise ValueError(f"context_length must be >= 1, got {context_length}")
     self.context_length = context_length
-    self._clip = False
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "tokenizer.json")):
-      vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
-      if not (os.path.isfile(vocab) and os.path.isfile(merges)):
-        raise FileNotFoundError(f"{path}: expected tokenizer.json, or vocab.json + merges.txt")
-      self._tok = _clip_bpe_from_files(vocab, merges)
-      self._clip = True
-    else:
-      file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-      if not os.path.isfile(file):
-        raise FileNotFoundError(f"tokenizer file not found: {file}")
+    self.lower_case = lower_case
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+    if os.path.isfile(file):
+      self._clip = False
       self._tok = Tokenizer.from_file(file)
+      saved_pad = (self._tok.padding or {}).get("pad_id")
+    elif os.path.isdir(path) and os.path.isfile(vocab) and os.path.isfile(merges):
+      import regex
+      self._clip = True
+      self._tok = _clip_bpe_from_files(vocab, merges)
+      self._pattern = regex.compile(CLIP_PATTERN, regex.IGNORECASE)  # for literal SOT/EOT text
+      saved_pad = None
+    else:
+      raise FileNotFoundError(f"{path}: no HF tokenizer (expected a tokenizer.json file, or a "
+                              "directory with tokenizer.json, or with vocab.json + merges.txt)")
     self._tok.no_padding()
     self._tok.no_truncation()
-    find = self._tok.token_to_id
-    self.sot_id = find("<|startoftext|>")
-    self.eot_id = find("<|endoftext|>") if self._clip or find("<|endoftext|>") is not None \
-        else find("</s>") if find("</s>") is not None else find("[SEP]")
-    if pad_id is None:
-      pad_id = 0 if self._clip else next(
-          (i for t in ("<pad>", "[PAD]", "<|endoftext|>") if (i := find(t)) is not None), 0)
-    self.pad_id = pad_id
+    if self._clip:
+      self.sot_id = self._tok.token_to_id("<|startoftext|>")
+      self.eot_id = self._tok.token_to_id("<|endoftext|>")
+      if self.sot_id is None or self.eot_id is None:
+        raise ValueError(f"{vocab}: expected '<|startoftext|>' and '<|endoftext|>' in a CLIP vocab")
+      default_pad = 0
+    else:
+      self.sot_id, self.eot_id = self._added_specials()
+      default_pad = saved_pad if saved_pad is not None else _hf_pad_token_id(self._tok, file)
+    self.pad_id = pad_id if pad_id is not None else default_pad
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
+  def _added_specials(self) -> tuple[int | None, int | None]:
+    """(opening, closing) special token the post-processor adds around a text, None where none."""
+    enc = self._tok.encode("a")
+    mask, ids = enc.special_tokens_mask, enc.ids
+    if not any(mask):
+      return None, None
+    if all(mask):  # nothing but specials: read a lone one as closing (EOS-only tokenizers)
+      return (ids[0] if len(ids) > 1 else None), ids[-1]
+    return (ids[0] if mask[0] else None), (ids[-1] if mask[-1] else None)
+
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Texts -> int32 ids [N, context_length]."""
     texts = _as_list(texts)
     if self._clip:
-      seqs = [[self.sot_id, *e.ids, self.eot_id]
-              for e in self._tok.encode_batch([clip_clean(t) for t in texts],
-                                              add_special_tokens=False)]
-    else:
-      seqs = [e.ids for e in self._tok.encode_batch(texts)]
-    return _rows(seqs, self.context_length, self.pad_id)
+      return _rows(self._encode_clip(texts), self.context_length, self.pad_id)
+    if self.lower_case:
+      texts = [t.lower() for t in texts]
+    seqs = [e.ids for e in self._tok.encode_batch(texts)]
+    return _rows(seqs, self.context_length, self.pad_id, keep_last=self.eot_id is not None)
+
+  def _encode_clip(self, texts: list[str]) -> list[list[int]]:
+    cleaned = [clip_clean(t, self.lower_case is not False) for t in texts]
+    literal = [("<start_of_text>" in t or "<end_of_text>" in t) for t in cleaned]
+    plain = [t for t, lit in zip(cleaned, literal) if not lit]
+    encoded = iter(self._tok.encode_batch(plain, add_special_tokens=False))
+    return [[self.sot_id, *(self._encode_literal(t) if lit else next(encoded).ids), self.eot_id]
+            for t, lit in zip(cleaned, literal)]
+
+  def _encode_literal(self, text: str) -> list[int]:
+    """A text spelling out ``<start_of_text>``/``<end_of_text>``: open_clip reads those pre-tokens as
+    SOT/EOT, so split as open_clip does and let HF encode the words in between."""
+    special = {"<start_of_text>": self.sot_id, "<end_of_text>": self.eot_id}
+    ids, words = [], []
+    for piece in [*self._pattern.findall(text), None]:
+      if piece is None or piece in special:
+        if words:
+          ids.extend(self._tok.encode(words, is_pretokenized=True, add_special_tokens=False).ids)
+          words = []
+        if piece is not None:
+          ids.append(special[piece])
+      else:
+        words.append(piece)
+    return ids
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids if int(i) != self.pad_id])
 
 
+def _hf_pad_token_id(tok, file: str) -> int:
+  """The pad token a saved HF tokenizer names (tokenizer_config.json / special_tokens_map.json beside
+  ``file``), else a token spelled as a pad token, else 0."""
+  names = []
+  for side in ("tokenizer_config.json", "special_tokens_map.json"):
+    side = os.path.join(os.path.dirname(os.path.abspath(file)), side)
+    if os.path.isfile(side):
+      with open(side, encoding="utf-8") as f:
+        pad = json.load(f).get("pad_token")
+      names.append(pad.get("content") if isinstance(pad, dict) else pad)
+  for name in [*names, "<pad>", "[PAD]", "<|padding|>"]:
+    if isinstance(name, str) and (i := tok.token_to_id(name)) is not None:
+      return i
+  return 0
+
+
 def _clip_bpe_from_files(vocab_file: str, merges_file: str):
+  """CLIP's BPE as a ``tokenizers`` pipeline: CLIP's pre-token pattern (case-insensitive, as CLIP's,
+  so e.g. U+0345 counts as a letter), bytes to the printable alphabet, BPE with ``</w>`` word ends."""
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
   with open(vocab_file, encoding="utf-8") as f:
     vocab = json.load(f)
   with open(merges_file, encoding="utf-8") as f:
-    merges = [tuple(line.split()) for line in f.read().split("\n")[1:] if line.strip()]
-  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>",
-                             unk_token=None))
-  pattern = CLIP_PATTERN.replace("<start_of_text>|<end_of_text>|", "")
+    lines = f.read().split("\n")
+  merges = [tuple(line.split()) for line in lines[1 if lines[0].startswith("#") else 0:] if line.strip()]
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=None))
+  pattern = "(?i)" + CLIP_PATTERN.replace("<start_of_text>|<end_of_text>|", "")
   tok.pre_tokenizer = pre_tokenizers.Sequence([
       pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -279,7 +375,12 @@ def _clip_bpe_from_files(vocab_file: str, merges_file: str):
 
 
 class SentencePieceTokenizer:
-  """SentencePiece ids (+ EOS), padded: the text input of big_vision's SigLIP models."""
+  """SentencePiece ids (+ EOS), padded: the text input of big_vision's SigLIP models.
+
+  As big_vision's ``tokenize(eos="sticky")`` with ``add_eos`` (truncation keeps EOS last, where SigLIP
+  pools), plain truncation without. ``lower_case`` lower-cases ASCII letters only, as big_vision's
+  ``tf.strings.lower`` does.
+  """
 
   sot_id = None
 
@@ -287,39 +388,57 @@ class SentencePieceTokenizer:
                lower_case: bool = False, pad_id: int | None = None):
     import sentencepiece
     if not os.path.isfile(model_path):
-      raise FileNotFoundError(f"SentencePiece model not found: {model_path}")
+      raise FileNotFoundError(f"SentencePiece model not found: {model_path} (a .model file)")
+    if context_length < 1:
+      raise ValueError(f"context_length must be >= 1, got {context_length}")
     self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
+    if add_eos and self._sp.eos_id() < 0:
+      raise ValueError(f"{model_path}: the model has no EOS piece; pass add_eos=False")
     self.context_length, self.add_eos, self.lower_case = context_length, add_eos, lower_case
     self.eot_id = self._sp.eos_id() if add_eos else None
     self.pad_id = pad_id if pad_id is not None else max(self._sp.pad_id(), 0)
     self.vocab_size = self._sp.get_piece_size()
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
-    texts = [t.lower() if self.lower_case else t for t in _as_list(texts)]
-    seqs = [ids + ([self.eot_id] if self.add_eos else []) for ids in self._sp.encode(texts)]
-    return _rows(seqs, self.context_length, self.pad_id)
+    """Texts -> int32 ids [N, context_length]."""
+    texts = _as_list(texts)
+    if self.lower_case:
+      texts = [t.translate(_ASCII_LOWER) for t in texts]
+    seqs = [ids + [self.eot_id] if self.add_eos else ids for ids in self._sp.encode(texts)]
+    return _rows(seqs, self.context_length, self.pad_id, keep_last=self.add_eos)
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._sp.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eot_id)])
 
 
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
 class WordPieceTokenizer:
-  """BERT's WordPiece (Devlin et al. 2019): ``[CLS] tokens [SEP]`` then [PAD]."""
+  """BERT's WordPiece (Devlin et al. 2019): ``[CLS] tokens [SEP]`` then [PAD], as transformers'
+  BertTokenizer (BERT normalization and pre-splitting, accents stripped when lower-casing)."""
 
   def __init__(self, vocab_path: str, context_length: int = 64, lower_case: bool = True):
     from tokenizers import BertWordPieceTokenizer
     if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f"WordPiece vocabulary not found: {vocab_path}")
+      raise FileNotFoundError(f"WordPiece vocabulary not found: {vocab_path} (a vocab.txt, one token "
+                              "a line)")
+    if context_length < 2:
+      raise ValueError(f"context_length must be >= 2 ([CLS] + [SEP]), got {context_length}")
     self._tok = BertWordPieceTokenizer(vocab_path, lowercase=lower_case)
     self._tok.no_padding()
     self._tok.no_truncation()
     self.context_length = context_length
     self.sot_id = self._tok.token_to_id("[CLS]")
     self.eot_id = self._tok.token_to_id("[SEP]")
-    self.pad_id = self._tok.token_to_id("[PAD]") or 0
+    if self.sot_id is None or self.eot_id is None:
+      raise ValueError(f"{vocab_path}: a WordPiece vocabulary needs [CLS] and [SEP] tokens")
+    pad = self._tok.token_to_id("[PAD]")
+    self.pad_id = 0 if pad is None else pad
     self.vocab_size = self._tok.get_vocab_size()
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+    """Texts -> int32 ids [N, context_length]."""
     return _rows([e.ids for e in self._tok.encode_batch(_as_list(texts))], self.context_length,
                  self.pad_id)
 

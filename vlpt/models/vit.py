@@ -93,7 +93,11 @@ class VisionTransformer(nnx.Module):
     prefix = int(self.class_token)
     n = x.shape[1] - prefix
     keep = max(1, int(n * (1.0 - self.patch_dropout)))
-    order = jnp.argsort(jax.random.uniform(rng, (x.shape[0], n)), axis=-1)[:, :keep]
+    if rng.ndim == 0:
+      noise = jax.random.uniform(rng, (x.shape[0], n))
+    else:  # one key per example (the trainer's, so micro-batches drop the same patches)
+      noise = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(rng)
+    order = jnp.argsort(noise, axis=-1)[:, :keep]
     kept = jnp.take_along_axis(x[:, prefix:], order[..., None], axis=1)
     return jnp.concatenate([x[:, :prefix], kept], axis=1)
 
@@ -101,7 +105,7 @@ class VisionTransformer(nnx.Module):
                ) -> tuple[jax.Array, jax.Array]:
     """(pooled embedding [B, embed_dim] before normalization, tokens [B, T, D] after ln_post).
 
-    ``dropout_rng`` turns patch dropout on (training only).
+    ``dropout_rng`` (a key, or one key per example) turns patch dropout on (training only).
     """
     dt = self.dtype
     patches = self.patchify(images.astype(dt))

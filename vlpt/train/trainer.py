@@ -107,8 +107,12 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   repl = S.replicated(mesh)
   key_data = jax.random.key_data(jax.random.key(config.seed))
   abstract = jax.eval_shape(init_fn, key_data)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: repl)
+  # moments take their parameter's sharding; frozen parameters (MaskedNode) have no state
+  masked = optax.transforms._masking.MaskedNode
+  opt_sh = optax.tree_map_params(tx, lambda s, sh: s if isinstance(s, masked) else sh,
+                                 abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: repl,
+                                 is_leaf=lambda x: isinstance(x, masked))
   shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)

@@ -52,7 +52,7 @@ def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
   stacks = _scanned_stacks(model)
   out = {}
   for key, var in _raw_flat(model).items():
-    shape = tuple(var[...].shape)
+    shape = tuple(var.get_value().shape)
     prefix = next((p for p in stacks if key.startswith(p)), None)
     if prefix is None:
       out[key] = shape

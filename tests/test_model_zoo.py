@@ -1,0 +1,239 @@
+"""Model zoo in training: CoCa (losses, generation), LiT locking, patch dropout, init_from."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import REPO
+from e2e_utils import cli, env_with_devices, metrics, run
+from vlpt.config import ConfigError, load_config
+from vlpt.data.tokenizers import build_tokenizer
+from vlpt.models import build_model
+from vlpt.models.generation import _filter_logits, generate
+from vlpt.pretrained import Bundle, write_bundle
+from vlpt.data.preprocess import Preprocess
+from vlpt.train import trainer as T
+from vlpt.weights.state import flat_params
+
+COCA = dict(name="coca", embed_dim=32,
+            image=dict(variant="micro/8", image_size=32, pooler_queries=5, pooler_heads=2),
+            text=dict(variant="micro", vocab_size=50, context_length=12, width=32, heads=2),
+            decoder=dict(width=32, heads=2, depth=2, vocab_size=50, context_length=12))
+IMAGES = np.random.RandomState(0).randn(3, 32, 32, 3).astype(np.float32)
+SOT, EOT = 48, 49
+
+
+def demo_config(variant="tiny"):
+  return load_config(os.path.join(REPO, "configs", f"demo.py:{variant}"))
+
+
+@pytest.fixture(scope="module")
+def coca():
+  return build_model(COCA, nnx.Rngs(0))
+
+
+def _greedy_without_cache(model, images, max_len):
+  _, tokens = model.image_features(images)
+  ids = jnp.full((len(images), 1), SOT, jnp.int32)
+  for _ in range(max_len - 1):
+    padded = jnp.concatenate([ids, jnp.zeros((len(images), 1), jnp.int32)], 1)
+    _, logits, _ = model.caption_logits(padded, tokens)  # teacher forcing on the prefix
+    ids = jnp.concatenate([ids, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)], 1)
+  return np.asarray(ids)
+
+
+def _log_prob(model, images, ids):
+  """Sum of token log-probs up to and including the first EOT (teacher forcing)."""
+  _, tokens = model.image_features(images)
+  _, logits, labels = model.caption_logits(jnp.asarray(ids), tokens)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[..., None], -1)[..., 0]
+  keep = jnp.cumsum(labels == EOT, axis=1) - (labels == EOT) == 0
+  return np.asarray(jnp.sum(jnp.where(keep, logp, 0.0), axis=1))
+
+
+def test_kv_cache_greedy_equals_recomputation(coca):
+  ids = np.asarray(generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT))
+  ref = _greedy_without_cache(coca, IMAGES, 10)
+  after_eot = np.cumsum(ref == EOT, axis=1) - (ref == EOT) > 0
+  np.testing.assert_array_equal(ids, np.where(after_eot, 0, ref))
+  assert (ids[:, 0] == SOT).all()
+
+
+def test_beam_and_sampling_against_greedy(coca):
+  greedy = np.asarray(generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT))
+  one_beam = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="beam",
+                      num_beams=1, length_penalty=0.0)
+  np.testing.assert_array_equal(one_beam, greedy)
+  top1 = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample", top_k=1,
+                  rng=jax.random.key(3))
+  np.testing.assert_array_equal(top1, greedy)
+  # with as many beams as the vocabulary, two decoding steps are searched exhaustively
+  beam = np.asarray(generate(coca, IMAGES, max_len=3, sot_id=SOT, eot_id=EOT, method="beam",
+                             num_beams=50, length_penalty=0.0))
+  _, tokens = coca.image_features(IMAGES)
+  for i in range(len(IMAGES)):
+    prefixes = jnp.stack([jnp.full((50,), SOT), jnp.arange(50), jnp.zeros(50, int)], 1)
+    _, logits, _ = coca.caption_logits(prefixes.astype(jnp.int32),
+                                       jnp.repeat(tokens[i:i + 1], 50, 0))
+    logp = np.asarray(jax.nn.log_softmax(logits, -1))  # [first token, position, vocab]
+    total = logp[:, 0, :][0][:, None] + logp[:, 1, :]  # [t1, t2]
+    total[EOT, :] = logp[0, 0, EOT]  # a caption ending at once scores its EOT alone
+    t1, t2 = np.unravel_index(np.argmax(total), total.shape)
+    assert tuple(beam[i]) == (SOT, t1, 0 if t1 == EOT else t2)
+  a = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample",
+               temperature=2.0, rng=jax.random.key(1))
+  b = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample",
+               temperature=2.0, rng=jax.random.key(1))
+  np.testing.assert_array_equal(a, b)  # deterministic given the key
+  with pytest.raises(ValueError, match="rng"):
+    generate(coca, IMAGES, max_len=4, sot_id=SOT, eot_id=EOT, method="sample")
+
+
+def test_top_k_top_p_filtering():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  kept = lambda out: list(np.asarray(out[0] > -1e30))  # noqa: E731
+  assert kept(_filter_logits(logits, 2, None)) == [True, True, False, False]
+  assert kept(_filter_logits(logits, None, 0.7)) == [True, True, False, False]
+  assert kept(_filter_logits(logits, None, 0.5)) == [True, False, False, False]
+  assert kept(_filter_logits(logits, None, 0.96)) == [True, True, True, True]
+
+
+def test_coca_trains_both_loss_terms_fall(tmp_path, cli_env):
+  workdir = tmp_path / "coca"
+  run(cli("vlpt.cli.train", workdir, "--config.total_steps=40", "--config.optimizer.lr=1e-3",
+          "--config.checkpoint_every_steps=40", config=os.path.join(REPO, "configs",
+                                                                   "demo.py:coca,tiny")),
+      env_with_devices(cli_env, 8))
+  rows = [r for r in metrics(workdir) if "train/caption_loss" in r]
+  first, last = rows[:5], rows[-5:]
+  for key in ("train/caption_loss", "train/contrastive_loss"):
+    before, after = np.mean([r[key] for r in first]), np.mean([r[key] for r in last])
+    assert after < 0.8 * before, (key, before, after)
+
+
+def _one_step(config):
+  setup = T.build(config)
+  state = T.initial_state(setup)
+  before = jax.device_get(state.params)
+  loader = T.make_loader(setup)
+  batch = next(loader)
+  loader.close()
+  with T.S.activate(setup.mesh, setup.rules):
+    state, m = T.make_train_step(setup)(state, batch)
+  return setup, before, jax.device_get(state), jax.device_get(m.compute())
+
+
+def test_lit_locked_tower_has_no_updates_and_no_optimizer_state():
+  config = demo_config()
+  config.model.lock_towers = ("image",)
+  config.optimizer.warmup_steps = 0  # so the first step moves what it may move
+  _, before, after, m = _one_step(config)
+  for a, b in zip(jax.tree.leaves(after.params["image"]), jax.tree.leaves(before["image"])):
+    np.testing.assert_array_equal(a, b)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params["text"]),
+                                                    jax.tree.leaves(before["text"]))]
+  assert all(moved)
+  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+  moments = sum(x.size for x in jax.tree.leaves(after.opt_state) if x.dtype == np.float32)
+  # Adam keeps two moments per trainable parameter; the locked tower has none
+  assert moments == 2 * (size(before) - size(before["image"]))
+  assert np.isfinite(m["loss"])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_patch_dropout_trains_and_is_keyed(k):
+  model = build_model(dict(name="clip", embed_dim=32,
+                           image=dict(variant="micro/8", image_size=32, patch_dropout=0.5),
+                           text=dict(variant="micro", vocab_size=50, context_length=8)),
+                      nnx.Rngs(0))
+  key = jax.random.key(0)
+  a, b = model.encode_image(IMAGES, dropout_rng=key), model.encode_image(IMAGES, dropout_rng=key)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, model.encode_image(IMAGES))  # dropout changes the features
+  x = jnp.ones((2, 17, 64))
+  assert model.image._drop_patches(x, key).shape == (2, 1 + 8, 64)  # class token + half
+  config = demo_config()
+  config.model.image.patch_dropout = 0.5
+  config.accumulation_steps = k
+  _, _, _, m = _one_step(config)
+  assert np.isfinite(m["loss"])
+
+
+def _export_random_model(config, dst, seed=7):
+  tokenizer = build_tokenizer(config.data.tokenizer)
+  model_cfg = T.resolve_model_config(config, tokenizer)
+  model = build_model(model_cfg, nnx.Rngs(seed))
+  flat = flat_params(model)
+  write_bundle(Bundle(model_cfg, flat, config.data.tokenizer.to_dict(),
+                      Preprocess(image_size=config.data.image_size), "test"), str(dst))
+  return flat
+
+
+def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
+  config = demo_config()
+  flat = _export_random_model(config, tmp_path / "pre")
+  config.model.init_from = str(tmp_path / "pre")
+  setup = T.build(config)
+  params = jax.device_get(T.initial_state(setup).params)
+  np.testing.assert_array_equal(params["text"]["token_embedding"], flat["text.token_embedding"])
+  np.testing.assert_array_equal(params["image"]["positional_embedding"],
+                                flat["image.positional_embedding"])
+  # a higher training resolution: the image position grid is resampled (4x4 -> 6x6)
+  config.data.image_size = config.model.image.image_size = 48
+  setup = T.build(config)
+  params = jax.device_get(T.initial_state(setup).params)
+  assert params["image"]["positional_embedding"].shape == (1 + 36, 64)
+  np.testing.assert_array_equal(params["image"]["transformer"]["blocks"][0]["attn"]["query"],
+                                flat["image.transformer.blocks.0.attn.query"])
+
+
+def test_init_from_mismatch_is_a_config_error(tmp_path):
+  config = demo_config()
+  _export_random_model(config, tmp_path / "pre")
+  config.model.init_from = str(tmp_path / "pre")
+  config.model.embed_dim = 48
+  with pytest.raises(ConfigError, match="init_from.*shape mismatch"):
+    T.initial_state(T.build(config))
+  config.model.init_from = str(tmp_path / "missing")
+  with pytest.raises(ConfigError, match="no such checkpoint"):
+    T.build(config)
+
+
+def test_model_config_errors():
+  config = demo_config()
+  config.model.image.poool = "map"
+  with pytest.raises(ConfigError, match="did you mean model.image.pool"):
+    T.build(config)
+  config = demo_config("coca,tiny")
+  config.model.embed_dim = 48
+  with pytest.raises(ConfigError, match="CoCa needs config.model.embed_dim"):
+    T.build(config)
+  config = demo_config()
+  config.model.lock_towers = ("vision",)
+  with pytest.raises(ConfigError, match="lock_towers"):
+    T.build(config)
+  config = demo_config()
+  config.model.decoder = {"depth": 2}
+  with pytest.raises(ConfigError, match="CoCa only"):
+    T.build(config)
+
+
+def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
+  import vlpt
+  workdir = tmp_path / "run"
+  run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False",
+          "--config.checkpoint_every_steps=2"), env_with_devices(cli_env, 8))
+  loaded = vlpt.load(str(workdir))
+  ids = loaded.tokenizer(["a red circle", "a blue square"])
+  emb = np.asarray(loaded.encode_text(ids))
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)
+  images = np.zeros((2, 32, 32, 3), np.float32)
+  assert loaded.encode_image(images).shape == (2, emb.shape[1])
+  from PIL import Image
+  assert loaded.preprocess(Image.new("RGB", (50, 40))).shape == (32, 32, 3)
+  assert loaded.logit_scale > 1.0 and loaded.logit_bias is None
