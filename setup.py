@@ -37,7 +37,8 @@ EXTRAS = {
 setup(
     name="vlpt",
     version="0.1.0",
-    description="Contrastive vision-language pre-training (CLIP, SigLIP, ALIGN, LiT, CoCa) in JAX at pod scale",
+    description=("Contrastive vision-language pre-training (CLIP, SigLIP, ALIGN, LiT, CoCa) in JAX "
+                 "at pod scale"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

@@ -5,7 +5,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -190,6 +189,15 @@ def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
   assert params["image"]["positional_embedding"].shape == (1 + 36, 64)
   np.testing.assert_array_equal(params["image"]["transformer"]["blocks"][0]["attn"]["query"],
                                 flat["image.transformer.blocks.0.attn.query"])
+
+
+def test_vlpt_eval_runs_the_evaluators_on_pretrained_weights(tmp_path, cli_env):
+  _export_random_model(demo_config(), tmp_path / "pre")
+  workdir = tmp_path / "eval"
+  run(cli("vlpt.cli.eval", workdir, f"--config.model.init_from={tmp_path / 'pre'}"),
+      env_with_devices(cli_env, 8))
+  rows = [r for r in metrics(workdir) if "heldout/zeroshot/top1" in r]
+  assert len(rows) == 1 and rows[0]["step"] == 0
 
 
 def test_init_from_mismatch_is_a_config_error(tmp_path):

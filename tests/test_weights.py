@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -212,6 +211,12 @@ def test_hf_parity_and_export_round_trip(torch_reference, kind, tmp_path):
   got = _hf_outputs(torch, back, ids)
   for a, b in zip(got, (ref_i, ref_t, ref_logits)):
     np.testing.assert_allclose(a, b, atol=TOL * 10)
+  if kind == "clip":  # the CLIP vocabulary travels as HF files and is read back from them
+    from vlpt.data.tokenizers import ClipBpeTokenizer, HFTokenizer
+    again = vlpt.load(str(tmp_path / "out"))
+    assert isinstance(again.tokenizer, HFTokenizer)
+    texts = ["a photo of a cat", "Ünïcode 🙂 & more"]
+    np.testing.assert_array_equal(again.tokenizer(texts), ClipBpeTokenizer(16)(texts))
 
 
 def test_big_vision_npz_plain_and_scanned(torch_reference, tmp_path):
@@ -352,3 +357,44 @@ def flat_params_of_grads(grads, model):
   clone = nnx.clone(model)
   nnx.update(clone, grads)
   return flat_params(clone)
+
+
+@pytest.mark.slow
+def test_full_size_vit_b32_open_clip_parity(torch_reference, tmp_path):
+  torch, open_clip = torch_reference
+  cfg = open_clip.get_model_config("ViT-B-32")
+  torch.manual_seed(0)
+  ref = _perturb(torch, open_clip.model.CLIP(**cfg), seed=1)
+  model_cfg, flat = from_open_clip(_sd(ref), cfg)
+  model = _vlpt(model_cfg, flat)
+  images = np.random.RandomState(0).randn(2, 224, 224, 3).astype(np.float32)
+  ids = open_clip.tokenize(["a photo of a dog", "a diagram"]).numpy()
+  with torch.no_grad():
+    ref_i = ref.encode_image(_nchw(torch, images), normalize=True).numpy()
+    ref_t = ref.encode_text(torch.from_numpy(ids), normalize=True).numpy()
+  np.testing.assert_allclose(model.encode_image(images), ref_i, atol=TOL)
+  np.testing.assert_allclose(model.encode_text(ids), ref_t, atol=TOL)
+  _, sd2 = to_open_clip(model_cfg, flat_params(model))
+  sd = _sd(ref)
+  assert set(sd2) == set(sd) and all(np.array_equal(sd2[k], sd[k]) for k in sd)
+
+
+@pytest.mark.slow
+def test_full_size_siglip_b16_hf_parity(torch_reference, tmp_path):
+  torch, _ = torch_reference
+  import transformers
+  torch.manual_seed(0)
+  ref = _perturb(torch, transformers.SiglipModel(transformers.SiglipConfig()), seed=2)
+  ref.save_pretrained(str(tmp_path / "hf"))
+  loaded = vlpt.load(str(tmp_path / "hf"))
+  images = np.random.RandomState(0).randn(2, 224, 224, 3).astype(np.float32)
+  ids = np.random.RandomState(1).randint(2, 32000, (2, 64))
+  with torch.no_grad():
+    pix = _nchw(torch, images)
+    out = ref(pixel_values=pix, input_ids=torch.from_numpy(ids))
+  norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+  img, txt = np.asarray(loaded.encode_image(images)), np.asarray(loaded.encode_text(ids))
+  np.testing.assert_allclose(img, norm(out.image_embeds.numpy()), atol=TOL)
+  np.testing.assert_allclose(txt, norm(out.text_embeds.numpy()), atol=TOL)
+  logits = img @ txt.T * loaded.logit_scale + loaded.logit_bias
+  np.testing.assert_allclose(logits, out.logits_per_image.numpy(), atol=1e-4)

@@ -80,6 +80,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.matryoshka_dims = ()
   c.loss.align_weight = 1.0  # clip_align_uniform only
   c.loss.uniform_weight = 1.0  # clip_align_uniform only
+  c.loss.distill_weight = 1.0  # distill only: contrastive + distill_weight * distillation
+
+  # A frozen teacher for the teacher losses (config.loss.name "distill" or "cwcl"): any source
+  # vlpt.load accepts; it must tokenize like config.data.tokenizer
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.init_from = ml_collections.FieldReference(None, field_type=str)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
@@ -233,24 +239,42 @@ def _check_model(config: Any) -> None:
 def _check_registry_names(config: Any) -> None:
   from vlpt.data.sources import SOURCES
   from vlpt.data.tokenizers import TOKENIZERS
-  from vlpt.losses import LOSSES
+  from vlpt.losses import LOSSES, TEACHER_LOSSES
   from vlpt.models import MODELS
   from vlpt.models.sizes import parse_text, parse_vit
 
+  teacher_loss = config.loss.name in TEACHER_LOSSES
   checks = [("config.model.name", config.model.name, MODELS),
-            ("config.loss.name", config.loss.name, LOSSES),
+            ("config.loss.name", config.loss.name,
+             TEACHER_LOSSES if teacher_loss else LOSSES),
             ("config.data.tokenizer.name", config.data.tokenizer.name, TOKENIZERS),
             ("config.data.train.source", config.data.train.source.partition(":")[0], SOURCES)]
   for name, ds in config.eval.datasets.items():
     checks.append((f"config.eval.datasets.{name}.source", ds.source.partition(":")[0], SOURCES))
   for key, value, registry in checks:
     if value not in registry:
-      raise ConfigError(f"{key}={value!r} is not one of: {', '.join(registry.names())}")
-  from vlpt.losses import build_loss
+      names = registry.names() + (TEACHER_LOSSES.names() if registry is LOSSES else [])
+      raise ConfigError(f"{key}={value!r} is not one of: {', '.join(names)}")
+  from vlpt.losses import build_loss, build_teacher_loss
   try:
-    build_loss(config.loss)
+    (build_teacher_loss if teacher_loss else build_loss)(config.loss)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if teacher_loss and not config.teacher.init_from:
+    raise ConfigError(f"config.loss.name={config.loss.name!r} needs a teacher: set "
+                      "config.teacher.init_from to a checkpoint vlpt.load accepts")
+  if config.teacher.init_from and not teacher_loss:
+    raise ConfigError(f"config.teacher.init_from is used by the teacher losses only "
+                      f"({', '.join(TEACHER_LOSSES.names())}), not {config.loss.name!r}")
+  if config.teacher.init_from:
+    from vlpt.pretrained import detect_format
+    from vlpt.weights.mapping import WeightsError
+    try:
+      detect_format(config.teacher.init_from)
+    except WeightsError as e:
+      raise ConfigError(f"config.teacher.init_from: {e}") from None
+    if config.model.name == "coca" or config.accumulation_steps > 1:
+      raise ConfigError("teacher losses are not supported with CoCa or accumulation_steps > 1")
   if config.loss.name == "sigmoid" and config.model.init_logit_bias is None:
     raise ConfigError("config.loss.name='sigmoid' needs a logit bias: set "
                       "config.model.init_logit_bias (SigLIP: -10.0, with init_logit_scale ln 10)")

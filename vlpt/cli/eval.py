@@ -1,6 +1,8 @@
 """``vlpt-eval --config CONFIG --workdir DIR``: evaluates the latest checkpoint in DIR.
 
-Results are printed and appended to ``WORKDIR/metrics.jsonl`` at the checkpoint's step.
+Results are printed and appended to ``WORKDIR/metrics.jsonl`` at the checkpoint's step. With no
+checkpoint in DIR and ``config.model.init_from`` set, the pretrained weights themselves are
+evaluated (step 0): a converted open_clip / HF / big_vision model runs the same evaluators.
 """
 
 from __future__ import annotations
@@ -13,17 +15,25 @@ def main() -> None:
   import jax
 
   from vlpt.config import validate
-  from vlpt.train.trainer import Evaluator, load_checkpoint
+  from vlpt.train.checkpointing import Checkpointer
+  from vlpt.train.trainer import Evaluator, build, initial_state, load_checkpoint
   from vlpt.train.writers import MetricWriter
 
   config = FLAGS.config
   validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   if not config.eval.datasets:
     fail("config.eval.datasets is empty: nothing to evaluate")
-  try:
-    setup, state = load_checkpoint(config, FLAGS.workdir)
-  except FileNotFoundError as e:
-    fail(f"{e} with vlpt-train")
+  checkpointer = Checkpointer(FLAGS.workdir, keep=1, async_save=False)
+  has_checkpoint = checkpointer.latest_step() is not None
+  checkpointer.close()
+  if not has_checkpoint and config.model.init_from:
+    setup = build(config)
+    state = initial_state(setup)
+  else:
+    try:
+      setup, state = load_checkpoint(config, FLAGS.workdir)
+    except FileNotFoundError as e:
+      fail(f"{e} with vlpt-train, or set config.model.init_from to evaluate pretrained weights")
   step = int(state.step)
   results = Evaluator(setup)(state.params)
   writer = MetricWriter(FLAGS.workdir, tensorboard=False)

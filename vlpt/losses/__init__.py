@@ -20,6 +20,7 @@ from vlpt.losses.contrastive import (leave_one_out_contrastive, sigmoid_contrast
                                      softmax_contrastive_sharded,
                                      softmax_uniformity_alignment_sharded, uniformity_alignment)
 from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
+from vlpt.losses.teacher import cwcl_loss, distillation_loss
 from vlpt.registry import Registry
 
 # Each entry: (loss config) -> fn(image_emb, text_emb, logit_scale, logit_bias, axes)
@@ -112,6 +113,66 @@ def matryoshka(loss_fn: Callable, dims: tuple[int, ...]) -> Callable:
   return wrapped
 
 
+# Losses that need a frozen teacher (``config.teacher.init_from``): (loss config) ->
+# fn(image_emb, text_emb, logit_scale, teacher_image_emb, teacher_text_emb, teacher_logit_scale)
+#   -> (loss, metrics), on whole-batch (global) arrays under jit. They need the teacher's full
+# B x B similarities, so they are dense forms that XLA partitions (no ring variant).
+TEACHER_LOSSES: Registry[Callable[..., Callable]] = Registry("teacher loss")
+
+
+def _in_batch_accuracies(logits: jax.Array) -> dict[str, jax.Array]:
+  labels = jnp.arange(logits.shape[0])
+  return {"i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+          "t2i_acc": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+
+
+@TEACHER_LOSSES.register("distill")
+def _distill(impl: str = "gather", distill_weight: float = 1.0) -> Callable:
+  """CLIP loss + distillation of the teacher's in-batch distributions (open_clip's
+  DistillClipLoss: Hinton et al. 2015 applied to both softmax directions)."""
+  _gather_only("distill", impl)
+
+  def fn(image_emb, text_emb, scale, t_image, t_text, t_scale):
+    contrastive, distill = distillation_loss(image_emb, text_emb, scale, t_image, t_text, t_scale)
+    metrics = _in_batch_accuracies(image_emb @ text_emb.T)
+    return contrastive + distill_weight * distill, {**metrics, "contrastive_loss": contrastive,
+                                                    "distill_loss": distill}
+  return fn
+
+
+@TEACHER_LOSSES.register("cwcl")
+def _cwcl(impl: str = "gather") -> Callable:
+  """Continuously weighted contrastive loss (Srinivasa et al. 2023): soft targets from the
+  frozen teacher's intra-modal similarities."""
+  _gather_only("cwcl", impl)
+
+  def fn(image_emb, text_emb, scale, t_image, t_text, t_scale):
+    del t_scale
+    return (cwcl_loss(image_emb, text_emb, scale, t_image, t_text),
+            _in_batch_accuracies(image_emb @ text_emb.T))
+  return fn
+
+
+def _filtered_kwargs(builder: Callable, name: str, kwargs: dict) -> dict:
+  accepted = inspect.signature(builder).parameters
+  from vlpt.config import default_config  # the defaults of every loss key
+  defaults = default_config().loss
+  for key in [k for k in kwargs if k not in accepted]:
+    if kwargs.pop(key) != defaults.get(key):
+      raise ValueError(f"config.loss.{key} does not apply to config.loss.name={name!r}")
+  return kwargs
+
+
+def build_teacher_loss(loss_config: Any) -> Callable:
+  """``config.loss`` (a teacher loss) -> its dense whole-batch function."""
+  kwargs = dict(loss_config.to_dict() if hasattr(loss_config, "to_dict") else loss_config)
+  name = kwargs.pop("name")
+  if kwargs.pop("matryoshka_dims", ()):
+    raise ValueError(f"config.loss.matryoshka_dims does not apply to config.loss.name={name!r}")
+  builder = TEACHER_LOSSES.get(name)
+  return builder(**_filtered_kwargs(builder, name, kwargs))
+
+
 def build_loss(loss_config: Any) -> Callable:
   """``config.loss`` -> fn(image_emb, text_emb, scale, bias, axes) -> (global loss, metrics)."""
   kwargs = dict(loss_config.to_dict() if hasattr(loss_config, "to_dict") else loss_config)
@@ -120,15 +181,10 @@ def build_loss(loss_config: Any) -> Callable:
   if dims and any(int(d) <= 0 for d in dims):
     raise ValueError(f"config.loss.matryoshka_dims must be positive, got {dims}")
   builder = LOSSES.get(name)
-  accepted = inspect.signature(builder).parameters
-  from vlpt.config import default_config  # the defaults of every loss key
-  defaults = default_config().loss
-  for key in [k for k in kwargs if k not in accepted]:
-    if kwargs.pop(key) != defaults.get(key):
-      raise ValueError(f"config.loss.{key} does not apply to config.loss.name={name!r}")
-  fn = builder(**kwargs)
+  fn = builder(**_filtered_kwargs(builder, name, kwargs))
   return matryoshka(fn, dims) if dims else fn
 
 
-__all__ = ["LOSSES", "build_loss", "caption_loss", "coca_loss", "leave_one_out_contrastive",
+__all__ = ["LOSSES", "TEACHER_LOSSES", "build_loss", "build_teacher_loss", "caption_loss",
+           "coca_loss", "cwcl_loss", "distillation_loss", "leave_one_out_contrastive",
            "sigmoid_contrastive", "softmax_contrastive", "uniformity_alignment"]

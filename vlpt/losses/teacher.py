@@ -1,8 +1,9 @@
 """Losses that use a teacher's (or a frozen tower's) embeddings: distillation and CWCL.
 
 Both take whole-batch arrays, like ``softmax_contrastive``. They are exact dense forms (each
-needs the teacher's full B x B similarity), meant for the gather path; the trainer does not yet
-run a teacher alongside the student, so they are not in the ``config.loss.name`` registry.
+needs the teacher's full B x B similarity), so they have no ring variant; the trainer runs them
+on global arrays under jit (``config.loss.name`` "distill" / "cwcl" with
+``config.teacher.init_from``).
 """
 
 from __future__ import annotations

@@ -34,3 +34,17 @@ class CocaTrainMetrics(clu_metrics.Collection):
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
   contrastive_loss: clu_metrics.Average.from_output("contrastive_loss")
   caption_loss: clu_metrics.Average.from_output("caption_loss")
+
+
+@struct.dataclass
+class DistillTrainMetrics(clu_metrics.Collection):
+  """Distillation logs its contrastive and distillation terms (``loss`` is their sum)."""
+
+  loss: clu_metrics.Average.from_output("loss")
+  i2t_acc: clu_metrics.Average.from_output("i2t_acc")
+  t2i_acc: clu_metrics.Average.from_output("t2i_acc")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  logit_scale: clu_metrics.LastValue.from_output("logit_scale")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+  contrastive_loss: clu_metrics.Average.from_output("contrastive_loss")
+  distill_loss: clu_metrics.Average.from_output("distill_loss")

@@ -26,14 +26,14 @@ from vlpt.data.loader import DeviceLoader
 from vlpt.data.pipeline import EvalSet, load_eval_set, train_dataset
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.evaluation.evaluators import Encoders, evaluate_set, normalize_images
-from vlpt.losses import build_loss
+from vlpt.losses import build_loss, build_teacher_loss
 from vlpt.losses.captioning import caption_loss
 from vlpt.models import build_model
 from vlpt.optim import build_optimizer, learning_rate_schedule
 from vlpt.train.accumulation import accumulated_value_and_grad
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.state import TrainState, pure_params
-from vlpt.train.train_metrics import CocaTrainMetrics, TrainMetrics
+from vlpt.train.train_metrics import CocaTrainMetrics, DistillTrainMetrics, TrainMetrics
 from vlpt.train.writers import MetricWriter, Progress
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,61 @@ def pretrained_params(setup: Setup) -> Any:
   return jax.tree.map(place, tree, shardings, dtypes)
 
 
-def make_value_and_grad(setup: Setup):
+@dataclasses.dataclass
+class Teacher:
+  """A frozen model for the teacher losses, placed on the training mesh (never checkpointed)."""
+
+  graphdef: nnx.GraphDef
+  params: Any
+  shardings: Any
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  image_size: int
+
+
+_TOKENIZER_PROBES = ["a photo of a cat", "A RED circle, next to 2 squares!", "Ünïcode & 🙂"]
+
+
+def load_teacher(setup: Setup) -> Teacher | None:
+  """``config.teacher.init_from`` read, checked against the data's tokenizer, and placed."""
+  config = setup.config
+  path = config.teacher.init_from
+  if not path:
+    return None
+  from vlpt.pretrained import read_bundle
+  from vlpt.weights.mapping import WeightsError
+  from vlpt.weights.resize import resize_model
+  from vlpt.weights.state import pure_tree
+  try:
+    bundle = read_bundle(path)
+  except (WeightsError, ValueError) as e:
+    raise ConfigError(f"config.teacher.init_from={path!r}: {e}") from None
+  tok = setup.tokenizer
+  if bundle.tokenizer:
+    theirs = build_tokenizer(dict(bundle.tokenizer, context_length=tok.context_length))
+    if not np.array_equal(theirs(_TOKENIZER_PROBES), tok(_TOKENIZER_PROBES)):
+      raise ConfigError(f"config.teacher.init_from={path!r} tokenizes text differently from "
+                        f"config.data.tokenizer ({config.data.tokenizer.name}); the teacher reads "
+                        "the same token ids as the student, so use its tokenizer")
+  if bundle.model["text"]["vocab_size"] < tok.vocab_size:
+    raise ConfigError(f"the teacher's vocabulary ({bundle.model['text']['vocab_size']}) is "
+                      f"smaller than config.data.tokenizer's ({tok.vocab_size})")
+  model_cfg, flat = resize_model(bundle.model, bundle.params, context_length=tok.context_length)
+  model_cfg = dict(model_cfg, dtype=config.model.dtype)
+  abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  shardings = S.param_shardings(abstract_params, setup.mesh, setup.rules).to_pure_dict()
+
+  def place(value, sharding):
+    value = np.asarray(value, np.float32)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+  params = jax.tree.map(place, pure_tree(abstract, flat), shardings)
+  pre = bundle.preprocess
+  return Teacher(graphdef, params, shardings, tuple(pre.mean), tuple(pre.std), pre.image_size)
+
+
+def make_value_and_grad(setup: Setup, teacher: Teacher | None = None):
   """(params, batch) -> ((global loss, metrics), grads): towers under jit, loss in shard_map.
 
   With ``config.accumulation_steps = k > 1`` the gradient is accumulated exactly over k
@@ -170,9 +224,13 @@ def make_value_and_grad(setup: Setup):
   through ``stop_gradient``, so no backward pass runs through them. CoCa adds the caption term.
   """
   config, mesh, graphdef = setup.config, setup.mesh, setup.graphdef
-  loss_fn = build_loss(config.loss)
   batch_spec = P(S.BATCH_AXES)
   locked = tuple(config.model.lock_towers)
+  if teacher is not None:
+    teacher_loss = build_teacher_loss(config.loss)
+    loss_fn = build_loss({"name": "softmax"})  # unused: the teacher loss replaces it
+  else:
+    loss_fn = build_loss(config.loss)
 
   def global_loss(image_emb, text_emb, scale, bias):
     return loss_fn(image_emb, text_emb, scale, bias, S.BATCH_AXES)
@@ -199,7 +257,22 @@ def make_value_and_grad(setup: Setup):
     out = nnx.merge(graphdef, params).logit_params()
     return out["logit_scale"], out.get("logit_bias", jnp.zeros((), jnp.float32))
 
-  def objective(params, batch):
+  def teacher_embeddings(teacher_params, batch):
+    model = nnx.merge(teacher.graphdef, teacher_params)
+    images = batch["image"].astype(jnp.float32) / 255.0
+    images = (images - jnp.asarray(teacher.mean)) / jnp.asarray(teacher.std)
+    if images.shape[1] != teacher.image_size:
+      b, _, _, c = images.shape
+      images = jax.image.resize(images, (b, teacher.image_size, teacher.image_size, c), "bicubic")
+    out = (model.encode_image(images), model.encode_text(batch["text"]),
+           model.logit_params()["logit_scale"])
+    return jax.lax.stop_gradient(out)
+
+  def objective(params, batch, teacher_params=None):
+    if teacher is not None:
+      image_emb, text_emb = embed(params, batch["image"], batch["text"], batch.get("keys"))
+      return teacher_loss(image_emb, text_emb, logit_params(params)[0],
+                          *teacher_embeddings(teacher_params, batch))
     if config.model.name != "coca":
       image_emb, text_emb = embed(params, batch["image"], batch["text"], batch.get("keys"))
       return sharded_loss(image_emb, text_emb, *logit_params(params))
@@ -216,9 +289,9 @@ def make_value_and_grad(setup: Setup):
   k = config.accumulation_steps
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
 
-  def value_and_grad(params, batch):
+  def value_and_grad(params, batch, teacher_params=None):
     if k == 1:
-      return jax.value_and_grad(objective, has_aux=True)(params, batch)
+      return jax.value_and_grad(objective, has_aux=True)(params, batch, teacher_params)
     extra = (batch["keys"],) if "keys" in batch else ()
     return accumulated_value_and_grad(embed, logit_params, sharded_loss, params, batch["image"],
                                       batch["text"], *extra, k=k, n=n_batch_shards)
@@ -226,21 +299,27 @@ def make_value_and_grad(setup: Setup):
   return value_and_grad, logit_params
 
 
-def make_train_step(setup: Setup):
-  """The jitted step: forward, global loss (shard_map), backward, AdamW, temperature clamp."""
+def make_train_step(setup: Setup, teacher: Teacher | None = None):
+  """The jitted step: forward, global loss (shard_map), backward, AdamW, temperature clamp.
+
+  With a ``teacher`` (teacher losses) its parameters are an extra, non-donated argument, bound
+  here, so the returned callable is ``step(state, batch)`` either way.
+  """
   config, mesh, graphdef, tx = setup.config, setup.mesh, setup.graphdef, setup.tx
   schedule = learning_rate_schedule(config)
-  value_and_grad, logit_params = make_value_and_grad(setup)
+  value_and_grad, logit_params = make_value_and_grad(setup, teacher)
 
   patch_dropout = float(config.model.image.get("patch_dropout", 0.0) or 0.0)
-  metrics_cls = CocaTrainMetrics if config.model.name == "coca" else TrainMetrics
+  metrics_cls = (CocaTrainMetrics if config.model.name == "coca" else
+                 DistillTrainMetrics if config.loss.name == "distill" else TrainMetrics)
+  extra_keys = ("contrastive_loss", "caption_loss", "distill_loss")
 
-  def step(state: TrainState, batch: dict[str, jax.Array]):
+  def step(state: TrainState, batch: dict[str, jax.Array], teacher_params=None):
     if patch_dropout > 0:  # per-example keys, split with the batch (also across micro-batches)
       key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
       keys = jax.random.key_data(jax.random.split(key, batch["image"].shape[0]))
       batch = {**batch, "keys": jax.lax.with_sharding_constraint(keys, S.batch_sharding(mesh, 2))}
-    (loss, metrics), grads = value_and_grad(state.params, batch)
+    (loss, metrics), grads = value_and_grad(state.params, batch, teacher_params)
     scale = logit_params(state.params)[0]
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -248,7 +327,7 @@ def make_train_step(setup: Setup):
     model.apply_constraints()
     new_state = state.replace(step=state.step + 1, params=pure_params(model),
                               opt_state=opt_state)
-    extra = {k: metrics[k] for k in ("contrastive_loss", "caption_loss") if k in metrics}
+    extra = {k: metrics[k] for k in extra_keys if k in metrics}
     step_metrics = metrics_cls.single_from_model_output(
         loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"], **extra,
         grad_norm=optax.global_norm(grads), logit_scale=scale,
@@ -256,8 +335,12 @@ def make_train_step(setup: Setup):
     return new_state, step_metrics
 
   batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
-  return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
-                 out_shardings=(setup.state_shardings, S.replicated(mesh)), donate_argnums=0)
+  if teacher is None:
+    return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
+                   out_shardings=(setup.state_shardings, S.replicated(mesh)), donate_argnums=0)
+  jitted = jax.jit(step, in_shardings=(setup.state_shardings, batch_sh, teacher.shardings),
+                   out_shardings=(setup.state_shardings, S.replicated(mesh)), donate_argnums=0)
+  return lambda state, batch: jitted(state, batch, teacher.params)
 
 
 def load_eval_sets(config: ml_collections.ConfigDict, tokenizer: Any) -> list[EvalSet]:
@@ -338,7 +421,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
       print(f"[vlpt] resumed from {checkpointer.directory}/{latest}", flush=True)
   first_step = int(state.step)
-  train_step = make_train_step(setup)
+  train_step = make_train_step(setup, load_teacher(setup))
   evaluator = Evaluator(setup) if config.eval.datasets else None
   writer = MetricWriter(workdir)
   progress = Progress(config.total_steps, config.batch_size, first_step)
