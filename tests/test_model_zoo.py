@@ -245,3 +245,17 @@ def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
   from PIL import Image
   assert loaded.preprocess(Image.new("RGB", (50, 40))).shape == (32, 32, 3)
   assert loaded.logit_scale > 1.0 and loaded.logit_bias is None
+
+
+@pytest.mark.parametrize("pool", ["first", "map"])
+def test_bidirectional_text_tower_with_padding_mask(pool):
+  """BERT/ALIGN-style: every token sees every other; padding changes nothing."""
+  model = build_model(dict(name="clip", embed_dim=32, image=dict(variant="micro/8", image_size=32),
+                           text=dict(variant="micro", vocab_size=50, context_length=12,
+                                     causal=False, pool=pool, mask_padding=True)), nnx.Rngs(0))
+  ids = np.array([[48, 5, 6, 7, 49, 0, 0, 0]])
+  longer = np.concatenate([ids, np.zeros((1, 4), int)], axis=1)
+  np.testing.assert_allclose(model.encode_text(ids), model.encode_text(longer), atol=1e-6)
+  changed = ids.copy()
+  changed[0, 3] = 9  # a later token changes the pooled (first / attention-pooled) embedding
+  assert not np.allclose(model.encode_text(ids), model.encode_text(changed), atol=1e-4)

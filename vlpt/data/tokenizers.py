@@ -252,8 +252,8 @@ class HFTokenizer:
     ``lower_case=True`` lower-cases texts first (for tokenizers that expect it but do not do it).
   - a CLIP directory (``vocab.json`` + ``merges.txt``, as HF's CLIPTokenizer reads them): CLIP's BPE
     rebuilt as a ``tokenizers`` model with open_clip's cleaning (``lower_case=False`` keeps case,
-    open_clip's "whitespace" cleaning), SOT/EOT and pad 0. Same ids as open_clip, except for letters
-    and digits of Unicode versions newer than the tables of the ``tokenizers`` regex engine.
+    open_clip's "whitespace" cleaning), SOT/EOT and pad 0: the same ids as open_clip (its character
+    classes are carried over code point by code point, see ``clip_split_pattern``).
   """
 
   def __init__(self, path: str, context_length: int = 77, pad_id: int | None = None,
@@ -274,6 +274,7 @@ class HFTokenizer:
       self._clip = True
       self._tok = _clip_bpe_from_files(vocab, merges)
       self._pattern = regex.compile(CLIP_PATTERN, regex.IGNORECASE)  # for literal SOT/EOT text
+      self._literal = regex.compile(r"<start_of_text>|<end_of_text>", regex.IGNORECASE)
       saved_pad = None
     else:
       raise FileNotFoundError(f"{path}: no HF tokenizer (expected a tokenizer.json file, or a "
@@ -314,26 +315,23 @@ class HFTokenizer:
 
   def _encode_clip(self, texts: list[str]) -> list[list[int]]:
     cleaned = [clip_clean(t, self.lower_case is not False) for t in texts]
-    literal = [("<start_of_text>" in t or "<end_of_text>" in t) for t in cleaned]
-    plain = [t for t, lit in zip(cleaned, literal) if not lit]
-    encoded = iter(self._tok.encode_batch(plain, add_special_tokens=False))
+    literal = [self._literal.search(t) is not None for t in cleaned]
+    encoded = iter(self._tok.encode_batch([t for t, lit in zip(cleaned, literal) if not lit],
+                                          add_special_tokens=False))
     return [[self.sot_id, *(self._encode_literal(t) if lit else next(encoded).ids), self.eot_id]
             for t, lit in zip(cleaned, literal)]
 
   def _encode_literal(self, text: str) -> list[int]:
-    """A text spelling out ``<start_of_text>``/``<end_of_text>``: open_clip reads those pre-tokens as
-    SOT/EOT, so split as open_clip does and let HF encode the words in between."""
+    """A text spelling out ``<start_of_text>``/``<end_of_text>``: open_clip reads such pre-tokens as
+    SOT/EOT (or, cased otherwise, as one word), so split as open_clip does and BPE word by word."""
     special = {"<start_of_text>": self.sot_id, "<end_of_text>": self.eot_id}
-    ids, words = [], []
-    for piece in [*self._pattern.findall(text), None]:
-      if piece is None or piece in special:
-        if words:
-          ids.extend(self._tok.encode(words, is_pretokenized=True, add_special_tokens=False).ids)
-          words = []
-        if piece is not None:
-          ids.append(special[piece])
+    alphabet, ids = byte_alphabet(), []
+    for piece in self._pattern.findall(text):
+      if piece in special:
+        ids.append(special[piece])
       else:
-        words.append(piece)
+        word = "".join(alphabet[b] for b in piece.encode("utf-8"))
+        ids.extend(t.id for t in self._tok.model.tokenize(word))
     return ids
 
   def decode(self, ids: Sequence[int]) -> str:
@@ -356,9 +354,30 @@ def _hf_pad_token_id(tok, file: str) -> int:
   return 0
 
 
+@functools.lru_cache(maxsize=1)
+def clip_split_pattern() -> str:
+  """CLIP's pre-token pattern (sans SOT/EOT) for other regex engines: its letter, digit and symbol
+  classes spelled out as the code point ranges the ``regex`` package gives them under open_clip's
+  case-insensitive matching, so Unicode-version and case-folding differences (U+0345 is in no class,
+  so dropped) cannot creep in. Takes ~0.3 s, once."""
+  import regex
+  blocks = [(lo, "".join(map(chr, range(lo, hi)))) for lo, hi in ((0, 0xD800), (0xE000, 0x110000))]
+
+  def ranges(cls: str) -> str:  # (all code points but surrogates, in order: matches are spans)
+    spans = []
+    for lo, block in blocks:
+      for m in regex.finditer(cls, block, regex.IGNORECASE):
+        a, b = lo + m.start(), lo + m.end() - 1
+        spans.append(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}")
+    return "[" + "".join(spans) + "]"
+
+  return (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|" + ranges(r"[\p{L}]+") + "+|" + ranges(r"[\p{N}]+") + "|"
+          + ranges(r"[^\s\p{L}\p{N}]+") + "+")
+
+
 def _clip_bpe_from_files(vocab_file: str, merges_file: str):
-  """CLIP's BPE as a ``tokenizers`` pipeline: CLIP's pre-token pattern (case-insensitive, as CLIP's,
-  so e.g. U+0345 counts as a letter), bytes to the printable alphabet, BPE with ``</w>`` word ends."""
+  """CLIP's BPE as a ``tokenizers`` pipeline: CLIP's pre-tokens (unmatched characters dropped, as
+  open_clip drops them), bytes to the printable alphabet, BPE with ``</w>`` word ends."""
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
   with open(vocab_file, encoding="utf-8") as f:
     vocab = json.load(f)
@@ -366,9 +385,8 @@ def _clip_bpe_from_files(vocab_file: str, merges_file: str):
     lines = f.read().split("\n")
   merges = [tuple(line.split()) for line in lines[1 if lines[0].startswith("#") else 0:] if line.strip()]
   tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=None))
-  pattern = "(?i)" + CLIP_PATTERN.replace("<start_of_text>|<end_of_text>|", "")
   tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
+      pre_tokenizers.Split(Regex(clip_split_pattern()), behavior="removed", invert=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   tok.decoder = decoders.BPEDecoder(suffix="</w>")
   return tok
@@ -425,14 +443,16 @@ class WordPieceTokenizer:
                               "a line)")
     if context_length < 2:
       raise ValueError(f"context_length must be >= 2 ([CLS] + [SEP]), got {context_length}")
+    with open(vocab_path, encoding="utf-8") as f:
+      missing = {"[CLS]", "[SEP]"} - {line.strip() for line in f}
+    if missing:
+      raise ValueError(f"{vocab_path}: a WordPiece vocabulary needs {' and '.join(sorted(missing))}")
     self._tok = BertWordPieceTokenizer(vocab_path, lowercase=lower_case)
     self._tok.no_padding()
     self._tok.no_truncation()
     self.context_length = context_length
     self.sot_id = self._tok.token_to_id("[CLS]")
     self.eot_id = self._tok.token_to_id("[SEP]")
-    if self.sot_id is None or self.eot_id is None:
-      raise ValueError(f"{vocab_path}: a WordPiece vocabulary needs [CLS] and [SEP] tokens")
     pad = self._tok.token_to_id("[PAD]")
     self.pad_id = 0 if pad is None else pad
     self.vocab_size = self._tok.get_vocab_size()

@@ -31,9 +31,10 @@ class MapHead(nnx.Module):
     self.mlp = Mlp(width, mlp_dim, act=act, rngs=rngs, **kw)
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    """``mask`` [B, 1, 1, N]: which tokens the probe may attend to (e.g. not padding)."""
     q = jnp.broadcast_to(self.probe[...].astype(self.dtype), (x.shape[0], *self.probe.shape))
-    y = self.attn(q, kv=x)
+    y = self.attn(q, kv=x, mask=mask)
     y = y + self.mlp(self.ln(y))
     return y[:, 0]
 

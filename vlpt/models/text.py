@@ -4,7 +4,8 @@ token + learned position embeddings -> pre-LN blocks -> ln_final -> pool -> [pro
 
 Pooling (``pool``): "eot" takes the features at ``argmax(ids)`` (CLIP: EOT is the largest id);
 "eos" at the first ``eos_id``; "first" (BERT-style CLS) or "last" (SigLIP: texts are padded to a
-fixed length and the last position is read, Zhai et al. 2023). ``embed_cls`` appends a learned
+fixed length and the last position is read, Zhai et al. 2023); "map" (multihead attention pooling
+over the non-padding tokens, as big_vision's text towers offer). ``embed_cls`` appends a learned
 CLS token whose output is the embedding (CoCa, Yu et al. 2022, Sec. 3.2); the other outputs are
 the decoder's input tokens.
 """
@@ -17,9 +18,10 @@ from flax import nnx
 
 from vlpt.models.layers import BlockOptions, Dense, LayerNorm, Transformer
 from vlpt.models.partitioning import constrain, param
+from vlpt.models.pooling import MapHead
 from vlpt.models.sizes import parse_text, tower_size
 
-TEXT_POOLINGS = ("eot", "eos", "first", "last")
+TEXT_POOLINGS = ("eot", "eos", "first", "last", "map")
 CLS_MASKS = ("legacy", "correct")
 
 
@@ -58,6 +60,8 @@ class TextTransformer(nnx.Module):
     self.transformer = Transformer(w, size.depth, size.heads, size.mlp_dim, opts=opts, rngs=rngs,
                                    scan=scan, remat=remat)
     self.ln_final = LayerNorm(w, eps=norm_eps, **kw)
+    self.map_head = (MapHead(w, size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs,
+                             **kw) if pool == "map" else None)
     if not proj and w != embed_dim:
       raise ValueError(f"a text tower without projection needs embed_dim == width ({w}), "
                        f"got embed_dim={embed_dim}")
@@ -99,6 +103,8 @@ class TextTransformer(nnx.Module):
         pooled = x[:, 0]
       elif self.pool == "last":
         pooled = x[:, -1]
+      elif self.pool == "map":
+        pooled = self.map_head(x, mask=(ids != self.pad_id)[:, None, None, :])
       else:
         where = jnp.argmax(ids, axis=-1) if self.pool == "eot" else jnp.argmax(
             ids == self.eos_id, axis=-1)
