@@ -16,6 +16,7 @@ Embeddings are L2-normalized; ``logit_scale`` is already exponentiated (open_cli
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -96,6 +97,54 @@ def _retrieval_hits(logits: jax.Array, positive: jax.Array) -> jax.Array:
   return jnp.sum(jnp.argmax(logits, axis=-1) == positive)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _clip_gather_local(img, all_txt, scale, axes):
+  return _clip_gather_fwd(img, all_txt, scale, axes)[0]
+
+
+def _clip_gather_stats(img, all_txt, scale, axes):
+  """This device's logits and the row / global column log-sum-exps."""
+  z = scale * jnp.dot(img, all_txt.T, precision="highest")  # [b, B]
+  row_lse = jax.nn.logsumexp(z, axis=1)
+  col_max = jax.lax.pmax(z.max(axis=0), axes)
+  col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(z - col_max).sum(axis=0), axes))
+  return z, row_lse, col_lse
+
+
+def _clip_gather_fwd(img, all_txt, scale, axes):
+  b, n = img.shape[0], all_txt.shape[0]
+  offset = _block_offset(b, axes)
+  z, row_lse, col_lse = _clip_gather_stats(img, all_txt, scale, axes)
+  positive = offset + jnp.arange(b)
+  pos = jnp.take_along_axis(z, positive[:, None], axis=1)[:, 0]
+  own = jax.lax.dynamic_slice_in_dim(col_lse, offset, b)
+  local = (jnp.sum(row_lse - pos) + jnp.sum(own - pos)) / (2 * n)
+  negatives = jnp.where(jnp.arange(n)[None, :] == positive[:, None], -jnp.inf, z)
+  col_best = jax.lax.dynamic_slice_in_dim(jax.lax.pmax(negatives.max(axis=0), axes), offset, b)
+  hits = jnp.stack([jnp.sum(pos > negatives.max(axis=1)), jnp.sum(pos > col_best)])
+  return (local, hits.astype(jnp.float32)), (img, all_txt, scale, row_lse, col_lse)
+
+
+def _clip_gather_bwd(axes, res, cts):
+  """dL/dz = (softmax over the row + softmax over the column - 2 at the positive) / 2B, built
+  from recomputed logits: two b x B buffers at most, none kept from the forward pass."""
+  img, all_txt, scale, row_lse, col_lse = res
+  b, n = img.shape[0], all_txt.shape[0]
+  w = cts[0] / (2 * n)
+  z = scale * jnp.dot(img, all_txt.T, precision="highest")
+  positive = _block_offset(b, axes) + jnp.arange(b)
+  at_positive = jnp.arange(n)[None, :] == positive[:, None]
+  g = w * (jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse[None, :])
+           - 2.0 * at_positive.astype(z.dtype))
+  d_img = scale * jnp.dot(g, all_txt, precision="highest")
+  d_txt = scale * jnp.dot(g.T, img, precision="highest")
+  d_scale = jnp.sum(g * z) / scale
+  return d_img, d_txt, d_scale
+
+
+_clip_gather_local.defvjp(_clip_gather_fwd, _clip_gather_bwd)
+
+
 def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
                                 logit_scale: jax.Array, logit_bias: jax.Array | None,
                                 axes: AxisNames, *, label_smoothing: float = 0.0,
@@ -108,13 +157,21 @@ def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
 
   One b x B logit matrix per device (local images against all gathered texts): the rows give
   image->text; the text->image column statistics (log-sum-exp, row mean, best negative) are
-  reduced over devices with pmax/psum of B-vectors, so no second matrix is built.
+  reduced over devices with pmax/psum of B-vectors, so no second matrix is built. The plain CLIP
+  loss (no smoothing, no leave-one-out) has its own VJP that recomputes the logits in the
+  backward pass, so at most two b x B buffers are live.
   """
   del logit_bias
   axes = tuple(axes)
   b = image_emb.shape[0]
   all_txt = _gather(text_emb, axes)
   n = all_txt.shape[0]
+  if not leave_one_out and not label_smoothing:
+    # plain CLIP: a custom VJP that recomputes the logits instead of storing them
+    scale = jax.lax.pcast(logit_scale, axes, to="varying")
+    local, hits = _clip_gather_local(image_emb, all_txt, scale, axes)
+    hits = jax.lax.psum(jax.lax.stop_gradient(hits), axes) / n
+    return jax.lax.psum(local, axes), {"i2t_acc": hits[0], "t2i_acc": hits[1]}
   offset = _block_offset(b, axes)
   positive = offset + jnp.arange(b)
   logits = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest")  # [b, B]
