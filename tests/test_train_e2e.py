@@ -1,5 +1,6 @@
 """End to end on the tiny demo: exact resume, topology independence, cross-topology restore."""
 
+import json
 import os
 import signal
 import subprocess
@@ -106,9 +107,14 @@ def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env):
       if key != "step" and value is not None:
         assert got[key] == pytest.approx(value, abs=1e-5), key
   # Training resumes on 2 processes x 4 devices from the 8-device checkpoint.
-  out = run(launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=25")),
-            env_with_devices(cli_env, 8)).stdout
-  assert "resumed from" in out
+  # a longer schedule is a config change: refused unless allowed
+  refused = subprocess.run(cli("vlpt.cli.train", workdir, "--config.total_steps=25"),
+                           env=env_with_devices(cli_env, 8), capture_output=True, text=True,
+                           timeout=300)
+  assert refused.returncode == 2 and "config.total_steps: 20 -> 25" in refused.stderr
+  out = run(launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=25",
+                          "--allow_config_change")), env_with_devices(cli_env, 8)).stdout
+  assert "resumed from" in out and "changed config (allowed)" in out
   assert max(train_losses(workdir)) == 25
 
 
@@ -121,3 +127,19 @@ def test_ring_loss_trains_like_the_gather_loss(tmp_path, cli_env):
   a, b = train_losses(tmp_path / "gather"), train_losses(tmp_path / "ring")
   np.testing.assert_allclose([b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)],
                              atol=1e-5, rtol=0)
+
+
+def test_restart_with_another_batch_size_is_refused(tmp_path, cli_env):
+  workdir = tmp_path / "run"
+  env = env_with_devices(cli_env, 8)
+  run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False"), env)
+  record = json.loads((workdir / "vlpt_run.json").read_text())
+  assert record["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and record["packages"]["jax"]
+  again = subprocess.run(cli("vlpt.cli.train", workdir, "--config.total_steps=2",
+                             "--config.eval.at_end=False", "--config.batch_size=64"),
+                         env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 2
+  assert "config.batch_size: 32 -> 64" in again.stderr and "--allow_config_change" in again.stderr
+  # operational keys may change freely
+  run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False",
+          "--config.log_every_steps=5"), env)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from absl import flags
+
 from vlpt.cli.common import FLAGS, define_flags, prepare_runtime, run_main
 
 
@@ -13,11 +15,13 @@ def main() -> None:
   from vlpt.train.trainer import train
 
   validate(FLAGS.config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  train(FLAGS.config, FLAGS.workdir)
+  train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 def run() -> None:
   define_flags()
+  flags.DEFINE_bool("allow_config_change", False,
+                    "Resume a workdir whose checkpoints were written under a different config.")
   run_main(main)
 
 

@@ -398,17 +398,87 @@ def _fmt(results: dict[str, float]) -> str:
   return " ".join(f"{k}={v:.4f}" for k, v in sorted(results.items()) if v == v)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+# Keys that change how a run is watched or fed, never what it computes: free to change on resume.
+OPERATIONAL_KEYS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                    "keep_checkpoints", "async_checkpointing", "host_device_count", "eval.",
+                    "data.num_workers", "data.read_threads", "data.prefetch")
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """``key: old -> new`` for every leaf that differs, operational keys aside."""
+  a, b = _flatten(old), _flatten(new)
+  keys = [k for k in sorted(set(a) | set(b)) if not k.startswith(OPERATIONAL_KEYS)]
+  return [f"config.{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+          for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str, *,
+                           allow_change: bool = False) -> None:
+  """Refuses to resume checkpoints written under another config (unless ``allow_change``)."""
+  import json
+  path = os.path.join(workdir, WORKDIR_CONFIG)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  diffs = config_differences(old, json.loads(config.to_json_best_effort()))
+  if diffs and not allow_change:
+    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    raise ConfigError(f"{workdir} holds checkpoints of a run with a different config ({shown}); "
+                      "use a new --workdir, or pass --allow_config_change to resume anyway")
+  if diffs and jax.process_index() == 0:
+    print(f"[vlpt] resuming with a changed config (allowed): {'; '.join(diffs)}", flush=True)
+
+
+def write_run_record(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> None:
+  """The resolved config (what ``vlpt.load`` reads back) and the run's environment: package
+  versions, devices and mesh, in ``vlpt_run.json``. Written atomically."""
+  import importlib.metadata
+  import json
+  import platform
+
+  def atomic(name: str, text: str) -> None:
+    tmp = os.path.join(workdir, name + ".tmp")
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(workdir, name))
+
+  atomic(WORKDIR_CONFIG, config.to_json_best_effort(indent=2))
+  versions = {}
+  for pkg in ("vlpt", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
+              "ml_collections", "clu", "numpy"):
+    try:
+      versions[pkg] = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+      versions[pkg] = None
+  record = {"python": platform.python_version(), "packages": versions,
+            "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+            "device_count": jax.device_count(), "process_count": jax.process_count(),
+            "mesh": dict(setup.mesh.shape), "model_config": setup.model_config,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+  atomic("vlpt_run.json", json.dumps(record, indent=2, default=str))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          allow_config_change: bool = False) -> dict[str, float]:
   """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the final eval results."""
   setup = build(config)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:  # what vlpt.load / vlpt-convert read back from a workdir
-    tmp = os.path.join(workdir, WORKDIR_CONFIG + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, os.path.join(workdir, WORKDIR_CONFIG))
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
                               async_save=config.async_checkpointing)
+  if checkpointer.latest_step() is not None:
+    check_config_unchanged(config, workdir, allow_change=allow_config_change)
+  if jax.process_index() == 0:
+    write_run_record(config, workdir, setup)
   latest = checkpointer.latest_step()
   loader = make_loader(setup)
   if latest is None:
