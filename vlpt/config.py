@@ -25,6 +25,10 @@ class ConfigError(ValueError):
   """A configuration problem a user can fix; printed as one line, no traceback."""
 
 
+class TrainingError(RuntimeError):
+  """A run that must stop (e.g. repeated non-finite steps); printed as one line, exit 1."""
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every key vlpt understands, with defaults. Config files override a subset."""
   c = ml_collections.ConfigDict()
@@ -38,6 +42,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
   c.async_checkpointing = True
+  # a step whose loss or gradient is not finite is skipped (no update); this many in a row stop
+  # the run with an error (the last checkpoint is left as it was)
+  c.max_consecutive_nonfinite = 10
+  # testing aid: these steps get a non-finite gradient, as a poisoned batch would give
+  c.debug_nonfinite_steps = ()
   # CPU only: simulate this many devices unless XLA_FLAGS already sets a count (demos, tests)
   c.host_device_count = ml_collections.FieldReference(None, field_type=int)
 

@@ -78,17 +78,24 @@ def cluster_from_env(env: Mapping[str, str] | None = None) -> ClusterSpec | None
 
 
 def initialize_from_env(timeout_s: int = 120) -> bool:
-  """Calls ``jax.distributed.initialize`` for the cluster the environment describes, if any."""
+  """Calls ``jax.distributed.initialize`` for the cluster the environment describes, if any.
+
+  Peers exchange heartbeats every few seconds; one missing for ``VLPT_HEARTBEAT_TIMEOUT_S``
+  (default 30) ends every other process with an error instead of a hang.
+  """
   spec = cluster_from_env()
   if spec is None:
     return False
+  heartbeat = int(os.environ.get("VLPT_HEARTBEAT_TIMEOUT_S", "30"))
   if spec.coordinator is None:
-    jax.distributed.initialize(initialization_timeout=timeout_s)
+    jax.distributed.initialize(initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=heartbeat)
   else:
     jax.distributed.initialize(coordinator_address=spec.coordinator,
                                num_processes=spec.num_processes, process_id=spec.process_id,
                                local_device_ids=spec.local_device_ids,
-                               initialization_timeout=timeout_s)
+                               initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=heartbeat)
   return True
 
 

@@ -10,7 +10,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vlpt.config import ConfigError
+from vlpt.config import ConfigError, TrainingError
 
 FLAGS = flags.FLAGS
 
@@ -38,6 +38,9 @@ def run_main(main: Callable[[], None]) -> None:
       main()
     except ConfigError as e:
       fail(str(e))
+    except TrainingError as e:
+      print(f"vlpt: error: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
 
   app.run(wrapped, flags_parser=_parse_flags)
 

@@ -17,6 +17,8 @@ def _collection(name: str, doc: str, extra_terms: tuple[str, ...] = ()) -> type:
       "grad_norm": clu_metrics.Average.from_output("grad_norm"),
       "logit_scale": clu_metrics.LastValue.from_output("logit_scale"),
       "learning_rate": clu_metrics.LastValue.from_output("learning_rate"),
+      # 1 where the step's loss or gradient was not finite and its update was skipped
+      "skipped_nonfinite": clu_metrics.Average.from_output("skipped_nonfinite"),
       **{term: clu_metrics.Average.from_output(term) for term in extra_terms},
   }
   cls = type(name, (clu_metrics.Collection,), {"__annotations__": fields, "__doc__": doc,

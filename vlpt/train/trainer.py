@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vlpt import sharding as S
-from vlpt.config import WORKDIR_CONFIG, ConfigError, validate
+from vlpt.config import WORKDIR_CONFIG, ConfigError, TrainingError, validate
 from vlpt.data.loader import DeviceLoader
 from vlpt.data.pipeline import EvalSet, load_eval_set, train_dataset
 from vlpt.data.tokenizers import build_tokenizer
@@ -313,6 +313,7 @@ def make_train_step(setup: Setup, teacher: Teacher | None = None):
   metrics_cls = (CocaTrainMetrics if config.model.name == "coca" else
                  DistillTrainMetrics if config.loss.name == "distill" else TrainMetrics)
   extra_keys = ("contrastive_loss", "caption_loss", "distill_loss")
+  poisoned = tuple(int(x) for x in config.debug_nonfinite_steps)
 
   def step(state: TrainState, batch: dict[str, jax.Array], teacher_params=None):
     if patch_dropout > 0:  # per-example keys, split with the batch (also across micro-batches)
@@ -320,18 +321,26 @@ def make_train_step(setup: Setup, teacher: Teacher | None = None):
       keys = jax.random.key_data(jax.random.split(key, batch["image"].shape[0]))
       batch = {**batch, "keys": jax.lax.with_sharding_constraint(keys, S.batch_sharding(mesh, 2))}
     (loss, metrics), grads = value_and_grad(state.params, batch, teacher_params)
+    if poisoned:  # testing aid (config.debug_nonfinite_steps): a NaN batch's gradient
+      hit = jnp.isin(state.step + 1, jnp.asarray(poisoned))
+      grads = jax.tree.map(lambda g: jnp.where(hit, jnp.nan, g), grads)
     scale = logit_params(state.params)[0]
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model = nnx.merge(graphdef, params)
     model.apply_constraints()
-    new_state = state.replace(step=state.step + 1, params=pure_params(model),
-                              opt_state=opt_state)
+    # a non-finite step changes nothing but the step counter (the data stream moves on)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = state.replace(step=state.step + 1,
+                              params=keep(pure_params(model), state.params),
+                              opt_state=keep(opt_state, state.opt_state))
     extra = {k: metrics[k] for k in extra_keys if k in metrics}
     step_metrics = metrics_cls.single_from_model_output(
         loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"], **extra,
-        grad_norm=optax.global_norm(grads), logit_scale=scale,
-        learning_rate=schedule(state.step))
+        grad_norm=grad_norm, logit_scale=scale, learning_rate=schedule(state.step),
+        skipped_nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state, step_metrics
 
   batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
@@ -410,6 +419,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 # Keys that change how a run is watched or fed, never what it computes: free to change on resume.
 OPERATIONAL_KEYS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                     "keep_checkpoints", "async_checkpointing", "host_device_count", "eval.",
+                    "max_consecutive_nonfinite", "debug_",
                     "data.num_workers", "data.read_threads", "data.prefetch")
 
 
@@ -502,14 +512,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     print(f"[vlpt] {n_params / 1e6:.2f}M parameters, mesh {dict(setup.mesh.shape)}, "
           f"{jax.process_count()} process(es), global batch {config.batch_size}", flush=True)
+  preemption = PreemptionWatch()
+  nonfinite = NonFiniteWatch(config.max_consecutive_nonfinite)
   try:
     with S.activate(setup.mesh, setup.rules):
       for step in range(first_step + 1, config.total_steps + 1):
         batch = next(loader)
         state, step_metrics = train_step(state, batch)
+        nonfinite.observe(step, step_metrics)
         accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
         if step % config.log_every_steps == 0 or step == config.total_steps:
           values = {f"train/{k}": float(v) for k, v in accumulated.compute().items()}
+          values["train/skipped_nonfinite"] = float(nonfinite.take_interval_count())
           accumulated = None
           values["train/examples_per_s"] = progress.update(step, values)
           writer.write(step, values)
@@ -524,13 +538,86 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           if jax.process_index() == 0:
             print(f"[vlpt] eval @ {step} ({time.perf_counter() - start:.1f}s): {_fmt(results)}",
                   flush=True)
+        if step < config.total_steps and preemption.agreed_to_stop():
+          if step % config.checkpoint_every_steps:  # (else this step was just saved)
+            checkpointer.save(step, state, loader, force=True)
+          checkpointer.wait()
+          if jax.process_index() == 0:
+            print(f"[vlpt] SIGTERM: checkpointed step {step} in {checkpointer.directory}; "
+                  "exiting (restart to resume)", flush=True)
+          return results
   finally:
+    preemption.restore()
     checkpointer.close()
     loader.close()
     writer.close()
   if jax.process_index() == 0:
     _print_summary(config.total_steps - first_step, time.perf_counter() - start_time, results)
   return results
+
+
+class PreemptionWatch:
+  """SIGTERM (preemption, time limits, ``launch/local.py`` forwarding) -> a clean stop.
+
+  The handler only sets a flag; every step the processes agree (an all-gather of the flags) so
+  all of them checkpoint the same step and exit 0 together.
+  """
+
+  def __init__(self):
+    import signal
+    self.requested = False
+    self._signal = signal
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def agreed_to_stop(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    return bool(np.any(flags))
+
+  def restore(self) -> None:
+    self._signal.signal(self._signal.SIGTERM, self._previous)
+
+
+class NonFiniteWatch:
+  """Counts skipped (non-finite) steps; too many in a row stop the run with an error.
+
+  Each step's flag is read one step late, so the host never waits for the step it just queued.
+  """
+
+  def __init__(self, limit: int):
+    self.limit, self.streak, self.interval = limit, 0, 0
+    self._pending = None
+
+  def _settle(self) -> None:
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    if float(metrics.skipped_nonfinite.total) > 0:
+      self.streak += 1
+      self.interval += 1
+      if self.streak >= self.limit:
+        raise TrainingError(
+            f"{self.streak} consecutive training steps had a non-finite loss or gradient "
+            f"(the last at step {step}); their updates were skipped and the run stops here. The "
+            "last checkpoint is intact: lower the learning rate or inspect the data, then resume "
+            "(config.max_consecutive_nonfinite sets the limit)")
+    else:
+      self.streak = 0
+
+  def observe(self, step: int, metrics: Any) -> None:
+    self._settle()
+    self._pending = (step, metrics)
+
+  def take_interval_count(self) -> int:
+    self._settle()
+    count, self.interval = self.interval, 0
+    return count
 
 
 def _print_summary(steps: int, seconds: float, results: dict[str, float]) -> None:

@@ -1,0 +1,136 @@
+"""Operations: SIGTERM checkpoints and exits 0, non-finite steps are skipped, dead peers fail fast."""
+
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from e2e_utils import cli, env_with_devices, launch, metrics, run, train_losses
+from vlpt.config import load_config
+from vlpt.train import trainer as T
+
+OVERRIDES = ["--config.total_steps=60", "--config.checkpoint_every_steps=1000",
+             "--config.eval.at_end=False", "--config.eval_every_steps=1000"]
+
+
+def _logged_step(workdir):
+  try:
+    return max((r["step"] for r in metrics(workdir) if "train/loss" in r), default=0)
+  except (FileNotFoundError, ValueError):
+    return 0
+
+
+def _sigterm_at_some_step(command, env, workdir, min_step):
+  """Starts training; SIGTERMs it once it logged ``min_step``; returns (proc, seconds, step)."""
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and _logged_step(workdir) < min_step:
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stdout.read()
+  signaled_step = _logged_step(workdir)
+  start = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=60)
+  return proc, time.time() - start, signaled_step, out
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes):
+  env = env_with_devices(cli_env, 8)
+  reference = tmp_path / "reference"
+  run(cli("vlpt.cli.train", reference, *OVERRIDES), env)
+  want = train_losses(reference)
+  workdir = tmp_path / "preempted"
+  command = cli("vlpt.cli.train", workdir, *OVERRIDES)
+  if processes == 2:
+    command = launch(2, command)
+  proc, seconds, step, out = _sigterm_at_some_step(command, env, workdir, min_step=8)
+  assert proc.returncode == 0, out
+  assert seconds < 30
+  saved = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+  assert step <= saved < 60 and "SIGTERM: checkpointed step" in out
+  out = run(command, env).stdout
+  assert "resumed from" in out
+  got = train_losses(workdir)
+  assert sorted(got) == sorted(want)
+  for s in range(saved + 1, 61):
+    assert got[s] == want[s], (s, got[s], want[s])  # bitwise
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+  config = load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
+  config.debug_nonfinite_steps = (1,)
+  setup = T.build(config)
+  state = T.initial_state(setup)
+  before = jax.device_get(state)
+  loader = T.make_loader(setup)
+  batch = next(loader)
+  loader.close()
+  with T.S.activate(setup.mesh, setup.rules):
+    after, m = T.make_train_step(setup)(state, batch)
+  after, m = jax.device_get(after), jax.device_get(m.compute())
+  assert m["skipped_nonfinite"] == 1.0 and int(after.step) == 1
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(before.opt_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_and_resume_works(tmp_path, cli_env):
+  env = env_with_devices(cli_env, 8)
+  workdir = tmp_path / "run"
+  poisoned = ["--config.total_steps=12", "--config.checkpoint_every_steps=4",
+              "--config.eval.at_end=False", "--config.debug_nonfinite_steps=(3,6,7,8)",
+              "--config.max_consecutive_nonfinite=3"]
+  out = subprocess.run(cli("vlpt.cli.train", workdir, *poisoned), env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1, out.stderr
+  assert "3 consecutive training steps" in out.stderr and "step 8" in out.stderr
+  rows = {r["step"]: r for r in metrics(workdir) if "train/skipped_nonfinite" in r}
+  assert rows[3]["train/skipped_nonfinite"] == 1 and rows[2]["train/skipped_nonfinite"] == 0
+  assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [4]
+  # the last good checkpoint resumes (the poison is a debug key: free to drop)
+  fixed = [a for a in poisoned if "nonfinite" not in a]
+  out = run(cli("vlpt.cli.train", workdir, *fixed), env).stdout
+  assert "resumed from" in out and max(train_losses(workdir)) == 12
+
+
+def _children(pid):
+  out = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry))
+      except (OSError, IndexError, ValueError):
+        pass
+  return out
+
+
+def test_kill_9_of_one_process_fails_the_job_fast(tmp_path, cli_env):
+  env = env_with_devices(cli_env, 8)
+  workdir = tmp_path / "run"
+  command = launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=100000",
+                          "--config.eval.at_end=False", "--config.eval_every_steps=100000",
+                          "--config.checkpoint_every_steps=100000"))
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and _logged_step(workdir) < 3:
+    time.sleep(0.1)
+  workers = _children(proc.pid)
+  assert len(workers) == 2
+  os.kill(workers[1], signal.SIGKILL)
+  start = time.time()
+  proc.communicate(timeout=90)
+  assert proc.returncode != 0
+  assert time.time() - start < 60
+  for pid in workers:
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
