@@ -52,6 +52,7 @@ setup(
             "vlpt-train=vlpt.cli.train:run",
             "vlpt-eval=vlpt.cli.eval:run",
             "vlpt-convert=vlpt.cli.convert:run",
+            "vlpt-data=vlpt.cli.data:run",
         ]
     },
 )

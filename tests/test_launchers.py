@@ -5,7 +5,6 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 
 import pytest
 import yaml

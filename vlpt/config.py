@@ -117,8 +117,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.read_threads = 2
   c.data.prefetch = 8
   c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
+  # source: synthetic | wds:PATTERN (dir/{00000..00009}.tar, a glob, a .txt list of shards;
+  # `vlpt-data build` writes them) | tfds:NAME (array_record, read without TensorFlow).
+  # crop_scale / crop_ratio: RandomResizedCrop of wds/tfds images; (1.0, 1.0): resize + center crop
   c.data.train = ml_collections.ConfigDict(
-      {"source": "synthetic", "split": "train", "shuffle": False, "random_caption": True})
+      {"source": "synthetic", "split": "train", "shuffle": False, "random_caption": True,
+       "crop_scale": (0.9, 1.0), "crop_ratio": (3 / 4, 4 / 3)})
+  c.data.interpolation = "bicubic"  # bicubic | bilinear (wds/tfds resizing)
+  # wds/tfds: unusable examples (undecodable image, empty caption, truncated tar) are replaced by
+  # the next usable one and logged as data/skipped_<reason>; above this fraction of the examples
+  # a process read (once it read bad_fraction_min_reads) training stops naming the worst shard
+  c.data.max_bad_fraction = 0.1
+  c.data.bad_fraction_min_reads = 256
+  c.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256  # global
@@ -306,9 +317,28 @@ def _check_paths(config: Any) -> None:
   specs = [config.data.train.source] + [d.source for d in config.eval.datasets.values()]
   for spec in specs:
     kind, _, arg = spec.partition(":")
-    if kind in ("wds", "files") and arg and not any(ch in arg for ch in "{*?["):
+    if kind == "wds" and arg:
+      from vlpt.data.webdataset import expand_shards
+      paths = expand_shards(arg)
+      missing = [p for p in paths if not os.path.isfile(p)]
+      if not paths or missing:
+        raise ConfigError(f"data source {spec!r}: " + (
+            f"{missing[0]} does not exist ({len(missing)} of {len(paths)} shard(s) missing)"
+            if missing
+            else "no shard matches"))
+    elif kind == "files" and arg and not any(ch in arg for ch in "{*?["):
       if not os.path.exists(arg):
         raise ConfigError(f"data source {spec!r}: {arg} does not exist")
+  if config.data.interpolation not in ("bicubic", "bilinear"):
+    raise ConfigError(f"config.data.interpolation must be bicubic or bilinear, got "
+                      f"{config.data.interpolation!r}")
+  lo, hi = (float(x) for x in config.data.train.crop_scale)
+  if not 0 < lo <= hi <= 1:
+    raise ConfigError(f"config.data.train.crop_scale={tuple(config.data.train.crop_scale)} must "
+                      "satisfy 0 < min <= max <= 1")
+  if not 0 <= config.data.max_bad_fraction <= 1:
+    raise ConfigError(f"config.data.max_bad_fraction={config.data.max_bad_fraction} must be in "
+                      "[0, 1]")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

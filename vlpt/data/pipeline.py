@@ -16,7 +16,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from vlpt.data.sources import build_source
+from vlpt.data.sources import build_source, file_source_options
 
 
 class GlobalBatchShare(grain.MapDataset):
@@ -50,12 +50,15 @@ class GlobalBatchShare(grain.MapDataset):
 class TrainTransform:
   """Example -> {'image': uint8 [H, W, 3], 'text': int32 [L]}; random choices keyed by position.
 
-  Images stay uint8 on the host (4x less to move); the step normalizes them on device.
+  Images stay uint8 on the host (4x less to move); the step normalizes them on device. With a
+  ``crop`` (file-backed sources: decoded PIL images) the crop draws from its own position-keyed
+  generator. ``skips`` (examples a source passed over, by reason) is passed through when present.
   """
 
   tokenizer: Any
   seed: int
   random_caption: bool = True
+  crop: Any = None
 
   def __call__(self, item: tuple[int, dict]) -> dict[str, np.ndarray]:
     position, example = item
@@ -64,8 +67,13 @@ class TrainTransform:
     captions = example.get("captions")
     if self.random_caption and captions:
       caption = captions[rng.integers(len(captions))]
-    return {"image": np.asarray(example["image"], np.uint8),
-            "text": self.tokenizer([caption])[0]}
+    image = example["image"]
+    if self.crop is not None:
+      image = self.crop(image, np.random.default_rng([self.seed, 0xC209, position]))
+    out = {"image": np.asarray(image, np.uint8), "text": self.tokenizer([caption])[0]}
+    if "skips" in example:
+      out["skips"] = example["skips"]
+    return out
 
 
 def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: int,
@@ -73,7 +81,9 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
                   ) -> grain.IterDataset:
   """The unbounded training stream of this process's local batches, from ``start_batch`` on."""
   tc = data_config.train
-  source = build_source(tc.source, split=tc.split, image_size=data_config.image_size, seed=seed)
+  source = build_source(tc.source, split=tc.split, image_size=data_config.image_size, seed=seed,
+                        options=file_source_options(data_config, train=True))
+  crop = getattr(source, "crop", None) if getattr(source, "train", False) else None
   ds = grain.MapDataset.source(source)
   if tc.shuffle:
     ds = ds.shuffle(seed=seed)
@@ -81,7 +91,7 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
     ds = ds.repeat(None)
   ds = GlobalBatchShare(ds, global_batch=global_batch, process_index=process_index,
                         process_count=process_count)
-  ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption))
+  ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption, crop=crop))
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
   if start_batch:
     ds = ds[start_batch:]
@@ -106,13 +116,13 @@ class EvalSet:
 
 
 def load_eval_set(name: str, spec: str, split: str, *, num_examples: int, image_size: int,
-                  seed: int, tokenizer: Any) -> EvalSet:
+                  seed: int, tokenizer: Any, options: dict | None = None) -> EvalSet:
   """Loads ``num_examples`` of a labelled, multi-caption split plus its zero-shot prompts.
 
   The source supplies ``class_names`` and ``prompt_templates`` for zero-shot classification.
   """
   source = build_source(spec, split=split, image_size=image_size, seed=seed,
-                        num_examples=num_examples)
+                        num_examples=num_examples, options=options)
   examples = [source[i] for i in range(min(num_examples, len(source)))]
   texts, owner = [], []
   for i, ex in enumerate(examples):
@@ -129,3 +139,39 @@ def load_eval_set(name: str, spec: str, split: str, *, num_examples: int, image_
       class_prompts=prompts,
       caption_texts=texts,
   )
+
+
+class SkipCounter:
+  """Wraps a batch iterator: removes ``skips`` from each batch and adds it to ``counts`` by reason.
+
+  Counts are this process's (in the prefetch thread, so they may run a batch or two ahead of the
+  step that logs them). Iterator state and ``close`` are passed through.
+  """
+
+  def __init__(self, iterator: Any, counts: dict[str, int]):
+    self._iterator = iterator
+    self.counts = counts
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterator)
+    skips = batch.pop("skips", None)
+    if skips is not None:
+      from vlpt.data.webdataset import SKIP_REASONS
+      totals = np.asarray(skips).reshape(-1, len(SKIP_REASONS)).sum(0)
+      for reason, n in zip(SKIP_REASONS, totals):
+        self.counts[reason] = self.counts.get(reason, 0) + int(n)
+    return batch
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state) -> None:
+    self._iterator.set_state(state)
+
+  def close(self) -> None:
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()

@@ -378,14 +378,18 @@ class Evaluator:
 
 def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
   config = setup.config
+  skipped: dict[str, int] = {}  # file-backed sources: examples replaced, by reason (this process)
 
   def make_iterator():
+    from vlpt.data.pipeline import SkipCounter
     ds = train_dataset(config.data, tokenizer=setup.tokenizer, global_batch=config.batch_size,
                        seed=config.seed, process_index=jax.process_index(),
                        process_count=jax.process_count(), start_batch=start_batch)
-    return iter(ds)
+    return SkipCounter(iter(ds), skipped)
 
-  return DeviceLoader(make_iterator, setup.mesh, jax.process_count())
+  loader = DeviceLoader(make_iterator, setup.mesh, jax.process_count())
+  loader.skipped = skipped
+  return loader
 
 
 def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
@@ -526,6 +530,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           values["train/skipped_nonfinite"] = float(nonfinite.take_interval_count())
           accumulated = None
           values["train/examples_per_s"] = progress.update(step, values)
+          values.update({f"data/skipped_{k}": v for k, v in getattr(loader, "skipped", {}).items()})
           writer.write(step, values)
         if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
           checkpointer.save(step, state, loader, force=True)

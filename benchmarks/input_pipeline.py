@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Input-pipeline throughput at 224 px: vlpt's grain + WebDataset source vs open_clip's pipeline.
+
+  python benchmarks/input_pipeline.py [--num 3000] [--workers 2] [--batch 128] [--batches 20]
+
+Shards: real photographs shipped with Python packages (scikit-learn's ``china.jpg`` and
+``flower.jpg``, matplotlib's ``grace_hopper.jpg``), cut into varied crops and re-encoded as
+JPEG (quality 95) with the longer side between 256 and 640 px, written as WebDataset tars by
+``vlpt.data.shards.ShardWriter``.
+
+Both pipelines read the same shards with the same number of worker processes, decode, apply a
+training RandomResizedCrop(224, scale=(0.9, 1.0), bicubic), tokenize with CLIP BPE (77 tokens)
+and batch:
+
+- vlpt: ``vlpt.data.pipeline.train_dataset`` (``wds:`` source, global shuffle, grain
+  ``mp_prefetch`` workers); JPEGs are decoded with PIL ``draft``; images stay uint8.
+- open_clip: the stages of ``open_clip_train.data.get_wds_dataset`` (SimpleShardList,
+  split_by_worker, tarfile_to_samples, shuffle, decode('pilrgb'), open_clip's train transform,
+  tokenizer, batched, ``wds.WebLoader``); its transform ends in ToTensor + Normalize (float32).
+
+After one warm-up batch, ``--batches`` batches are timed. The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def photos():
+  import matplotlib
+  import sklearn.datasets
+  from PIL import Image
+  paths = [os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", n)
+           for n in ("china.jpg", "flower.jpg")]
+  paths.append(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
+                            "grace_hopper.jpg"))
+  return [Image.open(p).convert("RGB") for p in paths if os.path.exists(p)]
+
+
+def build_shards(out: str, num: int, shard_size: int) -> str:
+  import io
+
+  import numpy as np
+  from PIL import Image
+
+  from vlpt.data.shards import ShardWriter
+  images = photos()
+  if not images:
+    raise SystemExit("no packaged photographs found (scikit-learn or matplotlib needed)")
+  rng = np.random.default_rng(0)
+  words = ["a", "photo", "of", "the", "old", "city", "flower", "portrait", "with", "red", "blue"]
+  with ShardWriter(out, shard_size) as w:
+    for k in range(num):
+      im = images[k % len(images)]
+      W, H = im.size
+      cw, ch = int(W * rng.uniform(0.5, 1.0)), int(H * rng.uniform(0.5, 1.0))
+      x, y = int(rng.integers(0, W - cw + 1)), int(rng.integers(0, H - ch + 1))
+      long_side = int(rng.integers(256, 641))
+      scale = long_side / max(cw, ch)
+      crop = im.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC,
+                       box=(x, y, x + cw, y + ch))
+      buf = io.BytesIO()
+      crop.save(buf, format="JPEG", quality=95)
+      caption = " ".join(rng.choice(words, int(rng.integers(4, 12))))
+      w.write(buf.getvalue(), "jpg", caption, {"caption": caption})
+  return w.close()
+
+
+def bench_vlpt(pattern: str, workers: int, batch: int, batches: int) -> float:
+  from vlpt.config import default_config
+  from vlpt.data.pipeline import train_dataset
+  from vlpt.data.tokenizers import build_tokenizer
+  c = default_config()
+  c.data.image_size = 224
+  c.data.num_workers = workers
+  c.data.train.source = f"wds:{pattern}"
+  c.data.train.shuffle = True
+  c.data.tokenizer = {"name": "clip_bpe", "context_length": 77}
+  tok = build_tokenizer(c.data.tokenizer)
+  it = iter(train_dataset(c.data, tokenizer=tok, global_batch=batch, seed=0, process_index=0,
+                          process_count=1))
+  first = next(it)
+  assert first["image"].shape == (batch, 224, 224, 3), first["image"].shape
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  seconds = time.perf_counter() - start
+  it.close()
+  return batches * batch / seconds
+
+
+def bench_open_clip(pattern: str, workers: int, batch: int, batches: int) -> float:
+  import torch
+  lib = torch.library.Library("torchvision", "FRAGMENT")  # CPU torch + CUDA torchvision wheel
+  for op in ("nms", "qnms"):
+    try:
+      lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    except RuntimeError:
+      pass
+  import open_clip
+  import webdataset as wds
+  preprocess = open_clip.image_transform(224, is_train=True)  # RandomResizedCrop (0.9, 1), bicubic
+  tokenizer = open_clip.get_tokenizer("ViT-B-32")
+  pipeline = wds.DataPipeline(
+      wds.SimpleShardList(pattern),
+      wds.split_by_worker,
+      wds.tarfile_to_samples(),
+      wds.shuffle(5000, initial=1000),
+      wds.select(lambda s: "txt" in s and any(k in s for k in ("png", "jpg", "jpeg", "webp"))),
+      wds.decode("pilrgb"),
+      wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+      wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
+      wds.to_tuple("image", "text"),
+      wds.batched(batch, partial=False),
+  ).repeat()
+  loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers,
+                         persistent_workers=workers > 0)
+  it = iter(loader)
+  images, _ = next(it)
+  assert tuple(images.shape) == (batch, 3, 224, 224), images.shape
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--num", type=int, default=3000, help="samples in the shards")
+  p.add_argument("--shard-size", type=int, default=500)
+  p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--batches", type=int, default=20, help="timed batches after one warm-up")
+  p.add_argument("--shards", default=None, help="existing shards (a brace pattern) to reuse")
+  args = p.parse_args()
+  sys.path.insert(0, REPO)
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+  with tempfile.TemporaryDirectory() as tmp:
+    pattern = args.shards or build_shards(tmp, args.num, args.shard_size)
+    print(f"shards: {pattern}; workers={args.workers} batch={args.batch} "
+          f"timed={args.batches * args.batch} images", flush=True)
+    ours = bench_vlpt(pattern, args.workers, args.batch, args.batches)
+    print(f"vlpt (grain, wds source):         {ours:8.1f} images/s", flush=True)
+    theirs = bench_open_clip(pattern, args.workers, args.batch, args.batches)
+    print(f"open_clip (webdataset, torchvision): {theirs:8.1f} images/s", flush=True)
+  print(f"vlpt_images_per_s={ours:.1f} open_clip_images_per_s={theirs:.1f} "
+        f"ratio={ours / theirs:.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,159 @@
+"""Writing WebDataset shards in img2dataset's layout (``00000.tar`` ... with ``KEY.jpg``,
+``KEY.txt``, ``KEY.json``), from the synthetic dataset, a folder or a CSV/TSV/parquet table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tarfile
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def encode_image(image: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
+  """uint8 [H, W, 3] -> encoded bytes (``jpg`` or lossless ``png``)."""
+  from PIL import Image
+  buf = io.BytesIO()
+  pil = Image.fromarray(np.asarray(image, np.uint8))
+  if fmt in ("jpg", "jpeg"):
+    pil.save(buf, format="JPEG", quality=quality)
+  elif fmt == "png":
+    pil.save(buf, format="PNG")
+  elif fmt == "webp":
+    pil.save(buf, format="WEBP", quality=quality)
+  else:
+    raise ValueError(f"unknown image format {fmt!r}; use jpg, png or webp")
+  return buf.getvalue()
+
+
+class ShardWriter:
+  """Writes samples into ``out/{00000..}.tar``, ``shard_size`` samples each."""
+
+  def __init__(self, out_dir: str, shard_size: int = 10000):
+    if shard_size < 1:
+      raise ValueError(f"shard size must be positive, got {shard_size}")
+    self.out_dir = out_dir
+    self.shard_size = shard_size
+    self.count = 0
+    self.paths: list[str] = []
+    self._tar: tarfile.TarFile | None = None
+    os.makedirs(out_dir, exist_ok=True)
+
+  def _add(self, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o644
+    self._tar.addfile(info, io.BytesIO(data))
+
+  def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
+    shard, row = divmod(self.count, self.shard_size)
+    if row == 0:
+      self._close_tar()
+      path = os.path.join(self.out_dir, f"{shard:05d}.tar")
+      self.paths.append(path)
+      self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+    key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
+    self._add(f"{key}.{ext}", image)
+    if caption is not None:
+      self._add(f"{key}.txt", caption.encode("utf-8"))
+    if meta is not None:
+      self._add(f"{key}.json", json.dumps(meta).encode("utf-8"))
+    self.count += 1
+    return key
+
+  def _close_tar(self) -> None:
+    if self._tar is not None:
+      self._tar.close()
+      self._tar = None
+
+  def close(self) -> str:
+    """Closes the last shard; writes ``shards.txt`` and returns the brace pattern of the shards."""
+    self._close_tar()
+    with open(os.path.join(self.out_dir, "shards.txt"), "w", encoding="utf-8") as f:
+      f.writelines(os.path.basename(p) + "\n" for p in self.paths)
+    return shard_pattern(self.out_dir, len(self.paths))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def shard_pattern(out_dir: str, n: int) -> str:
+  if n == 1:
+    return os.path.join(out_dir, "00000.tar")
+  return os.path.join(out_dir, f"{{00000..{n - 1:05d}}}.tar")
+
+
+def synthetic_samples(split: str, num: int, image_size: int, seed: int
+                      ) -> Iterator[tuple[np.ndarray, str, dict]]:
+  """Examples 0..num-1 of the synthetic split (image, caption, json meta with all captions)."""
+  from vlpt.data.synthetic import SyntheticCaptions
+  source = SyntheticCaptions(split, image_size=image_size, seed=seed, num_examples=num)
+  for i in range(num):
+    ex = source[i]
+    yield ex["image"], ex["caption"], {"caption": ex["caption"], "captions": list(ex["captions"]),
+                                      "label": int(ex["label"]), "index": i}
+
+
+def folder_samples(folder: str) -> Iterator[tuple[str, str | None]]:
+  """(image path, caption) for every image under ``folder`` with a same-name ``.txt`` caption."""
+  for root, _, files in sorted(os.walk(folder)):
+    for name in sorted(files):
+      stem, suffix = os.path.splitext(name)
+      if suffix.lower() not in IMAGE_SUFFIXES:
+        continue
+      txt = os.path.join(root, stem + ".txt")
+      caption = None
+      if os.path.isfile(txt):
+        with open(txt, encoding="utf-8", errors="replace") as f:
+          caption = f.read().strip()
+      yield os.path.join(root, name), caption
+
+
+def table_samples(path: str, path_column: str = "path", caption_column: str = "caption"
+                  ) -> Iterator[tuple[str, str | None]]:
+  """(image path, caption) rows of a CSV/TSV (stdlib) or parquet (pyarrow) table.
+
+  Relative image paths are resolved against the table's directory.
+  """
+  base = os.path.dirname(os.path.abspath(path))
+  if path.endswith(".parquet"):
+    try:
+      import pyarrow.parquet as pq
+    except ImportError as e:
+      raise SystemExit("reading parquet needs pyarrow: pip install pyarrow") from e
+    table = pq.read_table(path, columns=[path_column, caption_column]).to_pydict()
+    rows: Iterable = zip(table[path_column], table[caption_column])
+  else:
+    delimiter = "\t" if path.endswith((".tsv", ".tab")) else ","
+    with open(path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f, delimiter=delimiter)
+      missing = {path_column, caption_column} - set(reader.fieldnames or ())
+      if missing:
+        raise SystemExit(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+      rows = [(r[path_column], r[caption_column]) for r in reader]
+  for image_path, caption in rows:
+    full = image_path if os.path.isabs(image_path) else os.path.join(base, image_path)
+    yield full, caption
+
+
+def write_files(samples: Iterable[tuple[str, str | None]], writer: ShardWriter) -> int:
+  """Copies image files' bytes as they are (no re-encoding); returns the number written."""
+  n = 0
+  for path, caption in samples:
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    ext = "jpg" if ext == "jpeg" else ext
+    with open(path, "rb") as f:
+      data = f.read()
+    writer.write(data, ext, caption, {"caption": caption or "", "source": os.path.basename(path)})
+    n += 1
+  return n
