@@ -43,13 +43,16 @@ def _sigterm_at_some_step(command, env, workdir, min_step):
 @pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes):
   env = env_with_devices(cli_env, 8)
+
+  def command_for(workdir):  # the reference runs on the same topology (bitwise comparison)
+    command = cli("vlpt.cli.train", workdir, *OVERRIDES)
+    return launch(2, command) if processes == 2 else command
+
   reference = tmp_path / "reference"
-  run(cli("vlpt.cli.train", reference, *OVERRIDES), env)
+  run(command_for(reference), env)
   want = train_losses(reference)
   workdir = tmp_path / "preempted"
-  command = cli("vlpt.cli.train", workdir, *OVERRIDES)
-  if processes == 2:
-    command = launch(2, command)
+  command = command_for(workdir)
   proc, seconds, step, out = _sigterm_at_some_step(command, env, workdir, min_step=8)
   assert proc.returncode == 0, out
   assert seconds < 30
