@@ -96,14 +96,8 @@ def bench_vlpt(pattern: str, workers: int, batch: int, batches: int) -> float:
 
 
 def bench_open_clip(pattern: str, workers: int, batch: int, batches: int) -> float:
-  import torch
-  lib = torch.library.Library("torchvision", "FRAGMENT")  # CPU torch + CUDA torchvision wheel
-  for op in ("nms", "qnms"):
-    try:
-      lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except RuntimeError:
-      pass
-  import open_clip
+  from vlpt.reference import import_torch_reference
+  torch, open_clip = import_torch_reference()
   import webdataset as wds
   preprocess = open_clip.image_transform(224, is_train=True)  # RandomResizedCrop (0.9, 1), bicubic
   tokenizer = open_clip.get_tokenizer("ViT-B-32")

@@ -23,14 +23,8 @@ def main() -> None:
   args = p.parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import numpy as np
-  import torch
-  lib = torch.library.Library("torchvision", "FRAGMENT")  # CPU torch + CUDA torchvision wheel
-  for op in ("nms", "qnms"):
-    try:
-      lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except RuntimeError:
-      pass
-  import open_clip
+  from vlpt.reference import import_torch_reference
+  torch, open_clip = import_torch_reference()
 
   from vlpt.data.synthetic import SyntheticCaptions
   from vlpt.data.tokenizers import ClipBpeTokenizer, HFTokenizer, write_hf_clip_vocab

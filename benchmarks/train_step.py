@@ -60,14 +60,8 @@ class OpenClipRunner:
   """The same model, loss and optimizer in open_clip (PyTorch, CPU)."""
 
   def __init__(self, config, model_config: dict, threads: int):
-    import torch
-    lib = torch.library.Library("torchvision", "FRAGMENT")  # CUDA torchvision wheel on CPU torch
-    for op in ("nms", "qnms"):
-      try:
-        lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-      except RuntimeError:
-        pass
-    import open_clip
+    from vlpt.reference import import_torch_reference
+    torch, open_clip = import_torch_reference()
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 

@@ -22,15 +22,12 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def torch_reference():
   """Imports the PyTorch reference stack (CPU torch + CUDA torchvision wheel workaround)."""
-  torch = pytest.importorskip("torch")
-  lib = torch.library.Library("torchvision", "FRAGMENT")
-  for op in ("nms", "qnms"):
-    try:
-      lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except RuntimeError:
-      pass
-  open_clip = pytest.importorskip("open_clip")
-  return torch, open_clip
+  pytest.importorskip("torch")
+  from vlpt.reference import import_torch_reference
+  try:
+    return import_torch_reference()
+  except ImportError as e:  # open_clip missing: the reference extra is not installed
+    pytest.skip(f"PyTorch reference stack unavailable: {e}")
 
 
 @pytest.fixture
