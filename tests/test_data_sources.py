@@ -297,3 +297,17 @@ def test_build_from_folder_csv_and_parquet(tmp_path, capsys):
   assert main(["build", "--from", "csv", str(tmp_path / "t.parquet"), "--out",
                str(tmp_path / "p")]) == 0
   assert WebDatasetSource(str(tmp_path / "p" / "00000.tar"), image_size=32)[0]["caption"] == "third"
+
+
+def test_weighted_mixture_of_sources(tmp_path):
+  """Shards (constant images) mixed 3:1 with the synthetic source (textured images): the stream
+  holds them in that proportion, deterministically."""
+  a = _write(tmp_path / "a", 40, 10)
+  c = _config("synthetic", shuffle=True)
+  c.data.train.mixture = ((f"wds:{a}", 3.0), ("synthetic", 1.0))
+  batches = [next(it) for it in [_iterator(c)] for _ in range(25)]
+  again = [next(it) for it in [_iterator(c)] for _ in range(25)]
+  constant = sum(int((batch["image"].reshape(8, -1).std(axis=1) == 0).sum()) for batch in batches)
+  assert constant == 150  # 3/4 of 200 examples
+  for x, y in zip(batches, again):
+    np.testing.assert_array_equal(x["image"], y["image"])

@@ -122,7 +122,10 @@ def default_config() -> ml_collections.ConfigDict:
   # crop_scale / crop_ratio: RandomResizedCrop of wds/tfds images; (1.0, 1.0): resize + center crop
   c.data.train = ml_collections.ConfigDict(
       {"source": "synthetic", "split": "train", "shuffle": False, "random_caption": True,
-       "crop_scale": (0.9, 1.0), "crop_ratio": (3 / 4, 4 / 3)})
+       "crop_scale": (0.9, 1.0), "crop_ratio": (3 / 4, 4 / 3),
+       # several sources with sampling weights, e.g. (("wds:/a/{0..99}.tar", 0.7),
+       # ("wds:/b/shards.txt", 0.3)); when set it replaces `source`
+       "mixture": ()})
   c.data.interpolation = "bicubic"  # bicubic | bilinear (wds/tfds resizing)
   # wds/tfds: unusable examples (undecodable image, empty caption, truncated tar) are replaced by
   # the next usable one and logged as data/skipped_<reason>; above this fraction of the examples
@@ -269,6 +272,8 @@ def _check_registry_names(config: Any) -> None:
              TEACHER_LOSSES if teacher_loss else LOSSES),
             ("config.data.tokenizer.name", config.data.tokenizer.name, TOKENIZERS),
             ("config.data.train.source", config.data.train.source.partition(":")[0], SOURCES)]
+  for spec, _ in config.data.train.mixture:
+    checks.append(("config.data.train.mixture", str(spec).partition(":")[0], SOURCES))
   for name, ds in config.eval.datasets.items():
     checks.append((f"config.eval.datasets.{name}.source", ds.source.partition(":")[0], SOURCES))
   for key, value, registry in checks:
@@ -315,6 +320,12 @@ def _check_registry_names(config: Any) -> None:
 def _check_paths(config: Any) -> None:
   """Sources that name files must point at existing files or directories."""
   specs = [config.data.train.source] + [d.source for d in config.eval.datasets.values()]
+  for entry in config.data.train.mixture:
+    if (len(entry) != 2 or not isinstance(entry[0], str)
+        or not isinstance(entry[1], (int, float)) or entry[1] <= 0):
+      raise ConfigError(f"config.data.train.mixture entries must be (source spec, positive "
+                        f"weight) pairs, got {tuple(entry)!r}")
+    specs.append(entry[0])
   for spec in specs:
     kind, _, arg = spec.partition(":")
     if kind == "wds" and arg:

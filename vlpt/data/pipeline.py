@@ -68,11 +68,14 @@ class TrainTransform:
     if self.random_caption and captions:
       caption = captions[rng.integers(len(captions))]
     image = example["image"]
-    if self.crop is not None:
+    if self.crop is not None and not isinstance(image, np.ndarray):  # decoded files only
       image = self.crop(image, np.random.default_rng([self.seed, 0xC209, position]))
     out = {"image": np.asarray(image, np.uint8), "text": self.tokenizer([caption])[0]}
     if "skips" in example:
       out["skips"] = example["skips"]
+    elif self.crop is not None:  # an in-memory source mixed with file sources: nothing skipped
+      from vlpt.data.webdataset import SKIP_REASONS
+      out["skips"] = np.zeros(len(SKIP_REASONS), np.int32)
     return out
 
 
@@ -81,14 +84,22 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
                   ) -> grain.IterDataset:
   """The unbounded training stream of this process's local batches, from ``start_batch`` on."""
   tc = data_config.train
-  source = build_source(tc.source, split=tc.split, image_size=data_config.image_size, seed=seed,
-                        options=file_source_options(data_config, train=True))
-  crop = getattr(source, "crop", None) if getattr(source, "train", False) else None
-  ds = grain.MapDataset.source(source)
-  if tc.shuffle:
-    ds = ds.shuffle(seed=seed)
-  if len(ds) < sys.maxsize:
-    ds = ds.repeat(None)
+  mixture = tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),)
+  parts, crop = [], None
+  for i, (spec, _) in enumerate(mixture):
+    source = build_source(spec, split=tc.split, image_size=data_config.image_size, seed=seed,
+                          options=file_source_options(data_config, train=True))
+    if crop is None and getattr(source, "train", False):
+      crop = getattr(source, "crop", None)
+    part = grain.MapDataset.source(source)
+    if tc.shuffle:
+      part = part.shuffle(seed=seed + i)
+    if len(part) < sys.maxsize:
+      part = part.repeat(None)
+    parts.append(part)
+  # a mixture interleaves the (endless) sources deterministically in proportion to the weights,
+  # so stream positions, per-process shares and resume work as for one source
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [float(w) for _, w in mixture])
   ds = GlobalBatchShare(ds, global_batch=global_batch, process_index=process_index,
                         process_count=process_count)
   ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption, crop=crop))
