@@ -43,3 +43,23 @@ def train_losses(workdir):
 
 def eval_rows(workdir):
   return [row for row in metrics(workdir) if any(k.endswith("zeroshot/top1") for k in row)]
+
+
+def one_train_step(config, *, with_teacher=False):
+  """Builds ``config`` and runs one jitted step on its first batch, in-process.
+
+  Returns (setup, state before (host), batch (host), state after (host), computed metrics).
+  """
+  import jax
+
+  from vlpt.train import trainer as T
+  setup = T.build(config)
+  state = T.initial_state(setup)
+  before = jax.device_get(state)
+  loader = T.make_loader(setup)
+  batch = next(loader)
+  loader.close()
+  teacher = T.load_teacher(setup) if with_teacher else None
+  with T.S.activate(setup.mesh, setup.rules):
+    after, m = T.make_train_step(setup, teacher)(state, batch)
+  return setup, before, jax.device_get(batch), jax.device_get(after), jax.device_get(m.compute())

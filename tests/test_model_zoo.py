@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, metrics, run
+from e2e_utils import cli, env_with_devices, metrics, one_train_step, run
 from vlpt.config import ConfigError, load_config
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.models import build_model
@@ -116,15 +116,8 @@ def test_coca_trains_both_loss_terms_fall(tmp_path, cli_env):
 
 
 def _one_step(config):
-  setup = T.build(config)
-  state = T.initial_state(setup)
-  before = jax.device_get(state.params)
-  loader = T.make_loader(setup)
-  batch = next(loader)
-  loader.close()
-  with T.S.activate(setup.mesh, setup.rules):
-    state, m = T.make_train_step(setup)(state, batch)
-  return setup, before, jax.device_get(state), jax.device_get(m.compute())
+  setup, before, _, after, m = one_train_step(config)
+  return setup, before.params, after, m
 
 
 def test_lit_locked_tower_has_no_updates_and_no_optimizer_state():

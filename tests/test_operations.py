@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, launch, metrics, run, train_losses
+from e2e_utils import cli, env_with_devices, launch, metrics, one_train_step, run, train_losses
 from vlpt.config import load_config
-from vlpt.train import trainer as T
 
 OVERRIDES = ["--config.total_steps=60", "--config.checkpoint_every_steps=1000",
              "--config.eval.at_end=False", "--config.eval_every_steps=1000"]
@@ -69,15 +68,7 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, p
 def test_nonfinite_step_is_skipped_and_counted():
   config = load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
   config.debug_nonfinite_steps = (1,)
-  setup = T.build(config)
-  state = T.initial_state(setup)
-  before = jax.device_get(state)
-  loader = T.make_loader(setup)
-  batch = next(loader)
-  loader.close()
-  with T.S.activate(setup.mesh, setup.rules):
-    after, m = T.make_train_step(setup)(state, batch)
-  after, m = jax.device_get(after), jax.device_get(m.compute())
+  _, before, _, after, m = one_train_step(config)
   assert m["skipped_nonfinite"] == 1.0 and int(after.step) == 1
   for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(a, b)

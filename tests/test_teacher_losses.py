@@ -2,13 +2,13 @@
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from conftest import REPO
+from e2e_utils import one_train_step
 from vlpt.config import ConfigError, load_config
 from vlpt.data.preprocess import Preprocess
 from vlpt.data.tokenizers import build_tokenizer
@@ -40,18 +40,10 @@ def test_teacher_loss_step_matches_the_dense_reference(name, tmp_path):
   teacher = _export_teacher(config, tmp_path / "teacher")
   config.loss.name = name
   config.teacher.init_from = str(tmp_path / "teacher")
-  setup = T.build(config)
-  state = T.initial_state(setup)
-  params = jax.device_get(state.params)
-  loader = T.make_loader(setup)
-  batch = next(loader)
-  loader.close()
-  with T.S.activate(setup.mesh, setup.rules):
-    new_state, m = T.make_train_step(setup, T.load_teacher(setup))(state, batch)
-  m = jax.device_get(m.compute())
+  setup, before, host, _, m = one_train_step(config, with_teacher=True)
+  params = before.params
   # the same loss from whole-batch arrays on one host
   student = nnx.merge(setup.graphdef, params)
-  host = jax.device_get(batch)
   images = normalize_images(jnp.asarray(host["image"]), "clip")
   s_img, s_txt = student.encode_image(images), student.encode_text(host["text"])
   t_img, t_txt = teacher.encode_image(images), teacher.encode_text(host["text"])

@@ -7,8 +7,6 @@ Outputs are id rows ``[B, max_len]`` starting with SOT; after EOT everything is 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -111,7 +109,7 @@ def _beam(model, image_tokens, *, max_len, sot_id, eot_id, pad_id, num_beams, le
   def reorder(cache, index):  # index [B*k] rows to take
     return jax.tree.map(lambda c: c[index] if c.ndim > 0 else c, cache)
 
-  @functools.partial(jax.jit)
+  @jax.jit
   def run(cache):
     neg = -1e9
     seqs = jnp.full((batch, k, max_len), pad_id, jnp.int32).at[:, :, 0].set(sot_id)

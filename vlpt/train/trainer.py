@@ -226,11 +226,9 @@ def make_value_and_grad(setup: Setup, teacher: Teacher | None = None):
   config, mesh, graphdef = setup.config, setup.mesh, setup.graphdef
   batch_spec = P(S.BATCH_AXES)
   locked = tuple(config.model.lock_towers)
-  if teacher is not None:
-    teacher_loss = build_teacher_loss(config.loss)
-    loss_fn = build_loss({"name": "softmax"})  # unused: the teacher loss replaces it
-  else:
-    loss_fn = build_loss(config.loss)
+  # a teacher loss replaces the sharded contrastive loss (and is dense, on global arrays)
+  teacher_loss = build_teacher_loss(config.loss) if teacher is not None else None
+  loss_fn = build_loss(config.loss) if teacher is None else None
 
   def global_loss(image_emb, text_emb, scale, bias):
     return loss_fn(image_emb, text_emb, scale, bias, S.BATCH_AXES)
