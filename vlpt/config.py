@@ -136,7 +136,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256  # global
-  c.eval.datasets = ml_collections.ConfigDict()  # name -> {source, split, num_examples}
+  # name -> {source, split, num_examples, tasks, ...}: the evaluation suite; every key and its
+  # default in vlpt.evaluation.evaluators.DATASET_DEFAULTS, documented in docs/evaluation.md
+  c.eval.datasets = ml_collections.ConfigDict()
   c.eval.at_end = True
   return c
 
@@ -205,6 +207,11 @@ def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[
   _check_paths(config)
   _check_registry_names(config)
   _check_model(config)
+  from vlpt.evaluation.evaluators import check_eval_config
+  try:
+    check_eval_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   return mesh_shape
 
 
@@ -274,8 +281,6 @@ def _check_registry_names(config: Any) -> None:
             ("config.data.train.source", config.data.train.source.partition(":")[0], SOURCES)]
   for spec, _ in config.data.train.mixture:
     checks.append(("config.data.train.mixture", str(spec).partition(":")[0], SOURCES))
-  for name, ds in config.eval.datasets.items():
-    checks.append((f"config.eval.datasets.{name}.source", ds.source.partition(":")[0], SOURCES))
   for key, value, registry in checks:
     if value not in registry:
       names = registry.names() + (TEACHER_LOSSES.names() if registry is LOSSES else [])
@@ -319,7 +324,8 @@ def _check_registry_names(config: Any) -> None:
 
 def _check_paths(config: Any) -> None:
   """Sources that name files must point at existing files or directories."""
-  specs = [config.data.train.source] + [d.source for d in config.eval.datasets.values()]
+  specs = [config.data.train.source] + [d.get("source") or "" for d in
+                                         config.eval.datasets.values()]
   for entry in config.data.train.mixture:
     if (len(entry) != 2 or not isinstance(entry[0], str)
         or not isinstance(entry[1], (int, float)) or entry[1] <= 0):

@@ -113,45 +113,6 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
   return it
 
 
-@dataclasses.dataclass
-class EvalSet:
-  """A held-out split, fully in host memory (identical on every process)."""
-
-  name: str
-  images: np.ndarray  # uint8 [N, H, W, 3]
-  labels: np.ndarray  # int32 [N]
-  captions: np.ndarray  # int32 [M, L] token ids
-  caption_image: np.ndarray  # int32 [M]: the image of each caption
-  class_prompts: np.ndarray  # int32 [C, T, L]
-  caption_texts: list[str]
-
-
-def load_eval_set(name: str, spec: str, split: str, *, num_examples: int, image_size: int,
-                  seed: int, tokenizer: Any, options: dict | None = None) -> EvalSet:
-  """Loads ``num_examples`` of a labelled, multi-caption split plus its zero-shot prompts.
-
-  The source supplies ``class_names`` and ``prompt_templates`` for zero-shot classification.
-  """
-  source = build_source(spec, split=split, image_size=image_size, seed=seed,
-                        num_examples=num_examples, options=options)
-  examples = [source[i] for i in range(min(num_examples, len(source)))]
-  texts, owner = [], []
-  for i, ex in enumerate(examples):
-    texts.extend(ex["captions"])
-    owner.extend([i] * len(ex["captions"]))
-  prompts = np.stack([tokenizer([t.format(c) for t in source.prompt_templates])
-                      for c in source.class_names])
-  return EvalSet(
-      name=name,
-      images=np.stack([ex["image"] for ex in examples]).astype(np.uint8),
-      labels=np.asarray([ex["label"] for ex in examples], np.int32),
-      captions=tokenizer(texts),
-      caption_image=np.asarray(owner, np.int32),
-      class_prompts=prompts,
-      caption_texts=texts,
-  )
-
-
 class SkipCounter:
   """Wraps a batch iterator: removes ``skips`` from each batch and adds it to ``counts`` by reason.
 

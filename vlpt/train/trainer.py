@@ -23,9 +23,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 from vlpt import sharding as S
 from vlpt.config import WORKDIR_CONFIG, ConfigError, TrainingError, validate
 from vlpt.data.loader import DeviceLoader
-from vlpt.data.pipeline import EvalSet, load_eval_set, train_dataset
+from vlpt.data.pipeline import train_dataset
 from vlpt.data.tokenizers import build_tokenizer
-from vlpt.evaluation.evaluators import Encoders, evaluate_set, normalize_images
+from vlpt.evaluation.evaluators import EvalContext, Evaluator as SuiteEvaluator, normalize_images
 from vlpt.losses import build_loss, build_teacher_loss
 from vlpt.losses.captioning import caption_loss
 from vlpt.models import build_model
@@ -350,28 +350,34 @@ def make_train_step(setup: Setup, teacher: Teacher | None = None):
   return lambda state, batch: jitted(state, batch, teacher.params)
 
 
-def load_eval_sets(config: ml_collections.ConfigDict, tokenizer: Any) -> list[EvalSet]:
-  return [load_eval_set(name, ds.source, ds.split, num_examples=ds.num_examples,
-                        image_size=config.data.image_size, seed=config.seed, tokenizer=tokenizer)
-          for name, ds in sorted(config.eval.datasets.items())]
+def eval_context(setup: Setup) -> EvalContext:
+  """What the evaluation suite needs of this run: model, mesh, tokenizer, preprocessing."""
+  config = setup.config
+  return EvalContext(
+      graphdef=setup.graphdef, mesh=setup.mesh, param_shardings=setup.state_shardings.params,
+      tokenizer=setup.tokenizer, normalization=config.data.normalization,
+      image_size=config.data.image_size, interpolation=config.data.get("interpolation", "bicubic"),
+      batch_size=config.eval.batch_size, seed=config.seed,
+      data_dir=config.data.get("tfds_data_dir", None), model_name=config.model.name)
 
 
 class Evaluator:
-  """Runs every configured evaluation set on the current parameters."""
+  """The configured evaluation suite (``vlpt.evaluation``) run under this run's mesh and rules."""
 
   def __init__(self, setup: Setup):
-    self.sets = load_eval_sets(setup.config, setup.tokenizer)
-    self.encoders = Encoders(setup.graphdef, setup.mesh, setup.state_shardings.params,
-                             setup.config.data.normalization)
-    self.batch = setup.config.eval.batch_size
     self.setup = setup
+    with S.activate(setup.mesh, setup.rules):
+      try:
+        self.suite = SuiteEvaluator(setup.config, eval_context(setup))
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
 
-  def __call__(self, params: Any) -> dict[str, float]:
-    results: dict[str, float] = {}
+  def due(self, step: int) -> bool:
+    return self.suite.due(step)
+
+  def __call__(self, params: Any, step: int | None = None) -> dict[str, float]:
     with S.activate(self.setup.mesh, self.setup.rules):
-      for data in self.sets:
-        results.update(evaluate_set(self.encoders, params, data, self.batch))
-    return results
+      return self.suite(params, step)
 
 
 def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
@@ -532,11 +538,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           writer.write(step, values)
         if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
           checkpointer.save(step, state, loader, force=True)
-        is_eval = step % config.eval_every_steps == 0
         is_last = step == config.total_steps and config.eval.at_end
-        if evaluator is not None and (is_eval or is_last):
+        if evaluator is not None and (is_last or evaluator.due(step)):
           start = time.perf_counter()
-          results = evaluator(state.params)
+          results = evaluator(state.params, None if is_last else step)
           writer.write(step, results)
           if jax.process_index() == 0:
             print(f"[vlpt] eval @ {step} ({time.perf_counter() - start:.1f}s): {_fmt(results)}",
