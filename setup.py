@@ -28,7 +28,9 @@ EXTRAS = {
              "matplotlib>=3.8"],
     # The PyTorch stack the parity tests compare against (CPU wheel; see docs/development.md).
     "reference": ["torch==2.13.0", "torchvision==0.28.0", "open_clip_torch>=3", "transformers>=4.50",
-                  "scikit-learn>=1.3", "tqdm"],
+                  "scikit-learn>=1.3", "tqdm",
+                  # coco-caption's BLEU / CIDEr-D scorers and PTB tokenizer (Java) for caption parity
+                  "pycocoevalcap>=1.2"],
     "notebook": ["matplotlib>=3.8", "ipykernel>=6"],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],
@@ -44,7 +46,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["vlpt", "vlpt.*"]),
-    package_data={"vlpt.data": ["assets/*.gz", "assets/LICENSE-*.txt"]},
+    package_data={"vlpt.data": ["assets/*.gz", "assets/LICENSE-*.txt"],
+                  # zero-shot class names / templates (CLIP_benchmark's, MIT) and their notices
+                  "vlpt.evaluation": ["assets/*.json", "assets/LICENSE-*.txt"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={

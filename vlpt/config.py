@@ -75,9 +75,15 @@ def default_config() -> ml_collections.ConfigDict:
   # Start from pretrained weights: any source vlpt.load accepts (vlpt export or workdir,
   # open_clip dir, HF CLIP/SigLIP dir, big_vision .npz); positions resized to this config
   c.model.init_from = ml_collections.FieldReference(None, field_type=str)
+  # Only these top-level parts of the model ("image", "text", "decoder"; each with its
+  # projection) are taken from init_from, the rest keeps the random init (LiT: ("image",), a new
+  # text tower, possibly of another architecture than the checkpoint's); (): the whole model
+  c.model.init_towers = ()
   # LiT (Zhai et al. 2022): towers listed here ("image", "text") get no gradient and no
-  # optimizer state
+  # optimizer state; a locked tower must come from init_from (see init_towers) unless
+  # allow_random_lock is set (a frozen random tower: ablations and tests only)
   c.model.lock_towers = ()
+  c.model.allow_random_lock = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "softmax"  # softmax (CLIP) | sigmoid (SigLIP)
@@ -97,9 +103,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.init_from = ml_collections.FieldReference(None, field_type=str)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"
+  c.optimizer.name = "adamw"  # adamw | lamb (ALIGN) | adafactor (CoCa, LiT, SigLIP); vlpt.optim
   c.optimizer.lr = 5e-4
   c.optimizer.warmup_steps = 100
+  c.optimizer.schedule = "cosine"  # after the linear warmup: cosine | linear decay
   c.optimizer.end_lr_factor = 0.0
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.98
@@ -118,11 +125,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 8
   c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
   # source: synthetic | wds:PATTERN (dir/{00000..00009}.tar, a glob, a .txt list of shards;
-  # `vlpt-data build` writes them) | tfds:NAME (array_record, read without TensorFlow).
-  # crop_scale / crop_ratio: RandomResizedCrop of wds/tfds images; (1.0, 1.0): resize + center crop
+  # `vlpt-data build` writes them) | tfds:NAME (array_record, read without TensorFlow) |
+  # arrayrecord:PATTERN (MessagePack records) | parquet:PATTERN (image bytes + caption columns);
+  # formats and keys: docs/data.md.
+  # crop_scale / crop_ratio: RandomResizedCrop of file images; (1.0, 1.0): resize + center crop.
+  # flip: random horizontal flips; color_jitter: brightness/contrast/saturation strength (0: off)
   c.data.train = ml_collections.ConfigDict(
       {"source": "synthetic", "split": "train", "shuffle": False, "random_caption": True,
-       "crop_scale": (0.9, 1.0), "crop_ratio": (3 / 4, 4 / 3),
+       "crop_scale": (0.9, 1.0), "crop_ratio": (3 / 4, 4 / 3), "flip": False, "color_jitter": 0.0,
        # several sources with sampling weights, e.g. (("wds:/a/{0..99}.tar", 0.7),
        # ("wds:/b/shards.txt", 0.3)); when set it replaces `source`
        "mixture": ()})
@@ -133,6 +143,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_bad_fraction = 0.1
   c.data.bad_fraction_min_reads = 256
   c.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
+  # the image / caption field of parquet columns, arrayrecord records and tfds features;
+  # None: found by name (image, jpg, png, ... / caption, text, txt, captions, ...)
+  c.data.image_field = ml_collections.FieldReference(None, field_type=str)
+  c.data.caption_field = ml_collections.FieldReference(None, field_type=str)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256  # global
@@ -207,6 +221,7 @@ def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[
   _check_paths(config)
   _check_registry_names(config)
   _check_model(config)
+  _check_optimizer(config)
   from vlpt.evaluation.evaluators import check_eval_config
   try:
     check_eval_config(config)
@@ -237,6 +252,7 @@ def _check_model(config: Any) -> None:
   if bad_lock:
     raise ConfigError(f"config.model.lock_towers={tuple(config.model.lock_towers)}: only "
                       "'image' and 'text' towers can be locked")
+  _check_init_and_lock(config)
   if config.model.name == "coca":
     from vlpt.models.sizes import parse_text, tower_size
     text, dec = config.model.text, config.model.decoder
@@ -264,6 +280,39 @@ def _check_model(config: Any) -> None:
       detect_format(init)
     except WeightsError as e:
       raise ConfigError(f"config.model.init_from: {e}") from None
+
+
+def _check_init_and_lock(config: Any) -> None:
+  """init_towers names loadable parts; a locked tower must be one that init_from fills."""
+  model = config.model
+  towers = tuple(model.get("init_towers", ()) or ())
+  parts = {"image", "text"} | ({"decoder"} if model.name == "coca" else set())
+  bad = set(towers) - parts
+  if bad:
+    raise ConfigError(f"config.model.init_towers={towers}: choose among {sorted(parts)} "
+                      "(each with its projection); () loads the whole model")
+  if towers and not model.init_from:
+    raise ConfigError(f"config.model.init_towers={towers} needs config.model.init_from (the "
+                      "checkpoint to take them from)")
+  loaded = set(towers or parts) if model.init_from else set()
+  random = [t for t in model.lock_towers if t not in loaded]
+  if random and not model.get("allow_random_lock", False):
+    where = ("config.model.init_from is not set" if not model.init_from else
+             f"config.model.init_towers={towers} does not load it")
+    raise ConfigError(f"config.model.lock_towers={tuple(model.lock_towers)} would freeze the "
+                      f"randomly initialized {' and '.join(random)} tower ({where}); load it "
+                      "from a checkpoint, or set config.model.allow_random_lock=True if a frozen "
+                      "random tower is intended")
+
+
+def _check_optimizer(config: Any) -> None:
+  from vlpt.optim import OPTIMIZERS, SCHEDULES
+  oc = config.optimizer
+  if oc.name not in OPTIMIZERS:
+    raise ConfigError(f"config.optimizer.name={oc.name!r} is not one of: {', '.join(OPTIMIZERS)}")
+  if oc.schedule not in SCHEDULES:
+    raise ConfigError(f"config.optimizer.schedule={oc.schedule!r} is not one of: "
+                      f"{', '.join(SCHEDULES)}")
 
 
 def _check_registry_names(config: Any) -> None:
@@ -334,7 +383,7 @@ def _check_paths(config: Any) -> None:
     specs.append(entry[0])
   for spec in specs:
     kind, _, arg = spec.partition(":")
-    if kind == "wds" and arg:
+    if kind in ("wds", "arrayrecord", "parquet") and arg:
       from vlpt.data.webdataset import expand_shards
       paths = expand_shards(arg)
       missing = [p for p in paths if not os.path.isfile(p)]
@@ -346,6 +395,12 @@ def _check_paths(config: Any) -> None:
     elif kind == "files" and arg and not any(ch in arg for ch in "{*?["):
       if not os.path.exists(arg):
         raise ConfigError(f"data source {spec!r}: {arg} does not exist")
+  tok = config.data.tokenizer
+  for key in ("path", "model_path", "vocab_path"):
+    value = tok.get(key)
+    if value and not os.path.exists(os.path.expanduser(str(value))):
+      raise ConfigError(f"config.data.tokenizer.{key}={value!r} does not exist (the "
+                        f"{tok.name} tokenizer's file)")
   if config.data.interpolation not in ("bicubic", "bilinear"):
     raise ConfigError(f"config.data.interpolation must be bicubic or bilinear, got "
                       f"{config.data.interpolation!r}")
@@ -353,6 +408,9 @@ def _check_paths(config: Any) -> None:
   if not 0 < lo <= hi <= 1:
     raise ConfigError(f"config.data.train.crop_scale={tuple(config.data.train.crop_scale)} must "
                       "satisfy 0 < min <= max <= 1")
+  if not float(config.data.train.color_jitter) >= 0:
+    raise ConfigError(f"config.data.train.color_jitter={config.data.train.color_jitter} must be "
+                      ">= 0 (0: off)")
   if not 0 <= config.data.max_bad_fraction <= 1:
     raise ConfigError(f"config.data.max_bad_fraction={config.data.max_bad_fraction} must be in "
                       "[0, 1]")

@@ -1,4 +1,18 @@
-"""Optimizer: AdamW with linear warmup + cosine decay, a weight-decay mask, clipping, freezing.
+"""Optimizers (AdamW, LAMB, Adafactor) with linear warmup + cosine or linear decay, a weight-decay
+mask, gradient clipping and freezing.
+
+``config.optimizer.name``:
+
+- ``adamw`` (default): ``optax.adamw`` (Loshchilov & Hutter 2019), decoupled weight decay.
+- ``lamb``: ``optax.lamb`` (You et al. 2020, layer-wise trust ratio; ALIGN's optimizer).
+- ``adafactor``: factored second moments (Shazeer & Stern 2018) for matrices, with the decay rate
+  ``1 - t^-0.8`` capped at ``b2`` and first-moment momentum ``b1`` (the "ViT-Adafactor" form used
+  by CoCa, LiT and SigLIP), then decoupled weight decay. The factored statistics (one row and one
+  column vector per matrix) are replicated over the mesh; the momentum is sharded like its
+  parameter.
+
+In all three, weight decay follows the AdamW convention: the update gets ``+ weight_decay * param``
+before it is scaled by the (scheduled) learning rate.
 
 Parameter groups are picked by regular expressions over '/'-joined parameter paths
 (e.g. ``image/transformer/blocks/0/attn/query``), so configs can say "no decay on norms and
@@ -9,10 +23,15 @@ parameters get ``optax.set_to_zero``: no update and no optimizer state.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
+
+OPTIMIZERS = ("adamw", "lamb", "adafactor")
+SCHEDULES = ("cosine", "linear")
 
 
 def param_paths(params: Any) -> Any:
@@ -39,26 +58,133 @@ def frozen_labels(params: Any, freeze: Sequence[str]) -> Any:
 
 
 def learning_rate_schedule(config: Any) -> optax.Schedule:
-  """Linear warmup from 0 to ``lr`` then cosine decay to ``lr * end_lr_factor``."""
+  """Linear warmup from 0 to ``lr``, then cosine (default) or linear decay to ``lr * end_lr_factor``
+  at ``total_steps`` (``config.optimizer.schedule``)."""
   total = int(config.total_steps)
-  warmup = min(int(config.optimizer.warmup_steps), total)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=float(config.optimizer.lr), warmup_steps=warmup,
-      decay_steps=max(total, warmup + 1),
-      end_value=float(config.optimizer.lr) * float(config.optimizer.end_lr_factor))
+  oc = config.optimizer
+  warmup = min(int(oc.warmup_steps), total)
+  peak = float(oc.lr)
+  end = peak * float(oc.end_lr_factor)
+  kind = oc.get("schedule", "cosine")
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total, warmup + 1), end_value=end)
+  if kind == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)),
+         optax.linear_schedule(peak, end, max(total - warmup, 1))], [warmup])
+  raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {SCHEDULES}")
+
+
+class FactoredMomentsState(NamedTuple):
+  """Adafactor statistics, each a tree shaped like the parameters: the row and column statistics
+  of factored tensors (a placeholder of shape (1,) elsewhere) and the full second moment of the
+  others (a placeholder where factored). Leaves not shaped like their parameter are replicated
+  over the mesh by the trainer; they are small."""
+
+  count: jax.Array
+  v_row: Any
+  v_col: Any
+  v: Any
+
+
+def _factored_axes(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
+  """(row axis, column axis): the two largest axes, or None when the tensor is not factored."""
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape, kind="stable")
+  col, row = int(order[-1]), int(order[-2])
+  if shape[row] < min_dim_size_to_factor:
+    return None
+  return row, col
+
+
+def scale_by_factored_moments(b2: float = 0.999, decay_rate: float = 0.8,
+                              min_dim_size_to_factor: int = 32, eps: float = 1e-30
+                              ) -> optax.GradientTransformation:
+  """Divides gradients by the root of Adafactor's second-moment estimate.
+
+  For a tensor whose two largest axes are at least ``min_dim_size_to_factor`` long, only the means
+  of the squared gradient over each of those axes are kept (a row and a column statistic), and the
+  second moment is their outer product over the row statistic's mean; smaller tensors keep a full
+  second moment. The moving-average decay at step t (from 1) is ``min(b2, 1 - t^-decay_rate)``.
+  """
+  placeholder = lambda: jnp.zeros((1,), jnp.float32)  # noqa: E731
+
+  def init(params):
+    def stats(p):
+      axes = _factored_axes(tuple(p.shape), min_dim_size_to_factor)
+      if axes is None:
+        return placeholder(), placeholder(), jnp.zeros(p.shape, jnp.float32)
+      row, col = axes
+      return (jnp.zeros(np.delete(p.shape, col), jnp.float32),
+              jnp.zeros(np.delete(p.shape, row), jnp.float32), placeholder())
+    return FactoredMomentsState(
+        count=jnp.zeros([], jnp.int32), v_row=jax.tree.map(lambda p: stats(p)[0], params),
+        v_col=jax.tree.map(lambda p: stats(p)[1], params),
+        v=jax.tree.map(lambda p: stats(p)[2], params))
+
+  def update(updates, state, params=None):
+    del params
+    t = (state.count + 1).astype(jnp.float32)
+    decay = jnp.minimum(b2, 1.0 - t ** (-decay_rate))
+
+    def one(g, v_row, v_col, v):
+      g32 = g.astype(jnp.float32)
+      sq = g32 * g32 + eps
+      axes = _factored_axes(tuple(g.shape), min_dim_size_to_factor)
+      if axes is None:
+        v = decay * v + (1 - decay) * sq
+        return (g32 * jax.lax.rsqrt(v)).astype(g.dtype), v_row, v_col, v
+      row, col = axes
+      v_row = decay * v_row + (1 - decay) * sq.mean(axis=col)
+      v_col = decay * v_col + (1 - decay) * sq.mean(axis=row)
+      row_in_v_row = row if row < col else row - 1  # v_row lacks the column axis
+      row_factor = jax.lax.rsqrt(v_row / v_row.mean(axis=row_in_v_row, keepdims=True))
+      col_factor = jax.lax.rsqrt(v_col)
+      scaled = g32 * jnp.expand_dims(row_factor, col) * jnp.expand_dims(col_factor, row)
+      return scaled.astype(g.dtype), v_row, v_col, v
+
+    out = jax.tree.map(one, updates, state.v_row, state.v_col, state.v)
+    pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
+    return pick(0), FactoredMomentsState(count=state.count + 1, v_row=pick(1), v_col=pick(2),
+                                         v=pick(3))
+
+  return optax.GradientTransformation(init, update)
+
+
+def adafactor(learning_rate: optax.ScalarOrSchedule, *, b1: float | None = 0.9, b2: float = 0.999,
+              weight_decay: float = 0.0, mask: Any = None, min_dim_size_to_factor: int = 32
+              ) -> optax.GradientTransformation:
+  """Factored second moments, momentum ``b1`` on the scaled updates, decoupled weight decay."""
+  parts = [scale_by_factored_moments(b2=b2, min_dim_size_to_factor=min_dim_size_to_factor)]
+  if b1:
+    parts.append(optax.ema(b1, debias=False))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
 
 
 def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
   """The full transformation for ``params`` (an abstract or concrete tree) from ``config``."""
   oc = config.optimizer
-  if oc.name != "adamw":
-    raise ValueError(f"unknown optimizer {oc.name!r}; vlpt supports 'adamw'")
+  if oc.name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {oc.name!r}; vlpt supports {', '.join(OPTIMIZERS)}")
+  schedule = learning_rate_schedule(config)
+  mask = decay_mask(params, tuple(oc.no_decay))
   parts = []
   if oc.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(float(oc.grad_clip_norm)))
-  parts.append(optax.adamw(learning_rate_schedule(config), b1=oc.b1, b2=oc.b2, eps=oc.eps,
-                           weight_decay=oc.weight_decay,
-                           mask=decay_mask(params, tuple(oc.no_decay))))
+  if oc.name == "adamw":
+    parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps,
+                             weight_decay=oc.weight_decay, mask=mask))
+  elif oc.name == "lamb":
+    parts.append(optax.lamb(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps,
+                            weight_decay=oc.weight_decay, mask=mask))
+  else:
+    parts.append(adafactor(schedule, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay, mask=mask))
   tx = optax.chain(*parts)
   # LiT: a locked tower is frozen like any other pattern (no updates, no optimizer state)
   freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.model.get("lock_towers", ()))

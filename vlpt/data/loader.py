@@ -2,7 +2,8 @@
 
 The loader remembers the grain iterator state *after the last batch the trainer consumed* (not
 after the batches sitting in the prefetch queue), so a checkpoint resumes at exactly the next
-unseen batch.
+unseen batch. With a :class:`vlpt.data.pipeline.SkipCounter` iterator that state also holds the
+counts of skipped examples, which :attr:`DeviceLoader.skipped` reports as of the same batch.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ class DeviceLoader:
     self._queue: queue.Queue | None = None
     self._thread: threading.Thread | None = None
     self._stop = threading.Event()
+
+  @property
+  def skipped(self) -> dict[str, int]:
+    """Examples the sources replaced, by reason, through the last batch returned (this process).
+
+    Read from the iterator state paired with that batch (see ``SkipCounter``), so the counts are
+    exact at every step, checkpointed with the data state and restored with it.
+    """
+    state = self._state
+    if isinstance(state, dict) and isinstance(state.get("skipped"), dict):
+      return dict(state["skipped"])
+    return {}
 
   # -- grain.checkpoint.CheckpointHandler protocol (bytes state for non-grain iterators) --
   def get_state(self) -> bytes:

@@ -17,6 +17,7 @@ import grain
 import numpy as np
 
 from vlpt.data.sources import build_source, file_source_options
+from vlpt.data.transforms import augment
 
 
 class GlobalBatchShare(grain.MapDataset):
@@ -52,13 +53,16 @@ class TrainTransform:
 
   Images stay uint8 on the host (4x less to move); the step normalizes them on device. With a
   ``crop`` (file-backed sources: decoded PIL images) the crop draws from its own position-keyed
-  generator. ``skips`` (examples a source passed over, by reason) is passed through when present.
+  generator, and so do the optional horizontal ``flip`` and ``color_jitter`` (any source).
+  ``skips`` (examples a source passed over, by reason) is passed through when present.
   """
 
   tokenizer: Any
   seed: int
   random_caption: bool = True
   crop: Any = None
+  flip: bool = False
+  color_jitter: float = 0.0
 
   def __call__(self, item: tuple[int, dict]) -> dict[str, np.ndarray]:
     position, example = item
@@ -70,7 +74,11 @@ class TrainTransform:
     image = example["image"]
     if self.crop is not None and not isinstance(image, np.ndarray):  # decoded files only
       image = self.crop(image, np.random.default_rng([self.seed, 0xC209, position]))
-    out = {"image": np.asarray(image, np.uint8), "text": self.tokenizer([caption])[0]}
+    image = np.asarray(image, np.uint8)
+    if self.flip or self.color_jitter > 0:
+      image = augment(image, np.random.default_rng([self.seed, 0xF71B, position]), flip=self.flip,
+                      jitter=self.color_jitter)
+    out = {"image": image, "text": self.tokenizer([caption])[0]}
     if "skips" in example:
       out["skips"] = example["skips"]
     elif self.crop is not None:  # an in-memory source mixed with file sources: nothing skipped
@@ -102,7 +110,9 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [float(w) for _, w in mixture])
   ds = GlobalBatchShare(ds, global_batch=global_batch, process_index=process_index,
                         process_count=process_count)
-  ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption, crop=crop))
+  ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption, crop=crop,
+                             flip=bool(tc.get("flip", False)),
+                             color_jitter=float(tc.get("color_jitter", 0.0))))
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
   if start_batch:
     ds = ds[start_batch:]
@@ -116,13 +126,16 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
 class SkipCounter:
   """Wraps a batch iterator: removes ``skips`` from each batch and adds it to ``counts`` by reason.
 
-  Counts are this process's (in the prefetch thread, so they may run a batch or two ahead of the
-  step that logs them). Iterator state and ``close`` are passed through.
+  ``counts`` are this process's running totals, as of the last batch drawn from the wrapped
+  iterator. They are part of the iterator state: ``get_state()`` is
+  ``{"iterator": <wrapped state>, "skipped": {reason: count}}``, so a restored run goes on
+  counting from the checkpointed totals (a bare wrapped state, as older checkpoints hold, is
+  accepted too and leaves the counts at zero). ``close`` is passed through.
   """
 
-  def __init__(self, iterator: Any, counts: dict[str, int]):
+  def __init__(self, iterator: Any, counts: dict[str, int] | None = None):
     self._iterator = iterator
-    self.counts = counts
+    self.counts = {} if counts is None else counts
 
   def __iter__(self):
     return self
@@ -137,11 +150,18 @@ class SkipCounter:
         self.counts[reason] = self.counts.get(reason, 0) + int(n)
     return batch
 
-  def get_state(self):
-    return self._iterator.get_state()
+  def get_state(self) -> dict:
+    return {"iterator": self._iterator.get_state(), "skipped": dict(self.counts)}
 
   def set_state(self, state) -> None:
-    self._iterator.set_state(state)
+    if isinstance(state, dict) and set(state) == {"iterator", "skipped"}:
+      self._iterator.set_state(state["iterator"])
+      counts = {str(k): int(v) for k, v in state["skipped"].items()}
+    else:  # a checkpoint written before the counts were part of the state
+      self._iterator.set_state(state)
+      counts = {}
+    self.counts.clear()
+    self.counts.update(counts)
 
   def close(self) -> None:
     close = getattr(self._iterator, "close", None)

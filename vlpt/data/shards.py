@@ -1,5 +1,10 @@
-"""Writing WebDataset shards in img2dataset's layout (``00000.tar`` ... with ``KEY.jpg``,
-``KEY.txt``, ``KEY.json``), from the synthetic dataset, a folder or a CSV/TSV/parquet table."""
+"""Writing training shards from the synthetic dataset, a folder or a CSV/TSV/parquet table.
+
+Formats (:func:`make_writer`): WebDataset tars in img2dataset's layout (``00000.tar`` ... with
+``KEY.jpg``, ``KEY.txt``, ``KEY.json``), ArrayRecord files of MessagePack records
+(:mod:`vlpt.data.arrayrecord`) and Parquet files with small row groups (:mod:`vlpt.data.parquet`).
+Every writer has ``write(image_bytes, ext, caption, meta)`` and ``close() -> pattern``.
+"""
 
 from __future__ import annotations
 
@@ -73,12 +78,13 @@ class ShardWriter:
       self._tar.close()
       self._tar = None
 
+  suffix = ".tar"
+  source_kind = "wds"
+
   def close(self) -> str:
     """Closes the last shard; writes ``shards.txt`` and returns the brace pattern of the shards."""
     self._close_tar()
-    with open(os.path.join(self.out_dir, "shards.txt"), "w", encoding="utf-8") as f:
-      f.writelines(os.path.basename(p) + "\n" for p in self.paths)
-    return shard_pattern(self.out_dir, len(self.paths))
+    return finish_shards(self.out_dir, self.paths, ".tar")
 
   def __enter__(self):
     return self
@@ -87,10 +93,42 @@ class ShardWriter:
     self.close()
 
 
-def shard_pattern(out_dir: str, n: int) -> str:
+def shard_pattern(out_dir: str, n: int, suffix: str = ".tar") -> str:
   if n == 1:
-    return os.path.join(out_dir, "00000.tar")
-  return os.path.join(out_dir, f"{{00000..{n - 1:05d}}}.tar")
+    return os.path.join(out_dir, f"00000{suffix}")
+  return os.path.join(out_dir, f"{{00000..{n - 1:05d}}}{suffix}")
+
+
+def finish_shards(out_dir: str, paths: list[str], suffix: str) -> str:
+  """Writes ``out_dir/shards.txt`` (one file name a line); returns the brace pattern."""
+  with open(os.path.join(out_dir, "shards.txt"), "w", encoding="utf-8") as f:
+    f.writelines(os.path.basename(p) + "\n" for p in paths)
+  return shard_pattern(out_dir, len(paths), suffix)
+
+
+FORMATS = ("wds", "arrayrecord", "parquet")
+
+
+def make_writer(fmt: str, out_dir: str, shard_size: int = 10000, **kwargs):
+  """A shard writer: ``wds`` (tar), ``arrayrecord`` or ``parquet`` (``row_group_size=``)."""
+  if fmt == "wds":
+    return ShardWriter(out_dir, shard_size)
+  if fmt == "arrayrecord":
+    from vlpt.data.arrayrecord import ArrayRecordShardWriter
+    return ArrayRecordShardWriter(out_dir, shard_size)
+  if fmt == "parquet":
+    from vlpt.data.parquet import ROW_GROUP_SIZE, ParquetShardWriter
+    return ParquetShardWriter(out_dir, shard_size, kwargs.get("row_group_size") or ROW_GROUP_SIZE)
+  raise ValueError(f"unknown shard format {fmt!r}; use one of {FORMATS}")
+
+
+def sniff_ext(data: bytes) -> str:
+  """The file extension of encoded image bytes by their magic number (``jpg`` if unknown)."""
+  if data[:8] == b"\x89PNG\r\n\x1a\n":
+    return "png"
+  if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    return "webp"
+  return "jpg"
 
 
 def synthetic_samples(split: str, num: int, image_size: int, seed: int
@@ -120,10 +158,12 @@ def folder_samples(folder: str) -> Iterator[tuple[str, str | None]]:
 
 
 def table_samples(path: str, path_column: str = "path", caption_column: str = "caption"
-                  ) -> Iterator[tuple[str, str | None]]:
-  """(image path, caption) rows of a CSV/TSV (stdlib) or parquet (pyarrow) table.
+                  ) -> Iterator[tuple[str | bytes, str | None]]:
+  """(image path or image bytes, caption) rows of a CSV/TSV (stdlib) or parquet (pyarrow) table.
 
-  Relative image paths are resolved against the table's directory.
+  Relative image paths are resolved against the table's directory. In parquet the image column
+  may hold the encoded bytes themselves (``binary``, or a ``{"bytes": ...}`` struct); without a
+  ``path_column`` such a column is found by name as the ``parquet:`` source finds it.
   """
   base = os.path.dirname(os.path.abspath(path))
   if path.endswith(".parquet"):
@@ -131,8 +171,27 @@ def table_samples(path: str, path_column: str = "path", caption_column: str = "c
       import pyarrow.parquet as pq
     except ImportError as e:
       raise SystemExit("reading parquet needs pyarrow: pip install pyarrow") from e
-    table = pq.read_table(path, columns=[path_column, caption_column]).to_pydict()
-    rows: Iterable = zip(table[path_column], table[caption_column])
+    from vlpt.data.records import CAPTION_FIELDS, IMAGE_FIELDS, image_bytes, pick_field
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    try:
+      image_col = path_column if path_column in names else pick_field(
+          names, IMAGE_FIELDS, None, "image", path)
+      caption_col = caption_column if caption_column in names else pick_field(
+          names, CAPTION_FIELDS, None, "caption", path)
+    except ValueError as e:
+      raise SystemExit(f"{e} (or give --path-column / --caption-column)") from None
+    for batch in pf.iter_batches(batch_size=256, columns=[image_col, caption_col]):
+      columns = batch.to_pydict()
+      for image, caption in zip(columns[image_col], columns[caption_col]):
+        data = image_bytes(image)
+        if isinstance(caption, list):
+          caption = next((str(c) for c in caption if str(c).strip()), "")
+        if data is not None:
+          yield data, caption
+        elif isinstance(image, str):
+          yield (image if os.path.isabs(image) else os.path.join(base, image)), caption
+    return
   else:
     delimiter = "\t" if path.endswith((".tsv", ".tab")) else ","
     with open(path, newline="", encoding="utf-8") as f:
@@ -146,14 +205,18 @@ def table_samples(path: str, path_column: str = "path", caption_column: str = "c
     yield full, caption
 
 
-def write_files(samples: Iterable[tuple[str, str | None]], writer: ShardWriter) -> int:
-  """Copies image files' bytes as they are (no re-encoding); returns the number written."""
+def write_files(samples: Iterable[tuple[str | bytes, str | None]], writer) -> int:
+  """Copies image files' (or given) bytes as they are (no re-encoding); returns the number."""
   n = 0
   for path, caption in samples:
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
-    ext = "jpg" if ext == "jpeg" else ext
-    with open(path, "rb") as f:
-      data = f.read()
-    writer.write(data, ext, caption, {"caption": caption or "", "source": os.path.basename(path)})
+    if isinstance(path, bytes):
+      data, ext, meta = path, sniff_ext(path), {"caption": caption or ""}
+    else:
+      ext = os.path.splitext(path)[1].lower().lstrip(".")
+      ext = "jpg" if ext == "jpeg" else ext
+      with open(path, "rb") as f:
+        data = f.read()
+      meta = {"caption": caption or "", "source": os.path.basename(path)}
+    writer.write(data, ext, caption, meta)
     n += 1
   return n

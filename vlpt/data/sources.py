@@ -1,13 +1,15 @@
-"""Data sources, named in configs by a spec string: ``synthetic``, ``tfds:NAME``, ``wds:PATTERN``.
+"""Data sources, named in configs by a spec string: ``synthetic``, ``tfds:NAME``, ``wds:PATTERN``,
+``arrayrecord:PATTERN``, ``parquet:PATTERN``.
 
 A source is random-access (``__len__`` / ``__getitem__``) and yields dicts with at least
 ``image`` (uint8 [H, W, 3]) and ``caption`` (str); evaluation splits also carry ``captions``
 (several per image) and ``label``.
 
-File-backed sources (``wds``, ``tfds``) take ``options`` (see :func:`file_source_options`): with
-``train=True`` they yield decoded PIL images that the pipeline crops with the position-keyed
-generator (``source.train_crop``), and each example carries ``skips`` (unusable examples passed
-over, by reason; see :mod:`vlpt.data.webdataset`).
+File-backed sources (``wds``, ``tfds``, ``arrayrecord``, ``parquet``) take ``options`` (see
+:func:`file_source_options`): with ``train=True`` they yield decoded PIL images that the pipeline
+crops with the position-keyed generator (``source.crop``), and each example carries ``skips``
+(unusable examples passed over, by reason; see :mod:`vlpt.data.webdataset`). The formats and
+config keys are documented in docs/data.md.
 """
 
 from __future__ import annotations
@@ -40,7 +42,16 @@ def file_source_options(data_config: Any, *, train: bool) -> dict:
   return {"train": train, "crop": crop,
           "max_bad_fraction": data_config.get("max_bad_fraction", 0.1),
           "min_reads": data_config.get("bad_fraction_min_reads", 256),
-          "data_dir": data_config.get("tfds_data_dir", None)}
+          "data_dir": data_config.get("tfds_data_dir", None),
+          "image_field": data_config.get("image_field", None) or None,
+          "caption_field": data_config.get("caption_field", None) or None}
+
+
+def _options(options: dict | None, *drop: str) -> dict:
+  options = dict(options or {})
+  for key in drop:
+    options.pop(key, None)
+  return options
 
 
 @SOURCES.register("wds")
@@ -50,9 +61,8 @@ def _wds(argument: str, *, split: str, image_size: int, seed: int, options: dict
   del split, seed, kwargs  # the shards are the split
   if not argument:
     raise ValueError("the wds source needs shards: 'wds:dir/{00000..00009}.tar' or 'wds:list.txt'")
-  options = dict(options or {})
-  options.pop("data_dir", None)
-  return WebDatasetSource(argument, image_size=image_size, **options)
+  return WebDatasetSource(argument, image_size=image_size,
+                          **_options(options, "data_dir", "image_field", "caption_field"))
 
 
 @SOURCES.register("tfds")
@@ -62,7 +72,32 @@ def _tfds(argument: str, *, split: str, image_size: int, seed: int, options: dic
   del seed, kwargs
   if not argument:
     raise ValueError("the tfds source needs a dataset name: 'tfds:NAME' (e.g. tfds:coco_captions)")
-  return TfdsSource(argument, split=split, image_size=image_size, **dict(options or {}))
+  options = dict(options or {})
+  image_key, caption_key = options.pop("image_field", None), options.pop("caption_field", None)
+  return TfdsSource(argument, split=split, image_size=image_size, image_key=image_key,
+                    caption_key=caption_key, **options)
+
+
+@SOURCES.register("arrayrecord")
+def _arrayrecord(argument: str, *, split: str, image_size: int, seed: int,
+                 options: dict | None = None, **kwargs: Any):
+  from vlpt.data.arrayrecord import ArrayRecordSource
+  del split, seed, kwargs  # the files are the split
+  if not argument:
+    raise ValueError("the arrayrecord source needs files: 'arrayrecord:dir/{00000..00009}"
+                     ".array_record' (`vlpt-data build --format arrayrecord` writes them)")
+  return ArrayRecordSource(argument, image_size=image_size, **_options(options, "data_dir"))
+
+
+@SOURCES.register("parquet")
+def _parquet(argument: str, *, split: str, image_size: int, seed: int, options: dict | None = None,
+             **kwargs: Any):
+  from vlpt.data.parquet import ParquetSource
+  del split, seed, kwargs
+  if not argument:
+    raise ValueError("the parquet source needs files: 'parquet:dir/*.parquet' "
+                     "(`vlpt-data build --format parquet` writes them)")
+  return ParquetSource(argument, image_size=image_size, **_options(options, "data_dir"))
 
 
 def build_source(spec: str, **kwargs: Any):

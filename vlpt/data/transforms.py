@@ -9,6 +9,8 @@
 - :class:`CenterCrop` (evaluation, or training with ``scale == (1, 1)``): the shorter side resized
   to the target, then a center square. A square image already at the target size is returned as
   is (so lossless shards reproduce in-memory sources bit for bit).
+- :func:`color_jitter` and horizontal flips (``config.data.train.color_jitter`` / ``flip``): also
+  drawn from a caller-seeded generator, so a resumed run repeats them exactly.
 
 Images stay uint8; normalization happens on device.
 """
@@ -134,3 +136,46 @@ def train_crop(size: int, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3), interpolation:
   if scale == (1.0, 1.0):
     return CenterCrop(size, interpolation)
   return RandomResizedCrop(size, scale, tuple(float(x) for x in ratio), interpolation)
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+  """ITU-R 601-2 luma of float RGB ``[..., 3]`` (as torchvision's rgb_to_grayscale)."""
+  return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+  """Random brightness, contrast and saturation of a uint8 ``[H, W, 3]`` image, in random order.
+
+  Each factor is drawn uniformly from ``[max(0, 1 - strength), 1 + strength]`` (torchvision's
+  ``ColorJitter(strength, strength, strength)`` without hue): brightness scales the pixels,
+  contrast blends with the mean gray level, saturation with the per-pixel gray image; values are
+  clipped to [0, 255] after each step.
+  """
+  strength = float(strength)
+  if strength <= 0:
+    return image
+  lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
+  factors = rng.uniform(lo, hi, 3)
+  x = np.asarray(image, np.float32)
+  for op in rng.permutation(3):
+    f = np.float32(factors[op])
+    if op == 0:  # brightness
+      x = x * f
+    elif op == 1:  # contrast
+      mean = _gray(x).mean()
+      x = (x - mean) * f + mean
+    else:  # saturation
+      gray = _gray(x)[..., None]
+      x = (x - gray) * f + gray
+    x = np.clip(x, 0.0, 255.0)
+  return np.rint(x).astype(np.uint8)
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, *, flip: bool = False,
+            jitter: float = 0.0) -> np.ndarray:
+  """Optional horizontal flip (probability 1/2) then :func:`color_jitter`, from ``rng``."""
+  if flip and rng.random() < 0.5:
+    image = np.ascontiguousarray(image[:, ::-1])
+  if jitter > 0:
+    image = color_jitter(image, jitter, rng)
+  return image

@@ -44,6 +44,8 @@ def resolve_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> d
   model = config.model.to_dict()
   for key in ("init_from", "lock_towers", "caption_weight"):  # trainer settings, not model kwargs
     model.pop(key)
+  for key in ("init_towers", "allow_random_lock"):  # (absent from older runs' saved configs)
+    model.pop(key, None)
   decoder = model.pop("decoder")
   text = model["text"]
   if text.get("vocab_size") is None:
@@ -107,11 +109,15 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   repl = S.replicated(mesh)
   key_data = jax.random.key_data(jax.random.key(config.seed))
   abstract = jax.eval_shape(init_fn, key_data)
-  # moments take their parameter's sharding; frozen parameters (MaskedNode) have no state
+  # moments take their parameter's sharding; frozen parameters (MaskedNode) have no state;
+  # statistics not shaped like their parameter (Adafactor's factored rows/columns) are replicated
   masked = optax.transforms._masking.MaskedNode
-  opt_sh = optax.tree_map_params(tx, lambda s, sh: s if isinstance(s, masked) else sh,
-                                 abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: repl,
+
+  def state_sharding(s, sh, p):
+    return s if isinstance(s, masked) else sh if tuple(s.shape) == tuple(p.shape) else repl
+
+  opt_sh = optax.tree_map_params(tx, state_sharding, abstract.opt_state, param_sh,
+                                 abstract_params, transform_non_params=lambda _: repl,
                                  is_leaf=lambda x: isinstance(x, masked))
   shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -127,29 +133,51 @@ def initial_state(setup: Setup) -> TrainState:
   with S.activate(setup.mesh, setup.rules):
     state = jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(key_data)
   if setup.config.model.init_from:
-    state = state.replace(params=pretrained_params(setup))
+    state = state.replace(params=pretrained_params(setup, state.params))
   return state
 
 
-def pretrained_params(setup: Setup) -> Any:
+def pretrained_params(setup: Setup, random_params: Any = None) -> Any:
   """``config.model.init_from`` read, resized to the config, and placed with the params' shardings.
 
   The config's model must describe the checkpoint's architecture (``vlpt-convert SRC
-  --print-config`` prints it); any mismatch is reported by tensor name.
+  --print-config`` prints it); any mismatch is reported by tensor name. With
+  ``config.model.init_towers`` (e.g. ``("image",)`` for LiT) only those parts are taken from the
+  checkpoint (only they must match it, and only they are resized); everything else keeps the
+  random initialization ``initial_state`` draws from ``config.seed`` (``random_params``, its
+  placed parameters; drawn again here when not given).
   """
   from vlpt.pretrained import read_bundle
   from vlpt.weights.mapping import WeightsError
   from vlpt.weights.resize import resize_model
   from vlpt.weights.state import pure_tree
-  path = setup.config.model.init_from
+  config = setup.config
+  path = config.model.init_from
+  towers = tuple(config.model.get("init_towers", ()) or ())
   text = setup.model_config["text"]
   try:
     bundle = read_bundle(path)
-    _, flat = resize_model(bundle.model, bundle.params,
-                           image_size=setup.model_config["image"]["image_size"],
-                           context_length=text["context_length"])
+    whole = not towers
+    _, flat = resize_model(
+        bundle.model, bundle.params,
+        image_size=setup.model_config["image"]["image_size"] if whole or "image" in towers
+        else None,
+        context_length=text["context_length"] if whole or "text" in towers else None)
     abstract_model = nnx.eval_shape(lambda: build_model(setup.model_config, nnx.Rngs(0)))
-    tree = pure_tree(abstract_model, flat)
+    if whole:
+      trees = {None: pure_tree(abstract_model, flat)}
+    else:
+      trees = {}
+      for tower in towers:
+        prefix = f"{tower}."
+        part = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+        if not part:
+          raise WeightsError(f"the checkpoint has no {tower!r} parameters to load "
+                             f"(config.model.init_towers={towers})")
+        try:
+          trees[tower] = pure_tree(getattr(abstract_model, tower), part)
+        except WeightsError as e:
+          raise WeightsError(f"{tower} tower: {e}") from None
   except (WeightsError, ValueError) as e:
     raise ConfigError(f"config.model.init_from={path!r}: {e}") from None
   shardings = setup.state_shardings.params
@@ -159,7 +187,18 @@ def pretrained_params(setup: Setup) -> Any:
     value = np.asarray(value).astype(dtype)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
-  return jax.tree.map(place, tree, shardings, dtypes)
+  if None in trees:
+    return jax.tree.map(place, trees[None], shardings, dtypes)
+  params = random_params
+  if params is None:  # the parameters initial_state draws (same key, same split); the
+    # optimizer-state half of init_fn is dead code under jit
+    key_data = jax.random.key_data(jax.random.key(config.seed))
+    with S.activate(setup.mesh, setup.rules):
+      params = jax.jit(lambda k: setup.init_fn(k).params, out_shardings=shardings)(key_data)
+  params = dict(params)
+  for tower, tree in trees.items():
+    params[tower] = jax.tree.map(place, tree, shardings[tower], dtypes[tower])
+  return params
 
 
 @dataclasses.dataclass
@@ -382,18 +421,17 @@ class Evaluator:
 
 def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
   config = setup.config
-  skipped: dict[str, int] = {}  # file-backed sources: examples replaced, by reason (this process)
 
   def make_iterator():
+    # SkipCounter: file-backed sources' replaced examples, by reason (this process), kept in the
+    # iterator state; DeviceLoader.skipped reports them as of the last consumed batch
     from vlpt.data.pipeline import SkipCounter
     ds = train_dataset(config.data, tokenizer=setup.tokenizer, global_batch=config.batch_size,
                        seed=config.seed, process_index=jax.process_index(),
                        process_count=jax.process_count(), start_batch=start_batch)
-    return SkipCounter(iter(ds), skipped)
+    return SkipCounter(iter(ds))
 
-  loader = DeviceLoader(make_iterator, setup.mesh, jax.process_count())
-  loader.skipped = skipped
-  return loader
+  return DeviceLoader(make_iterator, setup.mesh, jax.process_count())
 
 
 def load_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | None = None

@@ -1,0 +1,197 @@
+"""Parquet files of (image bytes, caption) rows: ``parquet:PATTERN``.
+
+Columns: an image column of encoded bytes (``binary``; or a struct with a ``bytes`` field, as
+Hugging Face ``datasets`` stores images) and a caption column (``string``, or a list of strings:
+several captions / rewrites per image); an optional ``captions`` list column widens the caption
+choice, an optional ``key`` column names the example. The columns are found by name
+(:data:`vlpt.data.records.IMAGE_FIELDS` / ``CAPTION_FIELDS``, first present wins) or set with
+``config.data.image_field`` / ``config.data.caption_field``.
+
+Random access goes through row groups: the footer of every file gives the row count of each
+group, example ``i`` is row ``r`` of group ``g`` of file ``f``, and reading it reads (only the
+needed columns of) that row group, kept in a small per-process LRU cache
+(``row_group_cache`` groups). With a global shuffle almost every example reads its own group, so
+write files with small row groups: ``vlpt-data build --format parquet`` writes
+``--row-group-size`` (default 16) rows per group. Parquet written for streaming (img2dataset's
+default, thousands of rows per group) works, but reads a whole group per example; rewrite it with
+``vlpt-data build --from csv FILE.parquet --format parquet`` (the image column may hold bytes).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from vlpt.data.records import CAPTION_FIELDS, IMAGE_FIELDS, RecordSource, pick_field
+from vlpt.data.webdataset import DataError
+
+SUFFIX = ".parquet"
+ROW_GROUP_SIZE = 16
+
+
+def _pq():
+  try:
+    import pyarrow.parquet as pq
+  except ImportError as e:  # pragma: no cover - pyarrow comes with tensorflow-datasets
+    raise ImportError("reading or writing parquet needs pyarrow: pip install pyarrow") from e
+  return pq
+
+
+class ParquetSource(RecordSource):
+  """Random-access source over Parquet files (picklable: files reopen in each process)."""
+
+  kind = "parquet"
+
+  def __init__(self, spec: str, *, image_size: int, train: bool = False, crop: Any = None,
+               max_bad_fraction: float = 0.1, min_reads: int = 256,
+               image_field: str | None = None, caption_field: str | None = None,
+               row_group_cache: int = 4):
+    self._group_starts: dict[str, np.ndarray] = {}
+    self._schemas: dict[str, list[str]] = {}
+    super().__init__(spec, image_size=image_size, train=train, crop=crop,
+                     max_bad_fraction=max_bad_fraction, min_reads=min_reads,
+                     image_field=image_field, caption_field=caption_field)
+    names = self._schemas[self.paths[0]]
+    where = f"parquet file {self.paths[0]}"
+    try:
+      self.image_field = pick_field(names, IMAGE_FIELDS, image_field, "image", where)
+      self.caption_field = pick_field(names, CAPTION_FIELDS, caption_field, "caption", where)
+    except ValueError as e:  # a ValueError too; the CLIs print it as one line
+      from vlpt.config import ConfigError
+      raise ConfigError(str(e)) from None
+    columns = [self.image_field, self.caption_field]
+    columns += [c for c in ("captions", "key") if c in names and c not in columns]
+    for path in self.paths[1:]:
+      lacking = [c for c in columns[:2] if c not in self._schemas[path]]
+      if lacking:
+        raise DataError(f"parquet file {path} lacks column(s) {lacking} that {self.paths[0]} has; "
+                        f"its columns: {self._schemas[path]}")
+    self.columns = columns
+    self._starts_by_file = [self._group_starts[p] for p in self.paths]
+    self.row_group_cache = max(1, int(row_group_cache))
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._cache_lock = threading.Lock()
+
+  def __getstate__(self):
+    state = super().__getstate__()
+    state["_cache"] = collections.OrderedDict()
+    state.pop("_cache_lock", None)
+    return state
+
+  def __setstate__(self, state):
+    super().__setstate__(state)
+    self._cache_lock = threading.Lock()
+
+  def _count(self, path: str) -> int:
+    meta = _pq().ParquetFile(path).metadata
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    self._group_starts[path] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    self._schemas[path] = list(meta.schema.to_arrow_schema().names)
+    return int(meta.num_rows)
+
+  def _open(self, path: str) -> Any:
+    # no pre-buffering: a random read wants one small row group, not coalesced ranges
+    return _pq().ParquetFile(path, pre_buffer=False)
+
+  def _close(self, handle: Any) -> None:
+    handle.close()
+
+  def _read(self, handle: Any, file: int, row: int) -> dict:
+    starts = self._starts_by_file[file]
+    group = int(np.searchsorted(starts, row, side="right")) - 1
+    with self._cache_lock:
+      table = self._cache.get((file, group))
+      if table is None:
+        table = handle.read_row_group(group, columns=self.columns, use_threads=False)
+        self._cache[(file, group)] = table
+        while len(self._cache) > self.row_group_cache:
+          self._cache.popitem(last=False)
+      else:
+        self._cache.move_to_end((file, group))
+    return table.slice(row - int(starts[group]), 1).to_pylist()[0]
+
+  def close(self) -> None:
+    super().close()
+    self._cache.clear()
+
+
+class ParquetShardWriter:
+  """Writes rows into ``out/{00000..}.parquet``, ``shard_size`` rows each, ``row_group_size`` rows
+  per row group (small, for random access).
+
+  Columns: ``key`` string, ``image`` binary (uncompressed), ``image_ext`` string, ``caption``
+  string, ``captions`` list<string> (empty when there is only the caption), ``meta`` string
+  (JSON). Same interface as :class:`vlpt.data.shards.ShardWriter`.
+  """
+
+  suffix = SUFFIX
+  source_kind = "parquet"
+
+  def __init__(self, out_dir: str, shard_size: int = 10000, row_group_size: int = ROW_GROUP_SIZE):
+    if shard_size < 1 or row_group_size < 1:
+      raise ValueError(f"shard and row group sizes must be positive, got {shard_size}, "
+                       f"{row_group_size}")
+    import pyarrow as pa
+    _pq()
+    self.out_dir = out_dir
+    self.shard_size = shard_size
+    self.row_group_size = row_group_size
+    self.count = 0
+    self.paths: list[str] = []
+    self._writer = None
+    self._rows: list[dict] = []
+    self._schema = pa.schema([("key", pa.string()), ("image", pa.binary()),
+                              ("image_ext", pa.string()), ("caption", pa.string()),
+                              ("captions", pa.list_(pa.string())), ("meta", pa.string())])
+    os.makedirs(out_dir, exist_ok=True)
+
+  def _flush(self) -> None:
+    import pyarrow as pa
+    if self._rows:
+      table = pa.Table.from_pylist(self._rows, schema=self._schema)
+      self._writer.write_table(table, row_group_size=self.row_group_size)
+      self._rows = []
+
+  def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
+    shard, row = divmod(self.count, self.shard_size)
+    if row == 0:
+      self._close_file()
+      path = os.path.join(self.out_dir, f"{shard:05d}{SUFFIX}")
+      self.paths.append(path)
+      self._writer = _pq().ParquetWriter(
+          path, self._schema, compression={"key": "snappy", "image": "none",
+                                           "image_ext": "snappy", "caption": "snappy",
+                                           "captions": "snappy", "meta": "snappy"},
+          use_dictionary=["image_ext"], write_statistics=False)
+    key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
+    meta = dict(meta or {})
+    captions = [str(c) for c in (meta.pop("captions", None) or [])]
+    self._rows.append({"key": key, "image": image, "image_ext": ext,
+                       "caption": caption if caption is not None else "", "captions": captions,
+                       "meta": json.dumps(meta) if meta else ""})
+    if len(self._rows) >= self.row_group_size:
+      self._flush()
+    self.count += 1
+    return key
+
+  def _close_file(self) -> None:
+    if self._writer is not None:
+      self._flush()
+      self._writer.close()
+      self._writer = None
+
+  def close(self) -> str:
+    from vlpt.data.shards import finish_shards
+    self._close_file()
+    return finish_shards(self.out_dir, self.paths, SUFFIX)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
