@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlpt.config import default_config
+from vlpt.config import default_config, imagenet_zeroshot_eval, smoke_run
 
 PAPER = "arXiv:2102.05918"
 DATA_PLACEHOLDER = "wds:/path/to/your/alt-text-shards/{00000..74751}.tar"
@@ -115,9 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.tokenizer = ml_collections.ConfigDict(
       {"name": "wordpiece", "vocab_path": VOCAB_PLACEHOLDER, "context_length": 64})
 
-  c.eval.batch_size = 1024
-  c.eval.datasets = ml_collections.ConfigDict({
-      "imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}})
+  imagenet_zeroshot_eval(c)
 
   if "adamw" in variants:  # vlpt's alternative: CLIP's AdamW settings on ALIGN's schedule
     c.optimizer.name = "adamw"
@@ -131,12 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
   """Micro towers on the built-in synthetic data: the recipe's loss and optimizer, 20 steps."""
-  c.host_device_count = 8
-  c.total_steps = 20
-  c.batch_size = 32
-  c.log_every_steps = 5
-  c.eval_every_steps = 20
-  c.checkpoint_every_steps = 20
+  smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64  # = the micro ViT's width (no image projection)
   c.model.image.variant = "micro/8"
   c.model.image.image_size = 32
@@ -144,15 +137,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
       {"variant": "micro", "causal": False, "pool": "first", "mask_padding": True,
        "vocab_size": ml_collections.FieldReference(None, field_type=int),
        "context_length": ml_collections.FieldReference(None, field_type=int)})
-  c.model.dtype = "float32"
   c.optimizer.lr = 1e-3
-  c.optimizer.warmup_steps = 5
-  c.data.image_size = 32
   c.data.train.crop_scale = (0.9, 1.0)
   c.data.train.crop_ratio = (3 / 4, 4 / 3)
-  c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
-  c.data.train.source = "synthetic"
-  c.data.train.shuffle = False
-  c.eval.batch_size = 64
-  c.eval.datasets = ml_collections.ConfigDict(
-      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 128}})

@@ -39,7 +39,7 @@ import math
 
 import ml_collections
 
-from vlpt.config import default_config
+from vlpt.config import default_config, imagenet_zeroshot_eval, smoke_run
 
 PAPER = "arXiv:2103.00020"
 DATA_PLACEHOLDER = "wds:/path/to/your/image-text-shards/{00000..41455}.tar"
@@ -100,9 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train.source = DATA_PLACEHOLDER
   c.data.train.shuffle = True
 
-  c.eval.batch_size = 1024
-  c.eval.datasets = ml_collections.ConfigDict({
-      "imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}})
+  imagenet_zeroshot_eval(c)
 
   if "smoke" in variants:
     _smoke(c)
@@ -111,24 +109,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
   """Micro towers on the built-in synthetic data: the recipe's loss and optimizer, 20 steps."""
-  c.host_device_count = 8
-  c.total_steps = 20
-  c.batch_size = 32
-  c.log_every_steps = 5
-  c.eval_every_steps = 20
-  c.checkpoint_every_steps = 20
+  smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 32
   c.model.image = ml_collections.ConfigDict(
       {"variant": "micro/8", "image_size": 32, "pool": "token", "act": "gelu"})
   c.model.text.variant = "micro"
-  c.model.dtype = "float32"
   c.optimizer.lr = 1e-3
-  c.optimizer.warmup_steps = 5
   c.optimizer.grad_clip_norm = 1.0
-  c.data.image_size = 32
-  c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
-  c.data.train.source = "synthetic"
-  c.data.train.shuffle = False
-  c.eval.batch_size = 64
-  c.eval.datasets = ml_collections.ConfigDict(
-      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 128}})

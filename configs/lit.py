@@ -46,7 +46,7 @@ import math
 
 import ml_collections
 
-from vlpt.config import default_config
+from vlpt.config import default_config, imagenet_zeroshot_eval, smoke_run
 
 PAPER = "arXiv:2111.07991"
 DATA_PLACEHOLDER = "wds:/path/to/your/image-text-shards/{00000..01242}.tar"
@@ -110,9 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train.source = DATA_PLACEHOLDER
   c.data.train.shuffle = True
 
-  c.eval.batch_size = 1024
-  c.eval.datasets = ml_collections.ConfigDict({
-      "imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}})
+  imagenet_zeroshot_eval(c)
 
   if "smoke" in variants:
     _smoke(c)
@@ -122,12 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _smoke(c: ml_collections.ConfigDict) -> None:
   """The locked image tower of ``builtin:demo`` (micro/8, 32 px, embed 64) and a new, larger
   ("demo"-sized) text tower trained for 20 steps on the built-in synthetic data."""
-  c.host_device_count = 8
-  c.total_steps = 20
-  c.batch_size = 32
-  c.log_every_steps = 5
-  c.eval_every_steps = 20
-  c.checkpoint_every_steps = 20
+  smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.init_from = "builtin:demo"
   c.model.embed_dim = 64  # builtin:demo's image projection width
   c.model.image = ml_collections.ConfigDict(
@@ -135,12 +128,3 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   c.model.text = ml_collections.ConfigDict(
       {"variant": "demo", "vocab_size": ml_collections.FieldReference(None, field_type=int),
        "context_length": ml_collections.FieldReference(None, field_type=int)})
-  c.model.dtype = "float32"
-  c.optimizer.warmup_steps = 5
-  c.data.image_size = 32
-  c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
-  c.data.train.source = "synthetic"
-  c.data.train.shuffle = False
-  c.eval.batch_size = 64
-  c.eval.datasets = ml_collections.ConfigDict(
-      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 128}})

@@ -157,6 +157,30 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def smoke_run(c: ml_collections.ConfigDict) -> None:
+  """A recipe's ``:smoke`` run: 20 steps of 32 on the built-in data over 8 simulated devices,
+  fp32, 32 px images, the word tokenizer, held-out evaluation; the recipe sets the towers."""
+  c.host_device_count = 8
+  c.total_steps, c.batch_size = 20, 32
+  c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 5, 20, 20
+  c.model.dtype = "float32"
+  c.optimizer.warmup_steps = 5
+  c.data.image_size = 32
+  c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
+  c.data.train.source = "synthetic"
+  c.data.train.shuffle = False
+  c.eval.batch_size = 64
+  c.eval.datasets = ml_collections.ConfigDict(
+      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 128}})
+
+
+def imagenet_zeroshot_eval(c: ml_collections.ConfigDict) -> None:
+  """The recipes' headline evaluation: zero-shot ImageNet-1k (TFDS imagenet2012 validation)."""
+  c.eval.batch_size = 1024
+  c.eval.datasets = ml_collections.ConfigDict({
+      "imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}})
+
+
 # model towers take their classes' keyword arguments (checked against the signatures below)
 _SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer", "model.image", "model.text",
                             "model.decoder")
