@@ -21,6 +21,10 @@ CORE = [
     "tokenizers>=0.15",
     "sentencepiece>=0.2",
     "safetensors>=0.4",
+    # ArrayRecord / Parquet shards (vlpt.data.arrayrecord, vlpt.data.parquet)
+    "array_record>=0.5",
+    "msgpack>=1",
+    "pyarrow>=14",
 ]
 
 EXTRAS = {

@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image.pooler_heads = 4
     c.model.decoder = ml_collections.ConfigDict({"variant": "micro"})
     c.model.caption_weight = 2.0
+    # greedy captions of the held-out images scored with CIDEr-D / BLEU-4, and the same captions
+    # scored against other images' references (cider_shuffled: what an image-blind captioner gets)
+    c.eval.datasets.heldout.tasks = ("zeroshot", "retrieval", "captioning")
   if "tiny" in variants:  # seconds per run: for tests and smoke checks
     c.total_steps = 20
     c.batch_size = 32
