@@ -191,3 +191,48 @@ def test_missing_labels_or_captions_are_named(tfds_dir):
   setup, _ = _setup_and_params(config)
   with pytest.raises(ConfigError, match="has no labels"):
     Evaluator(setup)
+
+
+def test_linear_probe_task_equals_the_probe_on_reference_features(tfds_dir):
+  """The sharded suite's probe = linear_probe() on features computed unsharded from PIL images."""
+  from vlpt.evaluation.linear_probe import linear_probe
+  from vlpt.train.trainer import Evaluator
+  config = _config(tfds_dir, {"shapes": {"source": "tfds:vlpt_eval_shapes", "split": "test",
+                                         "train_split": "train", "tasks": ("linear_probe",)}})
+  validate(config, num_devices=jax.device_count())
+  setup, params = _setup_and_params(config)
+  got = Evaluator(setup)(params)
+  assert set(got) == {f"shapes/linear_probe/{k}" for k in
+                      ("top1", "top5", "mean_per_class_recall", "weight_decay")}
+
+  model = nnx.merge(setup.graphdef, jax.device_get(params))
+  features = {}
+  for split in ("train", "test"):
+    images, rows = _read_tfds(tfds_dir, "vlpt_eval_shapes", split)
+    emb = np.asarray(model.encode_image(normalize_images(jnp.asarray(images), "clip")))
+    features[split] = emb, np.asarray([int(r["label"]) for r in rows])
+  num_classes = int(max(features["train"][1].max(), features["test"][1].max())) + 1
+  ref = linear_probe(*features["train"], *features["test"], num_classes=num_classes,
+                     seed=config.seed)
+  # same features up to float rounding (sharded vs unsharded): the same search and accuracies
+  assert got["shapes/linear_probe/weight_decay"] == pytest.approx(ref["weight_decay"], rel=1e-6)
+  for k in ("top1", "top5", "mean_per_class_recall"):
+    assert got[f"shapes/linear_probe/{k}"] == pytest.approx(ref[k], abs=1.5 / 72), k
+  assert 0.0 <= got["shapes/linear_probe/top1"] <= got["shapes/linear_probe/top5"] <= 1.0
+
+
+def test_captioning_task_on_a_coca_model():
+  """Greedy and beam captions of a (random) CoCa are decoded and scored; both baselines reported."""
+  from vlpt.train.trainer import Evaluator
+  c = load_config(os.path.join(REPO, "configs", "demo.py") + ":coca,tiny")
+  entry = {"source": "synthetic", "split": "test", "num_examples": 24, "tasks": ("captioning",)}
+  c.eval.batch_size = 16
+  c.eval.datasets = ml_collections.ConfigDict(
+      {"greedy": entry, "beam": dict(entry, caption_method="beam", num_beams=3)})
+  validate(c, num_devices=jax.device_count())
+  setup, params = _setup_and_params(c)
+  got = Evaluator(setup)(params)
+  for method in ("greedy", "beam"):
+    scores = {k.split("/")[-1]: v for k, v in got.items() if k.startswith(f"{method}/captioning/")}
+    assert set(scores) == {"cider", "bleu4", "cider_shuffled", "bleu4_shuffled"}
+    assert all(np.isfinite(v) and v >= 0 for v in scores.values()), scores
