@@ -20,6 +20,10 @@ CASES = [
     (["--config.loss.matryoshka_dims=(8,1024)"], "exceeds config.model.embed_dim=128"),
     (["--config.loss.name=sigmoid"], "needs a logit bias"),
     (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
+    # evaluation-dataset settings the entry leaves to the defaults can be overridden (and checked)
+    (["--config.eval.datasets.heldout.caption_method=topk"], "must be greedy or beam"),
+    (["--config.eval.datasets.extra.split=test"], "source is required"),  # a new, incomplete entry
+    (["--config.eval.datasets.heldout.num_exmples=5"], "num_exmples"),
 ]
 
 
@@ -60,3 +64,24 @@ def test_image_size_mismatch():
   c.data.image_size = 64
   with pytest.raises(ConfigError, match="data.image_size=64 differs"):
     validate(c, num_devices=8)
+
+
+def test_eval_dataset_settings_from_the_command_line():
+  """--config.eval.datasets.NAME.KEY sets a default-valued setting, or adds a dataset."""
+  from vlpt.cli.common import _apply_dataset_settings, _split_dataset_settings
+  from vlpt.config import load_config
+  config = load_config(f"{REPO}/configs/demo.py:coca")
+  config.lock()
+  argv = ["vlpt-eval", "--config", "x.py", "--config.eval.datasets.heldout.caption_method=beam",
+          "--config.eval.datasets.heldout.num_beams=3", "--config.eval.datasets.heldout.split=test",
+          "--config.eval.datasets.heldout.tasks=('captioning',)", "--config.total_steps=5",
+          "--config.eval.datasets.pets.source=tfds:oxford_iiit_pet",
+          "--config.eval.datasets.pets.templates=None"]
+  rest, held = _split_dataset_settings(argv)
+  assert rest == ["vlpt-eval", "--config", "x.py", "--config.total_steps=5"]
+  _apply_dataset_settings(config, held)
+  heldout, pets = config.eval.datasets.heldout, config.eval.datasets.pets
+  assert (heldout.caption_method, heldout.num_beams, heldout.split) == ("beam", 3, "test")
+  assert heldout.tasks == ("captioning",) and heldout.num_examples == 1024
+  assert pets.source == "tfds:oxford_iiit_pet" and pets.templates is None
+  validate(config, num_devices=8)

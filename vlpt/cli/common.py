@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 from typing import Callable
 
@@ -58,11 +60,60 @@ def _check_config_path(argv: list[str]) -> None:
         fail(f"config file {path!r} does not exist (e.g. --config configs/demo.py)")
 
 
+_DATASET_SETTING = re.compile(r"^--config\.eval\.datasets\.(\w+)\.(\w+)=(.*)$", re.S)
+
+
+def _split_dataset_settings(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+  """Overrides of evaluation-dataset settings, held back from absl.
+
+  A ``config.eval.datasets`` entry lists only the settings it changes; the rest take
+  ``DATASET_DEFAULTS`` when the suite is built. ``--config.eval.datasets.NAME.KEY=VALUE`` of a
+  setting the entry leaves out (or of a dataset the config does not list, which adds it) would
+  otherwise be refused as an unknown key. Unknown setting names still reach absl, which refuses
+  them; validation then reports what the entry lacks.
+  """
+  from vlpt.evaluation.evaluators import DATASET_DEFAULTS
+  rest, held = [], []
+  for arg in argv:
+    m = _DATASET_SETTING.match(arg)
+    if m and m.group(2) in DATASET_DEFAULTS:
+      held.append(m.groups())
+    else:
+      rest.append(arg)
+  return rest, held
+
+
+def _apply_dataset_settings(config, held: list[tuple[str, str, str]]) -> None:
+  datasets = config.eval.datasets
+  for name, key, text in held:
+    if name not in datasets:  # a new evaluation dataset, e.g. --config.eval.datasets.pets.source=
+      with config.unlocked():
+        datasets[name] = {}
+    current = datasets[name].get(key)
+    if isinstance(current, str):
+      value = text
+    else:  # numbers, None, booleans, tuples: Python literals; anything else stays a string
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+    with config.unlocked():
+      datasets[name][key] = value
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config load/override failures reported as one line."""
   _check_config_path(argv)
+  argv, held = _split_dataset_settings(argv)
+  saved_argv = sys.argv
+  sys.argv = argv  # config_flags finds the overrides in sys.argv, not in the argv it is given
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
+    if held:
+      _apply_dataset_settings(FLAGS.config, held)
+    return rest
+  except ConfigError as e:
+    fail(str(e))
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     first = lines[0].split(":")[0] if lines else "flags"
@@ -70,6 +121,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
     fail(f"bad --config or override: {message}")
+  finally:
+    sys.argv = saved_argv
   return []
 
 
