@@ -35,6 +35,8 @@ EXTRAS = {
                   "scikit-learn>=1.3", "tqdm",
                   # coco-caption's BLEU / CIDEr-D scorers and PTB tokenizer (Java) for caption parity
                   "pycocoevalcap>=1.2"],
+    # benchmarks/: open_clip's WebDataset input pipeline and the photographs it is timed on
+    "bench": ["webdataset>=0.2", "scikit-image>=0.22", "scikit-learn>=1.3", "matplotlib>=3.8"],
     "notebook": ["matplotlib>=3.8", "ipykernel>=6"],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],

@@ -3,9 +3,11 @@
 
   python benchmarks/input_pipeline.py [--num 3000] [--workers 2] [--batch 128] [--batches 20]
 
-Shards: real photographs shipped with Python packages (scikit-learn's ``china.jpg`` and
-``flower.jpg``, matplotlib's ``grace_hopper.jpg``), cut into varied crops and re-encoded as
-JPEG (quality 95) with the longer side between 256 and 640 px, written as WebDataset tars by
+Shards: real photographs shipped with Python packages (scikit-image's astronaut, cat, coffee,
+Hubble field, motorcycle, rocket, retina, IHC and camera images; scikit-learn's ``china.jpg`` and
+``flower.jpg``; matplotlib's ``grace_hopper.jpg``; those whose package is installed: ``pip install
+-e ".[reference,bench]"`` has them all), cut into varied crops and re-encoded as JPEG (quality
+95) with the longer side between 256 and 640 px, written as WebDataset tars by
 ``vlpt.data.shards.ShardWriter``.
 
 Both pipelines read the same shards with the same number of worker processes, decode, apply a
@@ -32,14 +34,31 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
+                  "motorcycle_left.png", "rocket.jpg", "retina.jpg", "ihc.png", "camera.png")
+
+
 def photos():
-  import matplotlib
-  import sklearn.datasets
+  """The color photographs scikit-image, scikit-learn and matplotlib ship (those installed)."""
   from PIL import Image
-  paths = [os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", n)
-           for n in ("china.jpg", "flower.jpg")]
-  paths.append(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
-                            "grace_hopper.jpg"))
+  paths = []
+  try:
+    import skimage
+    paths += [os.path.join(os.path.dirname(skimage.__file__), "data", n) for n in SKIMAGE_PHOTOS]
+  except ImportError:
+    pass
+  try:
+    import sklearn.datasets
+    paths += [os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", n)
+              for n in ("china.jpg", "flower.jpg")]
+  except ImportError:
+    pass
+  try:
+    import matplotlib
+    paths.append(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
+                              "grace_hopper.jpg"))
+  except ImportError:
+    pass
   return [Image.open(p).convert("RGB") for p in paths if os.path.exists(p)]
 
 
@@ -52,7 +71,7 @@ def build_shards(out: str, num: int, shard_size: int) -> str:
   from vlpt.data.shards import ShardWriter
   images = photos()
   if not images:
-    raise SystemExit("no packaged photographs found (scikit-learn or matplotlib needed)")
+    raise SystemExit("no packaged photographs found: pip install -e '.[reference,bench]'")
   rng = np.random.default_rng(0)
   words = ["a", "photo", "of", "the", "old", "city", "flower", "portrait", "with", "red", "blue"]
   with ShardWriter(out, shard_size) as w:
