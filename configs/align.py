@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlpt.config import default_config, imagenet_zeroshot_eval, smoke_run
+from vlpt.config import default_config, imagenet_zeroshot_eval, recipe_variants, smoke_run
 
 PAPER = "arXiv:2102.05918"
 DATA_PLACEHOLDER = "wds:/path/to/your/alt-text-shards/{00000..74751}.tar"
@@ -63,14 +63,7 @@ VARIANTS = (*SIZES, "adamw", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - set(VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown align variant(s) {sorted(unknown)}; choose from {VARIANTS}")
-  sizes = variants & set(SIZES)
-  if len(sizes) > 1:
-    raise ValueError(f"choose one model size, got {sorted(sizes)}")
-  size = SIZES[sizes.pop() if sizes else "B16"]
+  size, variants = recipe_variants(arg, "align", SIZES, "B16", VARIANTS)
 
   c = default_config()
   c.seed = 0

@@ -46,7 +46,7 @@ import math
 
 import ml_collections
 
-from vlpt.config import default_config, imagenet_zeroshot_eval, smoke_run
+from vlpt.config import default_config, imagenet_zeroshot_eval, recipe_variants, smoke_run
 
 PAPER = "arXiv:2111.07991"
 DATA_PLACEHOLDER = "wds:/path/to/your/image-text-shards/{00000..01242}.tar"
@@ -63,14 +63,7 @@ VARIANTS = (*SIZES, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - set(VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown lit variant(s) {sorted(unknown)}; choose from {VARIANTS}")
-  sizes = variants & set(SIZES)
-  if len(sizes) > 1:
-    raise ValueError(f"choose one model size, got {sorted(sizes)}")
-  size = SIZES[sizes.pop() if sizes else "B16"]
+  size, variants = recipe_variants(arg, "lit", SIZES, "B16", VARIANTS)
 
   c = default_config()
   c.seed = 0

@@ -42,7 +42,7 @@ import math
 
 import ml_collections
 
-from vlpt.config import default_config, imagenet_zeroshot_eval, smoke_run
+from vlpt.config import default_config, imagenet_zeroshot_eval, recipe_variants, smoke_run
 
 PAPER = "arXiv:2303.15343"
 DATA_PLACEHOLDER = "wds:/path/to/your/image-text-shards/{00000..12799}.tar"
@@ -72,14 +72,7 @@ def _towers(image_variant: str, image_size: int, text: dict) -> tuple[dict, dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or "").split(",")))
-  unknown = variants - set(VARIANTS)
-  if unknown:
-    raise ValueError(f"unknown siglip variant(s) {sorted(unknown)}; choose from {VARIANTS}")
-  sizes = variants & set(SIZES)
-  if len(sizes) > 1:
-    raise ValueError(f"choose one model size, got {sorted(sizes)}")
-  size = SIZES[sizes.pop() if sizes else "B16"]
+  size, variants = recipe_variants(arg, "siglip", SIZES, "B16", VARIANTS)
 
   c = default_config()
   c.seed = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -155,6 +155,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.datasets = ml_collections.ConfigDict()
   c.eval.at_end = True
   return c
+
+
+def recipe_variants(arg: str | None, recipe: str, sizes: dict[str, Any], default: str,
+                    allowed: Sequence[str]) -> tuple[Any, set[str]]:
+  """A recipe's ``:B16,smoke``-style argument -> (the chosen size's entry, the variant names).
+
+  Unknown names and more than one model size are refused with the choices listed.
+  """
+  variants = set(filter(None, (arg or "").split(",")))
+  unknown = variants - set(allowed)
+  if unknown:
+    raise ValueError(f"unknown {recipe} variant(s) {sorted(unknown)}; choose from {tuple(allowed)}")
+  chosen = variants & set(sizes)
+  if len(chosen) > 1:
+    raise ValueError(f"choose one model size, got {sorted(chosen)}")
+  return sizes[chosen.pop() if chosen else default], variants
 
 
 def smoke_run(c: ml_collections.ConfigDict) -> None:
