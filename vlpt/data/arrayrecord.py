@@ -20,12 +20,12 @@ checksum, or that is not a MessagePack map, is skipped as ``truncated``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgpack
 
 from vlpt.data.records import CorruptRecord, RecordSource
+from vlpt.data.shards import ShardSetWriter
 
 WRITER_OPTIONS = "group_size:1,uncompressed"
 READER_OPTIONS = "readahead_buffer_size:0"
@@ -70,35 +70,17 @@ class ArrayRecordSource(RecordSource):
     return decode_record(handle.read([row])[0])
 
 
-class ArrayRecordShardWriter:
-  """Writes records into ``out/{00000..}.array_record``, ``shard_size`` records each.
-
-  The same interface as :class:`vlpt.data.shards.ShardWriter` (``write``, ``close``, ``paths``,
-  ``count``), so ``vlpt-data build`` fills either.
-  """
+class ArrayRecordShardWriter(ShardSetWriter):
+  """Writes MessagePack records into ``out/{00000..}.array_record``, ``shard_size`` each."""
 
   suffix = SUFFIX
   source_kind = "arrayrecord"
 
-  def __init__(self, out_dir: str, shard_size: int = 10000):
-    if shard_size < 1:
-      raise ValueError(f"shard size must be positive, got {shard_size}")
-    self.out_dir = out_dir
-    self.shard_size = shard_size
-    self.count = 0
-    self.paths: list[str] = []
-    self._writer = None
-    os.makedirs(out_dir, exist_ok=True)
-
-  def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
+  def _open_file(self, path: str) -> Any:
     from array_record.python.array_record_module import ArrayRecordWriter
-    shard, row = divmod(self.count, self.shard_size)
-    if row == 0:
-      self._close_file()
-      path = os.path.join(self.out_dir, f"{shard:05d}{SUFFIX}")
-      self.paths.append(path)
-      self._writer = ArrayRecordWriter(path, WRITER_OPTIONS)
-    key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
+    return ArrayRecordWriter(path, WRITER_OPTIONS)
+
+  def _write_sample(self, key, image, ext, caption, meta) -> None:
     record: dict[str, Any] = {"key": key, "image": image, "image_ext": ext,
                               "caption": caption if caption is not None else ""}
     meta = dict(meta or {})
@@ -107,22 +89,4 @@ class ArrayRecordShardWriter:
       record["captions"] = [str(c) for c in captions]
     if meta:
       record["meta"] = meta
-    self._writer.write(encode_record(record))
-    self.count += 1
-    return key
-
-  def _close_file(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-  def close(self) -> str:
-    from vlpt.data.shards import finish_shards
-    self._close_file()
-    return finish_shards(self.out_dir, self.paths, SUFFIX)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
+    self._file.write(encode_record(record))

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
 from vlpt.data.records import CAPTION_FIELDS, IMAGE_FIELDS, RecordSource, pick_field
+from vlpt.data.shards import ShardSetWriter
 from vlpt.data.webdataset import DataError
 
 SUFFIX = ".parquet"
@@ -120,55 +120,45 @@ class ParquetSource(RecordSource):
     self._cache.clear()
 
 
-class ParquetShardWriter:
+class ParquetShardWriter(ShardSetWriter):
   """Writes rows into ``out/{00000..}.parquet``, ``shard_size`` rows each, ``row_group_size`` rows
   per row group (small, for random access).
 
   Columns: ``key`` string, ``image`` binary (uncompressed), ``image_ext`` string, ``caption``
   string, ``captions`` list<string> (empty when there is only the caption), ``meta`` string
-  (JSON). Same interface as :class:`vlpt.data.shards.ShardWriter`.
+  (JSON).
   """
 
   suffix = SUFFIX
   source_kind = "parquet"
 
   def __init__(self, out_dir: str, shard_size: int = 10000, row_group_size: int = ROW_GROUP_SIZE):
-    if shard_size < 1 or row_group_size < 1:
-      raise ValueError(f"shard and row group sizes must be positive, got {shard_size}, "
-                       f"{row_group_size}")
+    if row_group_size < 1:
+      raise ValueError(f"row group size must be positive, got {row_group_size}")
     import pyarrow as pa
     _pq()
-    self.out_dir = out_dir
-    self.shard_size = shard_size
+    super().__init__(out_dir, shard_size)
     self.row_group_size = row_group_size
-    self.count = 0
-    self.paths: list[str] = []
-    self._writer = None
     self._rows: list[dict] = []
     self._schema = pa.schema([("key", pa.string()), ("image", pa.binary()),
                               ("image_ext", pa.string()), ("caption", pa.string()),
                               ("captions", pa.list_(pa.string())), ("meta", pa.string())])
-    os.makedirs(out_dir, exist_ok=True)
 
   def _flush(self) -> None:
     import pyarrow as pa
     if self._rows:
       table = pa.Table.from_pylist(self._rows, schema=self._schema)
-      self._writer.write_table(table, row_group_size=self.row_group_size)
+      self._file.write_table(table, row_group_size=self.row_group_size)
       self._rows = []
 
-  def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
-    shard, row = divmod(self.count, self.shard_size)
-    if row == 0:
-      self._close_file()
-      path = os.path.join(self.out_dir, f"{shard:05d}{SUFFIX}")
-      self.paths.append(path)
-      self._writer = _pq().ParquetWriter(
-          path, self._schema, compression={"key": "snappy", "image": "none",
-                                           "image_ext": "snappy", "caption": "snappy",
-                                           "captions": "snappy", "meta": "snappy"},
-          use_dictionary=["image_ext"], write_statistics=False)
-    key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
+  def _open_file(self, path: str) -> Any:
+    return _pq().ParquetWriter(
+        path, self._schema, compression={"key": "snappy", "image": "none", "image_ext": "snappy",
+                                         "caption": "snappy", "captions": "snappy",
+                                         "meta": "snappy"},
+        use_dictionary=["image_ext"], write_statistics=False)
+
+  def _write_sample(self, key, image, ext, caption, meta) -> None:
     meta = dict(meta or {})
     captions = [str(c) for c in (meta.pop("captions", None) or [])]
     self._rows.append({"key": key, "image": image, "image_ext": ext,
@@ -176,22 +166,7 @@ class ParquetShardWriter:
                        "meta": json.dumps(meta) if meta else ""})
     if len(self._rows) >= self.row_group_size:
       self._flush()
-    self.count += 1
-    return key
 
-  def _close_file(self) -> None:
-    if self._writer is not None:
-      self._flush()
-      self._writer.close()
-      self._writer = None
-
-  def close(self) -> str:
-    from vlpt.data.shards import finish_shards
-    self._close_file()
-    return finish_shards(self.out_dir, self.paths, SUFFIX)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
+  def _close_file(self, handle: Any) -> None:
+    self._flush()
+    handle.close()

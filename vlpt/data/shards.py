@@ -14,7 +14,7 @@ import json
 import os
 import tarfile
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -37,8 +37,16 @@ def encode_image(image: np.ndarray, fmt: str = "jpg", quality: int = 95) -> byte
   return buf.getvalue()
 
 
-class ShardWriter:
-  """Writes samples into ``out/{00000..}.tar``, ``shard_size`` samples each."""
+class ShardSetWriter:
+  """Base of the shard writers: ``out/{00000..}SUFFIX``, ``shard_size`` samples each.
+
+  ``write`` names each sample ``SSSSSRRRR`` (shard, row) and opens the next file when one is full;
+  ``close`` finishes the last file and writes ``shards.txt``. Subclasses say how a file is
+  opened, written and closed; ``vlpt-data build`` fills any of them.
+  """
+
+  suffix = ""
+  source_kind = ""
 
   def __init__(self, out_dir: str, shard_size: int = 10000):
     if shard_size < 1:
@@ -47,50 +55,70 @@ class ShardWriter:
     self.shard_size = shard_size
     self.count = 0
     self.paths: list[str] = []
-    self._tar: tarfile.TarFile | None = None
+    self._file: Any = None
     os.makedirs(out_dir, exist_ok=True)
-
-  def _add(self, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = int(time.time())
-    info.mode = 0o644
-    self._tar.addfile(info, io.BytesIO(data))
 
   def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
     shard, row = divmod(self.count, self.shard_size)
     if row == 0:
-      self._close_tar()
-      path = os.path.join(self.out_dir, f"{shard:05d}.tar")
+      self._finish_file()
+      path = os.path.join(self.out_dir, f"{shard:05d}{self.suffix}")
       self.paths.append(path)
-      self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+      self._file = self._open_file(path)
     key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
-    self._add(f"{key}.{ext}", image)
-    if caption is not None:
-      self._add(f"{key}.txt", caption.encode("utf-8"))
-    if meta is not None:
-      self._add(f"{key}.json", json.dumps(meta).encode("utf-8"))
+    self._write_sample(key, image, ext, caption, meta)
     self.count += 1
     return key
 
-  def _close_tar(self) -> None:
-    if self._tar is not None:
-      self._tar.close()
-      self._tar = None
-
-  suffix = ".tar"
-  source_kind = "wds"
+  def _finish_file(self) -> None:
+    if self._file is not None:
+      self._close_file(self._file)
+      self._file = None
 
   def close(self) -> str:
     """Closes the last shard; writes ``shards.txt`` and returns the brace pattern of the shards."""
-    self._close_tar()
-    return finish_shards(self.out_dir, self.paths, ".tar")
+    self._finish_file()
+    return finish_shards(self.out_dir, self.paths, self.suffix)
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
     self.close()
+
+  def _open_file(self, path: str) -> Any:
+    raise NotImplementedError
+
+  def _write_sample(self, key: str, image: bytes, ext: str, caption: str | None,
+                    meta: dict | None) -> None:
+    raise NotImplementedError
+
+  def _close_file(self, handle: Any) -> None:
+    handle.close()
+
+
+class ShardWriter(ShardSetWriter):
+  """WebDataset tar shards as img2dataset writes them: ``KEY.<ext>``, ``KEY.txt``, ``KEY.json``."""
+
+  suffix = ".tar"
+  source_kind = "wds"
+
+  def _open_file(self, path: str) -> tarfile.TarFile:
+    return tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+
+  def _add(self, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o644
+    self._file.addfile(info, io.BytesIO(data))
+
+  def _write_sample(self, key, image, ext, caption, meta) -> None:
+    self._add(f"{key}.{ext}", image)
+    if caption is not None:
+      self._add(f"{key}.txt", caption.encode("utf-8"))
+    if meta is not None:
+      self._add(f"{key}.json", json.dumps(meta).encode("utf-8"))
 
 
 def shard_pattern(out_dir: str, n: int, suffix: str = ".tar") -> str:
