@@ -36,6 +36,16 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env):
     if key != "step" and value is not None:
       assert again[key] == pytest.approx(value, abs=1e-6), key
 
+  # Training a finished run again trains nothing, writes nothing, returns its final evaluation.
+  proc = run(cli("vlpt.cli.train", workdir), env_with_devices(cli_env, 8))
+  assert "nothing to train" in proc.stdout and "ex/s" not in proc.stdout
+  assert metrics(workdir) == rows + [again]
+  from e2e_utils import DEMO
+  from vlpt.config import load_config
+  from vlpt.train.trainer import train
+  returned = train(load_config(DEMO + ":tiny"), str(workdir))
+  assert returned == {k: v for k, v in again.items() if k != "step"}
+
 
 def _kill_after_checkpoint(command, env, workdir, min_step):
   """Starts training, SIGKILLs it once a checkpoint >= min_step is finalized."""

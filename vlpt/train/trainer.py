@@ -7,6 +7,7 @@ and this module binds both to the devices.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -547,6 +548,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
       print(f"[vlpt] resumed from {checkpointer.directory}/{latest}", flush=True)
   first_step = int(state.step)
+  if first_step >= config.total_steps:  # a finished run: nothing to train, nothing to compile
+    loader.close()
+    checkpointer.close()
+    results = recorded_results(workdir, first_step)
+    if jax.process_index() == 0:
+      print(f"[vlpt] {workdir} already holds the final step {first_step} of "
+            f"config.total_steps={config.total_steps}: nothing to train (raise total_steps to "
+            "train on, or use another workdir); returning its recorded final evaluation",
+            flush=True)
+    return results
   train_step = make_train_step(setup, load_teacher(setup))
   evaluator = Evaluator(setup) if config.eval.datasets else None
   writer = MetricWriter(workdir)
@@ -599,6 +610,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
   if jax.process_index() == 0:
     _print_summary(config.total_steps - first_step, time.perf_counter() - start_time, results)
+  return results
+
+
+def recorded_results(workdir: str, step: int) -> dict[str, float]:
+  """The evaluation results ``metrics.jsonl`` holds for ``step`` (training/data rows left out)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  results: dict[str, float] = {}
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        row = json.loads(line)
+        if row.get("step") == step:
+          results.update({k: v for k, v in row.items()
+                          if k != "step" and not k.startswith(("train/", "data/"))})
   return results
 
 
