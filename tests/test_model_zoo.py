@@ -235,6 +235,16 @@ def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
   run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False",
           "--config.checkpoint_every_steps=2"), env_with_devices(cli_env, 8))
   loaded = vlpt.load(str(workdir))
+  # the parameters alone, read to the host, equal the trainer's restore of the whole state
+  import json
+
+  import ml_collections
+  config = ml_collections.ConfigDict(json.loads((workdir / "vlpt_config.json").read_text()))
+  setup, state = T.load_checkpoint(config, str(workdir))
+  want = flat_params(nnx.merge(setup.graphdef, jax.device_get(state.params)))
+  assert set(loaded.bundle.params) == set(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(np.asarray(loaded.bundle.params[name]), np.asarray(value), name)
   ids = loaded.tokenizer(["a red circle", "a blue square"])
   emb = np.asarray(loaded.encode_text(ids))
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)

@@ -185,25 +185,32 @@ def _read_vlpt(path: str) -> Bundle:
 
 
 def _read_workdir(path: str, step: int | None = None) -> Bundle:
+  """A training run's latest (or ``step``) checkpoint: its parameters only, read to the host."""
   import ml_collections
 
+  from vlpt.data.tokenizers import build_tokenizer
   from vlpt.evaluation.evaluators import NORMALIZATION
   from vlpt.models import build_model
-  from vlpt.train.trainer import load_checkpoint, resolve_model_config
-  from vlpt.data.tokenizers import build_tokenizer
+  from vlpt.train.checkpointing import Checkpointer
+  from vlpt.train.trainer import resolve_model_config
   from vlpt.weights.state import flat_params
   with open(os.path.join(path, WORKDIR_CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  config.host_device_count = None
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  state = load_checkpoint(config, path, step)[1]
   model_cfg = resolve_model_config(config, build_tokenizer(config.data.tokenizer))
   model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
   graphdef, abstract = nnx.split(model, nnx.Param)
-  abstract.replace_by_pure_dict(jax.device_get(state.params))
-  params = flat_params(nnx.merge(graphdef, abstract))
+  checkpointer = Checkpointer(path, keep=1, async_save=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first")
+    params = checkpointer.restore_params(step, abstract.to_pure_dict())
+  finally:
+    checkpointer.close()
+  abstract.replace_by_pure_dict(params)
   mean, std = NORMALIZATION[config.data.normalization]
-  return Bundle(model_cfg, params, config.data.tokenizer.to_dict(),
+  return Bundle(model_cfg, flat_params(nnx.merge(graphdef, abstract)),
+                config.data.tokenizer.to_dict(),
                 Preprocess(image_size=config.data.image_size, mean=mean, std=std), "workdir")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vlpt.train.state import TrainState
@@ -62,6 +63,19 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], False
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Only the parameters of ``step``, as host numpy arrays (no optimizer state, no mesh).
+
+    For reading a run as a model (``vlpt.load(WORKDIR)``): the optimizer's moments and the
+    devices' copies are never materialized, so a model needs about its own size in host memory.
+    """
+    item = {"params": abstract_params}
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                             item),
+        partial_restore=True)))
+    return restored["state"]["params"]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
