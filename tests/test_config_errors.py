@@ -76,7 +76,9 @@ def test_eval_dataset_settings_from_the_command_line():
           "--config.eval.datasets.heldout.num_beams=3", "--config.eval.datasets.heldout.split=test",
           "--config.eval.datasets.heldout.tasks=('captioning',)", "--config.total_steps=5",
           "--config.eval.datasets.pets.source=tfds:oxford_iiit_pet",
-          "--config.eval.datasets.pets.templates=None"]
+          "--config.eval.datasets.pets.templates=None",
+          "--config.eval.datasets.extra.source=synthetic",
+          "--config.eval.datasets.extra.tasks=zeroshot,retrieval"]
   rest, held = _split_dataset_settings(argv)
   assert rest == ["vlpt-eval", "--config", "x.py", "--config.total_steps=5"]
   _apply_dataset_settings(config, held)
@@ -84,4 +86,5 @@ def test_eval_dataset_settings_from_the_command_line():
   assert (heldout.caption_method, heldout.num_beams, heldout.split) == ("beam", 3, "test")
   assert heldout.tasks == ("captioning",) and heldout.num_examples == 1024
   assert pets.source == "tfds:oxford_iiit_pet" and pets.templates is None
+  assert config.eval.datasets.extra.tasks == ("zeroshot", "retrieval")  # a bare list of words
   validate(config, num_devices=8)

@@ -97,6 +97,9 @@ def _apply_dataset_settings(config, held: list[tuple[str, str, str]]) -> None:
         value = ast.literal_eval(text)
       except (ValueError, SyntaxError):
         value = text
+    if isinstance(value, str) and (key == "tasks" or isinstance(current, (tuple, list))):
+      # a bare word for a sequence: tasks=captioning or tasks=zeroshot,retrieval; one template
+      value = tuple(t.strip() for t in value.split(",")) if key == "tasks" else (value,)
     with config.unlocked():
       datasets[name][key] = value
 
