@@ -37,7 +37,8 @@ EXTRAS = {
                   "pycocoevalcap>=1.2"],
     # benchmarks/: open_clip's WebDataset input pipeline and the photographs it is timed on
     "bench": ["webdataset>=0.2", "scikit-image>=0.22", "scikit-learn>=1.3", "matplotlib>=3.8"],
-    "notebook": ["matplotlib>=3.8", "ipykernel>=6"],
+    # notebooks/: plots, and the default pretrained model's download from the HF hub
+    "notebook": ["matplotlib>=3.8", "ipykernel>=6", "huggingface_hub>=0.20"],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],
 }
