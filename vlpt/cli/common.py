@@ -85,22 +85,21 @@ def _split_dataset_settings(argv: list[str]) -> tuple[list[str], list[tuple[str,
 
 def _apply_dataset_settings(config, held: list[tuple[str, str, str]]) -> None:
   datasets = config.eval.datasets
-  for name, key, text in held:
-    if name not in datasets:  # a new evaluation dataset, e.g. --config.eval.datasets.pets.source=
-      with config.unlocked():
+  with config.unlocked():
+    for name, key, text in held:
+      if name not in datasets:  # a new evaluation dataset, e.g. --config.eval.datasets.pets.source=
         datasets[name] = {}
-    current = datasets[name].get(key)
-    if isinstance(current, str):
-      value = text
-    else:  # numbers, None, booleans, tuples: Python literals; anything else stays a string
-      try:
-        value = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
+      current = datasets[name].get(key)
+      if isinstance(current, str):
         value = text
-    if isinstance(value, str) and (key == "tasks" or isinstance(current, (tuple, list))):
-      # a bare word for a sequence: tasks=captioning or tasks=zeroshot,retrieval; one template
-      value = tuple(t.strip() for t in value.split(",")) if key == "tasks" else (value,)
-    with config.unlocked():
+      else:  # numbers, None, booleans, tuples: Python literals; anything else stays a string
+        try:
+          value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+          value = text
+      if isinstance(value, str) and (key == "tasks" or isinstance(current, (tuple, list))):
+        # a bare word for a sequence: tasks=captioning or tasks=zeroshot,retrieval; one template
+        value = tuple(t.strip() for t in value.split(",")) if key == "tasks" else (value,)
       datasets[name][key] = value
 
 

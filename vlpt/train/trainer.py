@@ -537,6 +537,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if jax.process_index() == 0:
     write_run_record(config, workdir, setup)
   latest = checkpointer.latest_step()
+  if latest is not None and latest >= config.total_steps:  # a finished run: nothing to restore,
+    checkpointer.close()  # read or compile
+    if jax.process_index() == 0:
+      print(f"[vlpt] {workdir} already holds the final step {latest} of "
+            f"config.total_steps={config.total_steps}: nothing to train (raise total_steps to "
+            "train on, or use another workdir); returning its recorded final evaluation",
+            flush=True)
+    return recorded_results(workdir, latest)
   loader = make_loader(setup)
   if latest is None:
     state = initial_state(setup)
@@ -548,16 +556,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
       print(f"[vlpt] resumed from {checkpointer.directory}/{latest}", flush=True)
   first_step = int(state.step)
-  if first_step >= config.total_steps:  # a finished run: nothing to train, nothing to compile
-    loader.close()
-    checkpointer.close()
-    results = recorded_results(workdir, first_step)
-    if jax.process_index() == 0:
-      print(f"[vlpt] {workdir} already holds the final step {first_step} of "
-            f"config.total_steps={config.total_steps}: nothing to train (raise total_steps to "
-            "train on, or use another workdir); returning its recorded final evaluation",
-            flush=True)
-    return results
   train_step = make_train_step(setup, load_teacher(setup))
   evaluator = Evaluator(setup) if config.eval.datasets else None
   writer = MetricWriter(workdir)
