@@ -95,6 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.schedule = "linear"
   c.optimizer.end_lr_factor = 0.0
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
+  c.optimizer.eps = 1e-30  # Adafactor's epsilon1 (Shazeer & Stern 2018, Alg. 4; big_vision's)
   c.optimizer.weight_decay = 0.01
   c.optimizer.grad_clip_norm = 0.0  # not stated in the paper
 

@@ -92,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.name = "adafactor"  # Appendix C
   c.optimizer.lr = 1e-3
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
+  c.optimizer.eps = 1e-30  # Adafactor's epsilon1 (Shazeer & Stern 2018, Alg. 4; big_vision's)
   c.optimizer.weight_decay = 0.0  # "No weight decay is used during tuning"
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = 10_000

@@ -98,6 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.lr = 1e-3  # Appendix C
   c.optimizer.weight_decay = 1e-4  # Appendix C
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.95  # Sec. 4.7: beta2 0.95
+  c.optimizer.eps = 1e-30  # Adafactor's epsilon1 (Shazeer & Stern 2018, Alg. 4; big_vision's)
   c.optimizer.schedule = "cosine"  # Appendix C
   c.optimizer.warmup_steps = 10_000  # not stated in the paper (see the docstring)
   c.optimizer.grad_clip_norm = 1.0  # not stated in the paper

@@ -11,6 +11,11 @@ mask, gradient clipping and freezing.
   column vector per matrix) are replicated over the mesh; the momentum is sharded like its
   parameter.
 
+``config.optimizer.eps`` is each optimizer's own epsilon: AdamW's and LAMB's is added to the root
+of the second moment (1e-6 when None); Adafactor's is epsilon1 of Shazeer & Stern (2018, Alg. 4),
+added to the squared gradient before it is averaged (1e-30 when None, their value and big_vision's;
+the Adafactor recipes set it). The two are on different scales, so one value cannot serve both.
+
 In all three, weight decay follows the AdamW convention: the update gets ``+ weight_decay * param``
 before it is scaled by the (scheduled) learning rate.
 
@@ -32,6 +37,9 @@ import optax
 
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
 SCHEDULES = ("cosine", "linear")
+# config.optimizer.eps = None: each optimizer's own default (AdamW/LAMB: added to sqrt(v);
+# Adafactor: epsilon1, added to g^2 -- Shazeer & Stern 2018, Alg. 4)
+DEFAULT_EPS = {"adamw": 1e-6, "lamb": 1e-6, "adafactor": 1e-30}
 
 
 def param_paths(params: Any) -> Any:
@@ -109,6 +117,8 @@ def scale_by_factored_moments(b2: float = 0.999, decay_rate: float = 0.8,
   of the squared gradient over each of those axes are kept (a row and a column statistic), and the
   second moment is their outer product over the row statistic's mean; smaller tensors keep a full
   second moment. The moving-average decay at step t (from 1) is ``min(b2, 1 - t^-decay_rate)``.
+  ``eps`` (epsilon1 of Shazeer & Stern 2018, Alg. 4) is added to the squared gradient first, so
+  all-zero rows and columns stay finite.
   """
   placeholder = lambda: jnp.zeros((1,), jnp.float32)  # noqa: E731
 
@@ -155,10 +165,12 @@ def scale_by_factored_moments(b2: float = 0.999, decay_rate: float = 0.8,
 
 
 def adafactor(learning_rate: optax.ScalarOrSchedule, *, b1: float | None = 0.9, b2: float = 0.999,
-              weight_decay: float = 0.0, mask: Any = None, min_dim_size_to_factor: int = 32
-              ) -> optax.GradientTransformation:
-  """Factored second moments, momentum ``b1`` on the scaled updates, decoupled weight decay."""
-  parts = [scale_by_factored_moments(b2=b2, min_dim_size_to_factor=min_dim_size_to_factor)]
+              eps: float = 1e-30, weight_decay: float = 0.0, mask: Any = None,
+              min_dim_size_to_factor: int = 32) -> optax.GradientTransformation:
+  """Factored second moments (``eps``: epsilon1, added to the squared gradient), momentum ``b1``
+  on the scaled updates, decoupled weight decay."""
+  parts = [scale_by_factored_moments(b2=b2, min_dim_size_to_factor=min_dim_size_to_factor,
+                                     eps=eps)]
   if b1:
     parts.append(optax.ema(b1, debias=False))
   if weight_decay:
@@ -167,24 +179,49 @@ def adafactor(learning_rate: optax.ScalarOrSchedule, *, b1: float | None = 0.9, 
   return optax.chain(*parts)
 
 
+def check_config(optimizer_section: Any) -> None:
+  """``config.optimizer`` -> ValueError naming the first problem (unknown optimizer or schedule,
+  an epsilon that is not a positive number or None)."""
+  oc = optimizer_section
+  if oc.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={oc.name!r} is not one of: {', '.join(OPTIMIZERS)}")
+  schedule = oc.get("schedule", "cosine")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule={schedule!r} is not one of: "
+                     f"{', '.join(SCHEDULES)}")
+  eps = oc.get("eps")
+  if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                          or not eps > 0):
+    raise ValueError(f"config.optimizer.eps={eps!r} must be a positive number, or None for "
+                     f"{oc.name}'s own ({DEFAULT_EPS[oc.name]:g})")
+
+
+def optimizer_eps(optimizer_section: Any) -> float:
+  """``config.optimizer.eps``, or the named optimizer's own default when it is None."""
+  eps = optimizer_section.get("eps")
+  return DEFAULT_EPS[optimizer_section.name] if eps is None else float(eps)
+
+
 def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
   """The full transformation for ``params`` (an abstract or concrete tree) from ``config``."""
   oc = config.optimizer
   if oc.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {oc.name!r}; vlpt supports {', '.join(OPTIMIZERS)}")
+  eps = optimizer_eps(oc)
   schedule = learning_rate_schedule(config)
   mask = decay_mask(params, tuple(oc.no_decay))
   parts = []
   if oc.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(float(oc.grad_clip_norm)))
   if oc.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps,
+    parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=eps,
                              weight_decay=oc.weight_decay, mask=mask))
   elif oc.name == "lamb":
-    parts.append(optax.lamb(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps,
+    parts.append(optax.lamb(schedule, b1=oc.b1, b2=oc.b2, eps=eps,
                             weight_decay=oc.weight_decay, mask=mask))
   else:
-    parts.append(adafactor(schedule, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay, mask=mask))
+    parts.append(adafactor(schedule, b1=oc.b1, b2=oc.b2, eps=eps, weight_decay=oc.weight_decay,
+                           mask=mask))
   tx = optax.chain(*parts)
   # LiT: a locked tower is frozen like any other pattern (no updates, no optimizer state)
   freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.model.get("lock_towers", ()))
@@ -192,3 +229,4 @@ def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
     tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
                                frozen_labels(params, freeze))
   return tx
+
