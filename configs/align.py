@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "clip"
   c.model.embed_dim = size["width"]
   c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "image_size": 288, "pool": "gap", "class_token": False,
+      {"variant": size["image"], "pool": "gap", "class_token": False,
        "proj": False})
   c.model.text = ml_collections.ConfigDict(
       {"variant": "B", **size["text"], "causal": False, "pool": "first", "mask_padding": True,
@@ -125,7 +125,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64  # = the micro ViT's width (no image projection)
   c.model.image.variant = "micro/8"
-  c.model.image.image_size = 32
   c.model.text = ml_collections.ConfigDict(
       {"variant": "micro", "causal": False, "pool": "first", "mask_padding": True,
        "vocab_size": ml_collections.FieldReference(None, field_type=int),

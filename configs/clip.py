@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "clip"
   c.model.embed_dim = size["embed_dim"]
   c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "image_size": 224, "pool": "token", "act": "gelu"})
+      {"variant": size["image"], "pool": "token", "act": "gelu"})
   c.model.text.variant = size["text"]  # causal, pooled at the end-of-text token (Sec. 2.4)
   c.model.init_logit_scale = math.log(1 / 0.07)  # Sec. 2.5: temperature initialized to 0.07
   c.model.max_logit_scale = math.log(100)  # Table 18: maximum temperature 100
@@ -105,7 +105,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 32
   c.model.image = ml_collections.ConfigDict(
-      {"variant": "micro/8", "image_size": 32, "pool": "token", "act": "gelu"})
+      {"variant": "micro/8", "pool": "token", "act": "gelu"})
   c.model.text.variant = "micro"
   c.optimizer.lr = 1e-3
   c.optimizer.grad_clip_norm = 1.0

@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "coca"
   c.model.embed_dim = size["width"]  # = text and decoder width (open_clip layout)
   c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "image_size": 288, "depth": size["image_depth"],
+      {"variant": size["image"], "depth": size["image_depth"],
        "mlp_dim": size["image_mlp"], "pool": "coca", "pooler_queries": 257,  # 256 + 1
        "pooler_heads": 8})
   text = dict(width=size["width"], depth=12, heads=size["heads"], mlp_dim=size["text_mlp"])
@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
        "vocab_size": ml_collections.FieldReference(None, field_type=int),
        "context_length": ml_collections.FieldReference(None, field_type=int)})
   c.model.decoder = ml_collections.ConfigDict({"variant": "B", **text})
-  c.model.caption_weight = 2.0  # Sec. 4.1 (contrastive weight 1.0)
+  c.loss.caption_weight = 2.0  # Sec. 4.1 (contrastive weight 1.0)
   c.model.init_logit_scale = math.log(1 / 0.07)  # Sec. 4.1
   c.model.dtype = "bfloat16"
 
@@ -117,7 +117,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64
   c.model.image = ml_collections.ConfigDict(
-      {"variant": "micro/8", "image_size": 32, "pool": "coca", "pooler_queries": 17,
+      {"variant": "micro/8", "pool": "coca", "pooler_queries": 17,
        "pooler_heads": 4})
   c.model.text = ml_collections.ConfigDict(
       {"variant": "micro", "vocab_size": ml_collections.FieldReference(None, field_type=int),

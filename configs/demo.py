@@ -29,7 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.embed_dim = 128
   c.model.image.variant = "micro/8"  # width 64, 2 layers, 4x4 patches of 8 px
-  c.model.image.image_size = 32
   c.model.text.variant = "micro"
 
   c.data.image_size = 32
@@ -56,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image.pooler_queries = 17  # 16 captioner tokens + 1 contrastive
     c.model.image.pooler_heads = 4
     c.model.decoder = ml_collections.ConfigDict({"variant": "micro"})
-    c.model.caption_weight = 2.0
+    c.loss.caption_weight = 2.0
     # greedy captions of the held-out images scored with CIDEr-D / BLEU-4, and the same captions
     # scored against other images' references (cider_shuffled: what an image-blind captioner gets)
     c.eval.datasets.heldout.tasks = ("zeroshot", "retrieval", "captioning")

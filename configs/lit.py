@@ -12,8 +12,8 @@ decay, cosine schedule with 10k warmup steps, 224x224 images, no linear head on 
 tower). 18B / 32,768 = 549,317 steps. Appendix E restricts text to 16 tokens (YFCC100m study).
 
 The paper's ViT-g/14 (JFT-3B) tower is not public. Here the locked tower is any CLIP-layout ViT
-that vlpt.load reads: ``config.model.init_from`` names the checkpoint (an open_clip directory, an
-HF CLIPModel directory, a vlpt export or training workdir) and ``config.model.init_towers =
+that vlpt.load reads: ``config.init.checkpoint`` names the checkpoint (an open_clip directory, an
+HF CLIPModel directory, a vlpt export or training workdir) and ``config.init.towers =
 ("image",)`` takes only its image tower, with its projection, which then stays locked
 (``lock_towers``); the text tower (ViT-B-sized: 12 layers, 768 wide, as in Sec. 5.4) starts from
 the random init and may differ from the checkpoint's. ``config.model.image`` must describe the
@@ -33,7 +33,7 @@ then 20 LiT steps with a text tower of another size than the demo's).
 
 Data and checkpoint: override both placeholders, e.g.
   vlpt-train --config configs/lit.py:B16 --workdir DIR \\
-      --config.model.init_from=/models/open_clip-ViT-B-16-laion2b \\
+      --config.init.checkpoint=/models/open_clip-ViT-B-16-laion2b \\
       --config.data.train.source='wds:/data/cc12m/{00000..01242}.tar'
 Until then validation fails naming the missing checkpoint or shard.
 
@@ -76,14 +76,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "clip"
   c.model.embed_dim = size["embed_dim"]
   c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "image_size": 224, "pool": "token", "act": "gelu"})
+      {"variant": size["image"], "pool": "token", "act": "gelu"})
   c.model.text = ml_collections.ConfigDict(
       {"variant": "B", "width": 768, "depth": 12, "heads": 12, "mlp_dim": 3072,
        "vocab_size": ml_collections.FieldReference(None, field_type=int),
        "context_length": ml_collections.FieldReference(None, field_type=int)})
-  c.model.init_from = CHECKPOINT_PLACEHOLDER
-  c.model.init_towers = ("image",)  # only the image tower (and its projection) is loaded
-  c.model.lock_towers = ("image",)  # "Lu" (Sec. 3.3)
+  c.init.checkpoint = CHECKPOINT_PLACEHOLDER
+  c.init.towers = ("image",)  # only the image tower (and its projection) is loaded
+  c.init.lock_towers = ("image",)  # "Lu" (Sec. 3.3)
   c.model.init_logit_scale = math.log(1 / 0.07)  # not stated in the paper
   c.model.dtype = "bfloat16"
 
@@ -115,10 +115,10 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   """The locked image tower of ``builtin:demo`` (micro/8, 32 px, embed 64) and a new, larger
   ("demo"-sized) text tower trained for 20 steps on the built-in synthetic data."""
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
-  c.model.init_from = "builtin:demo"
+  c.init.checkpoint = "builtin:demo"
   c.model.embed_dim = 64  # builtin:demo's image projection width
   c.model.image = ml_collections.ConfigDict(
-      {"variant": "micro/8", "image_size": 32, "pool": "token", "act": "gelu"})
+      {"variant": "micro/8", "pool": "token", "act": "gelu"})
   c.model.text = ml_collections.ConfigDict(
       {"variant": "demo", "vocab_size": ml_collections.FieldReference(None, field_type=int),
        "context_length": ml_collections.FieldReference(None, field_type=int)})

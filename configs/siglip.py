@@ -59,9 +59,9 @@ SIZES = {
 VARIANTS = (*SIZES, "smoke")
 
 
-def _towers(image_variant: str, image_size: int, text: dict) -> tuple[dict, dict]:
+def _towers(image_variant: str, text: dict) -> tuple[dict, dict]:
   """big_vision's SigLIP layout (as vlpt reads it from HF SiglipModel / big_vision npz)."""
-  image = {"variant": image_variant, "image_size": image_size, "pool": "map",
+  image = {"variant": image_variant, "pool": "map",
            "class_token": False, "patch_bias": True, "ln_pre": False, "proj": False,
            "act": "gelu_tanh", "norm_eps": 1e-6}
   text = {"variant": "B", **text, "causal": False, "pool": "last", "proj": True,
@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.name = "clip"
   c.model.embed_dim = size["width"]  # Appendix F: the embedding is the tower width
-  image, text = _towers(size["image"], size["size"],
+  image, text = _towers(size["image"],
                         {k: size[k] for k in ("width", "depth", "heads", "mlp_dim")})
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
@@ -122,6 +122,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   """Micro towers on the built-in synthetic data: the recipe's loss and optimizer, 20 steps."""
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64  # = the micro towers' width
-  image, text = _towers("micro/8", 32, {"variant": "micro"})
+  image, text = _towers("micro/8", {"variant": "micro"})
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)

@@ -1,33 +1,30 @@
-"""The configuration schema, its defaults, and validation before any expensive work.
+"""The configuration schema: every key vlpt understands, its defaults, and its structure.
 
 Config files in ``configs/`` start from :func:`default_config` and change what their recipe
-needs. :func:`validate` checks the whole config against this schema and the devices at hand, and
-raises :class:`ConfigError` with one actionable sentence; the CLIs print it and exit non-zero
-before anything is compiled.
+needs; :func:`load_config` reads one. This module is the leaf of the package: it imports neither
+jax nor any other vlpt module, so a recipe loads in milliseconds and every layer may read it.
+
+It checks only structure (:func:`check_structure`: unknown keys with a did-you-mean hint,
+positive step counts, keys that moved). Each owner checks its own section (models, losses, data
+sources, tokenizers, evaluation datasets, weight formats, optimizer); ``vlpt.train.validation``
+calls them all and turns their errors into one ``ConfigError`` before anything compiles.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import json
 import math
 import os
+import sys
 from typing import Any, Sequence
 
 import ml_collections
 
-from vlpt.sharding import MESH_AXES, resolve_mesh_shape
-
-
-WORKDIR_CONFIG = "vlpt_config.json"  # the run's config, written into its workdir by the trainer
-
-
-class ConfigError(ValueError):
-  """A configuration problem a user can fix; printed as one line, no traceback."""
-
-
-class TrainingError(RuntimeError):
-  """A run that must stop (e.g. repeated non-finite steps); printed as one line, exit 1."""
-
+# The run's config, written into its workdir by the trainer and read back by vlpt.load /
+# vlpt-eval / vlpt-convert (a workdir is recognized by it).
+WORKDIR_CONFIG = "vlpt_config.json"
 
 def default_config() -> ml_collections.ConfigDict:
   """Every key vlpt understands, with defaults. Config files override a subset."""
@@ -56,8 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "clip"
   c.model.embed_dim = 512
-  c.model.image = ml_collections.ConfigDict(
-      {"variant": "B/16", "image_size": 224, "pool": "token", "act": "gelu"})
+  # the image tower's resolution is config.data.image_size (set once, read by both)
+  c.model.image = ml_collections.ConfigDict({"variant": "B/16", "pool": "token", "act": "gelu"})
   c.model.text = ml_collections.ConfigDict(
       {"variant": "B", "act": "gelu",
        # None: taken from the tokenizer
@@ -71,19 +68,21 @@ def default_config() -> ml_collections.ConfigDict:
   # CoCa only (model.name = "coca"): the multimodal decoder's kwargs (width, depth, heads,
   # mlp_dim, vocab_size, context_length; None: from the text tower / tokenizer)
   c.model.decoder = ml_collections.ConfigDict()
-  c.model.caption_weight = 2.0  # CoCa: total = contrastive + caption_weight * caption (Eq. 3)
-  # Start from pretrained weights: any source vlpt.load accepts (vlpt export or workdir,
-  # open_clip dir, HF CLIP/SigLIP dir, big_vision .npz); positions resized to this config
-  c.model.init_from = ml_collections.FieldReference(None, field_type=str)
-  # Only these top-level parts of the model ("image", "text", "decoder"; each with its
-  # projection) are taken from init_from, the rest keeps the random init (LiT: ("image",), a new
-  # text tower, possibly of another architecture than the checkpoint's); (): the whole model
-  c.model.init_towers = ()
+
+  # Where the parameters start: random (from config.seed) unless a checkpoint is named
+  c.init = ml_collections.ConfigDict()
+  # any source vlpt.load accepts (vlpt export or workdir, open_clip dir, HF CLIP/SigLIP dir,
+  # big_vision .npz, builtin:NAME); positions resized to this config
+  c.init.checkpoint = ml_collections.FieldReference(None, field_type=str)
+  # only these top-level parts ("image", "text", "decoder"; each with its projection) are taken
+  # from the checkpoint, the rest keeps the random init (LiT: ("image",) and a new text tower,
+  # possibly of another architecture than the checkpoint's); (): the whole model
+  c.init.towers = ()
   # LiT (Zhai et al. 2022): towers listed here ("image", "text") get no gradient and no
-  # optimizer state; a locked tower must come from init_from (see init_towers) unless
+  # optimizer state; a locked tower must come from the checkpoint (see towers) unless
   # allow_random_lock is set (a frozen random tower: ablations and tests only)
-  c.model.lock_towers = ()
-  c.model.allow_random_lock = False
+  c.init.lock_towers = ()
+  c.init.allow_random_lock = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "softmax"  # softmax (CLIP) | sigmoid (SigLIP)
@@ -96,11 +95,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.align_weight = 1.0  # clip_align_uniform only
   c.loss.uniform_weight = 1.0  # clip_align_uniform only
   c.loss.distill_weight = 1.0  # distill only: contrastive + distill_weight * distillation
+  c.loss.caption_weight = 2.0  # CoCa only: contrastive + caption_weight * caption (Eq. 3)
 
   # A frozen teacher for the teacher losses (config.loss.name "distill" or "cwcl"): any source
   # vlpt.load accepts; it must tokenize like config.data.tokenizer
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.init_from = ml_collections.FieldReference(None, field_type=str)
+  c.teacher.checkpoint = ml_collections.FieldReference(None, field_type=str)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | lamb (ALIGN) | adafactor (CoCa, LiT, SigLIP); vlpt.optim
@@ -118,8 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.freeze = ()
 
   c.data = ml_collections.ConfigDict()
-  c.data.image_size = 224
-  c.data.normalization = "clip"  # clip | siglip | none
+  c.data.image_size = 224  # the training resolution: the pipeline's crops and the image tower's
+  c.data.normalization = "clip"  # clip | siglip | none (vlpt.data.normalization)
   c.data.num_workers = 0  # grain worker processes per host
   c.data.read_threads = 2
   c.data.prefetch = 8
@@ -151,7 +151,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256  # global
   # name -> {source, split, num_examples, tasks, ...}: the evaluation suite; every key and its
-  # default in vlpt.evaluation.evaluators.DATASET_DEFAULTS, documented in docs/evaluation.md
+  # default in vlpt.evaluation.suite.DATASET_DEFAULTS, documented in docs/evaluation.md
   c.eval.datasets = ml_collections.ConfigDict()
   c.eval.at_end = True
   return c
@@ -197,274 +197,145 @@ def imagenet_zeroshot_eval(c: ml_collections.ConfigDict) -> None:
       "imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}})
 
 
-# model towers take their classes' keyword arguments (checked against the signatures below)
-_SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer", "model.image", "model.text",
-                            "model.decoder")
+# Keys that moved in vlpt 0.2 -> where they live now. Old keys keep working for one release: they
+# are moved into place with a one-line notice (see :func:`migrate`).
+MOVED_KEYS = {
+    "model.init_from": "init.checkpoint",
+    "model.init_towers": "init.towers",
+    "model.lock_towers": "init.lock_towers",
+    "model.allow_random_lock": "init.allow_random_lock",
+    "model.caption_weight": "loss.caption_weight",
+    "model.image.image_size": "data.image_size",
+    "teacher.init_from": "teacher.checkpoint",
+}
+
+# Sections whose keys their owners check (tower constructors' keyword arguments, a tokenizer's
+# options, evaluation datasets).
+SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer", "model.image", "model.text",
+                           "model.decoder")
+
+POSITIVE_INTS = ("total_steps", "batch_size", "accumulation_steps", "log_every_steps",
+                 "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+
+
+def _get(config: Any, path: str) -> tuple[bool, Any]:
+  node = config
+  for part in path.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _set(config: Any, path: str, value: Any) -> None:
+  *parents, leaf = path.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+
+
+def _delete(config: Any, path: str) -> None:
+  *parents, leaf = path.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  del node[leaf]
+
+
+def migrate(config: Any, *, quiet: bool = False) -> list[str]:
+  """Moves keys of :data:`MOVED_KEYS` into place (in place); returns one notice per moved key.
+
+  ``config.model.image.image_size`` is dropped when it equals ``config.data.image_size`` (the
+  one owner of the resolution now); a different value is refused (ValueError), since older vlpt
+  refused it too. A new key set to a non-default value beside its old key is refused as well.
+  """
+  notices = []
+  defaults = default_config()
+  for old, new in MOVED_KEYS.items():
+    present, value = _get(config, old)
+    if not present:
+      continue
+    _, current = _get(config, new)
+    _, default = _get(defaults, new)
+    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+      if old == "model.image.image_size":
+        if value != current:
+          raise ValueError(f"config.model.image.image_size={value} differs from "
+                           f"config.data.image_size={current}; the resolution is set once now, "
+                           "in config.data.image_size: remove config.model.image.image_size")
+      elif _to_plain(current) != _to_plain(default) and _to_plain(current) != _to_plain(value):
+        raise ValueError(f"config.{old} (moved to config.{new}) and config.{new} are both set, "
+                         f"to {value!r} and {current!r}; keep config.{new} only")
+      else:
+        _set(config, new, value)
+      _delete(config, old)
+    notices.append(f"config.{old} is now config.{new} (the old key is accepted until vlpt 0.3)")
+  if notices and not quiet:
+    for notice in notices:
+      print(f"[vlpt] note: {notice}", file=sys.stderr, flush=True)
+  return notices
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def _to_plain(value: Any) -> Any:
+  if hasattr(value, "to_dict"):
+    return value.to_dict()
+  if isinstance(value, list):
+    return tuple(value)
+  return value
 
 
 def _check_keys(config: Any, schema: Any, prefix: str = "") -> None:
   for key in config.keys():
     path = f"{prefix}{key}"
-    if any(path.startswith(f"{s}.") for s in _SECTIONS_WITH_FREE_KEYS):
-      continue
     if key not in schema:
       close = difflib.get_close_matches(key, list(schema.keys()), n=1)
-      hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-      raise ConfigError(f"unknown config key 'config.{path}'{hint}")
+      hint = f" (did you mean config.{prefix}{close[0]}?)" if close else ""
+      raise ValueError(f"unknown config key 'config.{path}'{hint}")
     value, expected = config[key], schema[key]
-    if isinstance(value, ml_collections.ConfigDict) and isinstance(expected,
-                                                                   ml_collections.ConfigDict):
-      if path not in _SECTIONS_WITH_FREE_KEYS:
-        _check_keys(value, expected, f"{path}.")
+    if (isinstance(value, ml_collections.ConfigDict) and isinstance(expected, ml_collections.ConfigDict)
+        and path not in SECTIONS_WITH_FREE_KEYS):
+      _check_keys(value, expected, f"{path}.")
 
 
-def _positive_int(config: Any, key: str) -> None:
-  value = config[key]
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
-
-
-def validate(config: Any, *, num_devices: int, num_processes: int = 1) -> tuple[int, ...]:
-  """Checks ``config`` against the schema and the devices; returns the resolved mesh shape."""
+def check_structure(config: Any) -> None:
+  """Unknown keys (with a hint), non-positive step counts and sizes: one ValueError each."""
+  migrate(config)
   _check_keys(config, default_config())
-  for key in ("total_steps", "batch_size", "accumulation_steps", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "keep_checkpoints"):
-    _positive_int(config, key)
-  try:
-    mesh_shape = resolve_mesh_shape(dict(config.mesh), num_devices)
-  except ValueError as e:
-    raise ConfigError(f"{e} (config.mesh = {dict(config.mesh)})") from None
-  unknown_axes = set(config.mesh.keys()) - set(MESH_AXES)
-  if unknown_axes:
-    raise ConfigError(f"config.mesh has unknown axes {sorted(unknown_axes)}; use {MESH_AXES}")
-  dp = mesh_shape[0] * mesh_shape[1]
-  for key in ("batch_size", "eval.batch_size"):
-    value = config.batch_size if key == "batch_size" else config.eval.batch_size
-    if value % dp:
-      raise ConfigError(
-          f"config.{key}={value} is not divisible by the data-parallel size {dp} "
-          f"(mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
-    if value % num_processes:
-      raise ConfigError(f"config.{key}={value} is not divisible by {num_processes} processes")
-  k = config.accumulation_steps
-  if config.batch_size % (dp * k):
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} must split into {k} micro-batches on each of "
-        f"{dp} data-parallel shards; use a multiple of {dp * k}")
-  if config.data.image_size != config.model.image.image_size:
-    raise ConfigError(
-        f"config.data.image_size={config.data.image_size} differs from "
-        f"config.model.image.image_size={config.model.image.image_size}; set them equal")
-  if config.data.normalization not in ("clip", "siglip", "none"):
-    raise ConfigError(f"config.data.normalization must be clip, siglip or none, got "
-                      f"{config.data.normalization!r}")
-  _check_paths(config)
-  _check_registry_names(config)
-  _check_model(config)
-  _check_optimizer(config)
-  from vlpt.evaluation.evaluators import check_eval_config
-  try:
-    check_eval_config(config)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  return mesh_shape
-
-
-def _check_kwargs(section: str, given: Any, cls: Any, *, fixed: tuple[str, ...]) -> None:
-  import inspect
-  accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", *fixed)]
-  for key in given.keys():
-    if key not in accepted:
-      close = difflib.get_close_matches(key, accepted, n=1)
-      hint = f" (did you mean {section}.{close[0]}?)" if close else ""
-      raise ConfigError(f"unknown config key 'config.{section}.{key}'{hint}")
-
-
-def _check_model(config: Any) -> None:
-  from vlpt.models.coca import MultimodalDecoder
-  from vlpt.models.text import TextTransformer
-  from vlpt.models.vit import VisionTransformer
-  fixed = ("embed_dim", "rngs", "dtype", "param_dtype")
-  _check_kwargs("model.image", config.model.image, VisionTransformer, fixed=fixed)
-  _check_kwargs("model.text", config.model.text, TextTransformer, fixed=fixed)
-  _check_kwargs("model.decoder", config.model.decoder, MultimodalDecoder, fixed=fixed)
-  bad_lock = set(config.model.lock_towers) - {"image", "text"}
-  if bad_lock:
-    raise ConfigError(f"config.model.lock_towers={tuple(config.model.lock_towers)}: only "
-                      "'image' and 'text' towers can be locked")
-  _check_init_and_lock(config)
-  if config.model.name == "coca":
-    from vlpt.models.sizes import parse_text, tower_size
-    text, dec = config.model.text, config.model.decoder
-    size = lambda t: tower_size(parse_text(t.get("variant", "B")),  # noqa: E731
-                                **{k: t.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
-    widths = (config.model.embed_dim, size(text).width, size(dec).width)
-    if len(set(widths)) != 1:
-      raise ConfigError(f"CoCa needs config.model.embed_dim, the text tower width and the "
-                        f"decoder width equal (open_clip layout), got {widths}")
-    if config.model.image.get("pool", "coca") != "coca":
-      raise ConfigError("CoCa needs config.model.image.pool='coca'")
-    if config.accumulation_steps > 1:
-      raise ConfigError("CoCa with config.accumulation_steps > 1 is not supported; raise the "
-                        "number of devices or lower config.batch_size")
-    if config.loss.matryoshka_dims:
-      raise ConfigError("CoCa with config.loss.matryoshka_dims is not supported")
-  elif config.model.decoder:
-    raise ConfigError(f"config.model.decoder is for CoCa only (config.model.name="
-                      f"{config.model.name!r})")
-  init = config.model.init_from
-  if init:
-    from vlpt.pretrained import detect_format
-    from vlpt.weights.mapping import WeightsError
-    try:
-      detect_format(init)
-    except WeightsError as e:
-      raise ConfigError(f"config.model.init_from: {e}") from None
-
-
-def _check_init_and_lock(config: Any) -> None:
-  """init_towers names loadable parts; a locked tower must be one that init_from fills."""
-  model = config.model
-  towers = tuple(model.get("init_towers", ()) or ())
-  parts = {"image", "text"} | ({"decoder"} if model.name == "coca" else set())
-  bad = set(towers) - parts
-  if bad:
-    raise ConfigError(f"config.model.init_towers={towers}: choose among {sorted(parts)} "
-                      "(each with its projection); () loads the whole model")
-  if towers and not model.init_from:
-    raise ConfigError(f"config.model.init_towers={towers} needs config.model.init_from (the "
-                      "checkpoint to take them from)")
-  loaded = set(towers or parts) if model.init_from else set()
-  random = [t for t in model.lock_towers if t not in loaded]
-  if random and not model.get("allow_random_lock", False):
-    where = ("config.model.init_from is not set" if not model.init_from else
-             f"config.model.init_towers={towers} does not load it")
-    raise ConfigError(f"config.model.lock_towers={tuple(model.lock_towers)} would freeze the "
-                      f"randomly initialized {' and '.join(random)} tower ({where}); load it "
-                      "from a checkpoint, or set config.model.allow_random_lock=True if a frozen "
-                      "random tower is intended")
-
-
-def _check_optimizer(config: Any) -> None:
-  from vlpt.optim import OPTIMIZERS, SCHEDULES
-  oc = config.optimizer
-  if oc.name not in OPTIMIZERS:
-    raise ConfigError(f"config.optimizer.name={oc.name!r} is not one of: {', '.join(OPTIMIZERS)}")
-  if oc.schedule not in SCHEDULES:
-    raise ConfigError(f"config.optimizer.schedule={oc.schedule!r} is not one of: "
-                      f"{', '.join(SCHEDULES)}")
-
-
-def _check_registry_names(config: Any) -> None:
-  from vlpt.data.sources import SOURCES
-  from vlpt.data.tokenizers import TOKENIZERS
-  from vlpt.losses import LOSSES, TEACHER_LOSSES
-  from vlpt.models import MODELS
-  from vlpt.models.sizes import parse_text, parse_vit
-
-  teacher_loss = config.loss.name in TEACHER_LOSSES
-  checks = [("config.model.name", config.model.name, MODELS),
-            ("config.loss.name", config.loss.name,
-             TEACHER_LOSSES if teacher_loss else LOSSES),
-            ("config.data.tokenizer.name", config.data.tokenizer.name, TOKENIZERS),
-            ("config.data.train.source", config.data.train.source.partition(":")[0], SOURCES)]
-  for spec, _ in config.data.train.mixture:
-    checks.append(("config.data.train.mixture", str(spec).partition(":")[0], SOURCES))
-  for key, value, registry in checks:
-    if value not in registry:
-      names = registry.names() + (TEACHER_LOSSES.names() if registry is LOSSES else [])
-      raise ConfigError(f"{key}={value!r} is not one of: {', '.join(names)}")
-  from vlpt.losses import build_loss, build_teacher_loss
-  try:
-    (build_teacher_loss if teacher_loss else build_loss)(config.loss)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  if teacher_loss and not config.teacher.init_from:
-    raise ConfigError(f"config.loss.name={config.loss.name!r} needs a teacher: set "
-                      "config.teacher.init_from to a checkpoint vlpt.load accepts")
-  if config.teacher.init_from and not teacher_loss:
-    raise ConfigError(f"config.teacher.init_from is used by the teacher losses only "
-                      f"({', '.join(TEACHER_LOSSES.names())}), not {config.loss.name!r}")
-  if config.teacher.init_from:
-    from vlpt.pretrained import detect_format
-    from vlpt.weights.mapping import WeightsError
-    try:
-      detect_format(config.teacher.init_from)
-    except WeightsError as e:
-      raise ConfigError(f"config.teacher.init_from: {e}") from None
-    if config.model.name == "coca" or config.accumulation_steps > 1:
-      raise ConfigError("teacher losses are not supported with CoCa or accumulation_steps > 1")
-  if config.loss.name == "sigmoid" and config.model.init_logit_bias is None:
-    raise ConfigError("config.loss.name='sigmoid' needs a logit bias: set "
-                      "config.model.init_logit_bias (SigLIP: -10.0, with init_logit_scale ln 10)")
-  dims = tuple(config.loss.matryoshka_dims or ())
-  if dims and max(dims) > config.model.embed_dim:
-    raise ConfigError(f"config.loss.matryoshka_dims={dims} exceeds config.model.embed_dim="
-                      f"{config.model.embed_dim}")
-  try:
-    _, patch = parse_vit(config.model.image.variant)
-    parse_text(config.model.text.variant)
-  except ValueError as e:
-    raise ConfigError(f"config.model: {e}") from None
-  if config.model.image.image_size % patch:
-    raise ConfigError(f"config.model.image.image_size={config.model.image.image_size} is not "
-                      f"divisible by the patch size {patch} of {config.model.image.variant!r}")
-
-
-def _check_paths(config: Any) -> None:
-  """Sources that name files must point at existing files or directories."""
-  specs = [config.data.train.source] + [d.get("source") or "" for d in
-                                         config.eval.datasets.values()]
-  for entry in config.data.train.mixture:
-    if (len(entry) != 2 or not isinstance(entry[0], str)
-        or not isinstance(entry[1], (int, float)) or entry[1] <= 0):
-      raise ConfigError(f"config.data.train.mixture entries must be (source spec, positive "
-                        f"weight) pairs, got {tuple(entry)!r}")
-    specs.append(entry[0])
-  for spec in specs:
-    kind, _, arg = spec.partition(":")
-    if kind in ("wds", "arrayrecord", "parquet") and arg:
-      from vlpt.data.webdataset import expand_shards
-      paths = expand_shards(arg)
-      missing = [p for p in paths if not os.path.isfile(p)]
-      if not paths or missing:
-        raise ConfigError(f"data source {spec!r}: " + (
-            f"{missing[0]} does not exist ({len(missing)} of {len(paths)} shard(s) missing)"
-            if missing
-            else "no shard matches"))
-    elif kind == "files" and arg and not any(ch in arg for ch in "{*?["):
-      if not os.path.exists(arg):
-        raise ConfigError(f"data source {spec!r}: {arg} does not exist")
-  tok = config.data.tokenizer
-  for key in ("path", "model_path", "vocab_path"):
-    value = tok.get(key)
-    if value and not os.path.exists(os.path.expanduser(str(value))):
-      raise ConfigError(f"config.data.tokenizer.{key}={value!r} does not exist (the "
-                        f"{tok.name} tokenizer's file)")
-  if config.data.interpolation not in ("bicubic", "bilinear"):
-    raise ConfigError(f"config.data.interpolation must be bicubic or bilinear, got "
-                      f"{config.data.interpolation!r}")
-  lo, hi = (float(x) for x in config.data.train.crop_scale)
-  if not 0 < lo <= hi <= 1:
-    raise ConfigError(f"config.data.train.crop_scale={tuple(config.data.train.crop_scale)} must "
-                      "satisfy 0 < min <= max <= 1")
-  if not float(config.data.train.color_jitter) >= 0:
-    raise ConfigError(f"config.data.train.color_jitter={config.data.train.color_jitter} must be "
-                      ">= 0 (0: off)")
-  if not 0 <= config.data.max_bad_fraction <= 1:
-    raise ConfigError(f"config.data.max_bad_fraction={config.data.max_bad_fraction} must be in "
-                      "[0, 1]")
+  for key in POSITIVE_INTS:
+    value = config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"config.{key} must be a positive integer, got {value!r}")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """``'configs/demo.py:tiny'`` -> the file's ``get_config('tiny')`` (for scripts and notebooks)."""
-  import importlib.util
-
+  """A config: ``'configs/demo.py:tiny'`` (the file's ``get_config('tiny')``) or a run's
+  ``vlpt_config.json`` (over the defaults, moved keys migrated)."""
   path, _, variant = spec.partition(":")
   if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist")
+    raise ValueError(f"config file {path!r} does not exist")
+  if path.endswith(".json"):
+    if variant:
+      raise ValueError(f"{path}: a JSON config takes no variant (got {variant!r})")
+    with open(path, encoding="utf-8") as f:
+      return config_from_dict(json.load(f))
   module_spec = importlib.util.spec_from_file_location(
       f"vlpt_config_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant or None)
+
+
+def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (``vlpt_config.json``) as a ConfigDict, moved keys migrated quietly."""
+  config = ml_collections.ConfigDict(saved)
+  migrate(config, quiet=True)
+  return config

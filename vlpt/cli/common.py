@@ -12,7 +12,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vlpt.config import ConfigError, TrainingError
+from vlpt.config import MOVED_KEYS
+from vlpt.errors import ConfigError, TrainingError
 
 FLAGS = flags.FLAGS
 
@@ -72,7 +73,7 @@ def _split_dataset_settings(argv: list[str]) -> tuple[list[str], list[tuple[str,
   otherwise be refused as an unknown key. Unknown setting names still reach absl, which refuses
   them; validation then reports what the entry lacks.
   """
-  from vlpt.evaluation.evaluators import DATASET_DEFAULTS
+  from vlpt.evaluation.suite import DATASET_DEFAULTS
   rest, held = [], []
   for arg in argv:
     m = _DATASET_SETTING.match(arg)
@@ -103,9 +104,26 @@ def _apply_dataset_settings(config, held: list[tuple[str, str, str]]) -> None:
       datasets[name][key] = value
 
 
+def _rename_moved_keys(argv: list[str]) -> list[str]:
+  """``--config.OLD=V`` of a key that moved (vlpt.config.MOVED_KEYS) -> ``--config.NEW=V``, with a
+  one-line notice: old command lines keep working for one release."""
+  out = []
+  for arg in argv:
+    key, eq, value = arg.partition("=")
+    old = key[len("--config."):] if key.startswith("--config.") else None
+    if old in MOVED_KEYS:
+      new = MOVED_KEYS[old]
+      print(f"[vlpt] note: --config.{old} is now --config.{new} (the old flag is accepted until "
+            "vlpt 0.3)", file=sys.stderr, flush=True)
+      arg = f"--config.{new}{eq}{value}"
+    out.append(arg)
+  return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config load/override failures reported as one line."""
   _check_config_path(argv)
+  argv = _rename_moved_keys(argv)
   argv, held = _split_dataset_settings(argv)
   saved_argv = sys.argv
   sys.argv = argv  # config_flags finds the overrides in sys.argv, not in the argv it is given

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vlpt.weights.mapping import WeightsError
+from vlpt.errors import WeightsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if not args.print_config and not args.dst:
     parser.error("DST is required (or use --print-config)")
-  from vlpt.pretrained import detect_format, read_bundle, write_bundle
+  from vlpt.train.initialization import read_checkpoint
+  from vlpt.weights.formats import detect_format, write_bundle
   from vlpt.weights.resize import resize_model
   try:
     kind = detect_format(args.src)
-    bundle = read_bundle(args.src)
+    bundle = read_checkpoint(args.src)
     if args.image_size or args.context_length:
       bundle.model, bundle.params = resize_model(bundle.model, bundle.params,
                                                  image_size=args.image_size,

@@ -98,7 +98,7 @@ def _record_kind(pattern: str) -> tuple[str | None, str]:
   kind, sep, rest = pattern.partition(":")
   if sep and kind in ("wds", "arrayrecord", "parquet"):
     return (None if kind == "wds" else kind), rest
-  from vlpt.data.webdataset import expand_shards
+  from vlpt.data.files import expand_shards
   paths = expand_shards(pattern)
   if paths and all(p.endswith((".array_record", ".arrayrecord")) for p in paths):
     return "arrayrecord", pattern
@@ -124,7 +124,7 @@ def inspect(args: argparse.Namespace) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from vlpt.data.webdataset import DataError
+  from vlpt.errors import DataError
   args = _parser().parse_args(argv)
   try:
     if args.command == "build":

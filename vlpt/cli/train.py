@@ -9,12 +9,8 @@ from vlpt.cli.common import FLAGS, define_flags, prepare_runtime, run_main
 
 def main() -> None:
   prepare_runtime()
-  import jax
+  from vlpt.train import train  # (after prepare_runtime: JAX starts with the device count)
 
-  from vlpt.config import validate
-  from vlpt.train.trainer import train
-
-  validate(FLAGS.config, num_devices=jax.device_count(), num_processes=jax.process_count())
   train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 
 from vlpt.data.records import CorruptRecord, RecordSource
-from vlpt.data.shards import ShardSetWriter
+from vlpt.data.shard_writer import ShardSetWriter
 
 WRITER_OPTIONS = "group_size:1,uncompressed"
 READER_OPTIONS = "readahead_buffer_size:0"

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from vlpt.data.records import CAPTION_FIELDS, IMAGE_FIELDS, RecordSource, pick_field
-from vlpt.data.shards import ShardSetWriter
-from vlpt.data.webdataset import DataError
+from vlpt.data.shard_writer import ShardSetWriter
+from vlpt.errors import ConfigError, DataError
 
 SUFFIX = ".parquet"
 ROW_GROUP_SIZE = 16
@@ -62,7 +62,6 @@ class ParquetSource(RecordSource):
       self.image_field = pick_field(names, IMAGE_FIELDS, image_field, "image", where)
       self.caption_field = pick_field(names, CAPTION_FIELDS, caption_field, "caption", where)
     except ValueError as e:  # a ValueError too; the CLIs print it as one line
-      from vlpt.config import ConfigError
       raise ConfigError(str(e)) from None
     columns = [self.image_field, self.caption_field]
     columns += [c for c in ("captions", "key") if c in names and c not in columns]

@@ -10,13 +10,16 @@ and the iterator state is simply where the stream is.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any
 
 import grain
 import numpy as np
 
-from vlpt.data.sources import build_source, file_source_options
+from vlpt.data.files import SKIP_REASONS, check_files_exist
+from vlpt.data.normalization import check_normalization
+from vlpt.data.sources import SOURCES, build_source, file_source_options
 from vlpt.data.transforms import augment
 
 
@@ -82,7 +85,6 @@ class TrainTransform:
     if "skips" in example:
       out["skips"] = example["skips"]
     elif self.crop is not None:  # an in-memory source mixed with file sources: nothing skipped
-      from vlpt.data.webdataset import SKIP_REASONS
       out["skips"] = np.zeros(len(SKIP_REASONS), np.int32)
     return out
 
@@ -144,7 +146,6 @@ class SkipCounter:
     batch = next(self._iterator)
     skips = batch.pop("skips", None)
     if skips is not None:
-      from vlpt.data.webdataset import SKIP_REASONS
       totals = np.asarray(skips).reshape(-1, len(SKIP_REASONS)).sum(0)
       for reason, n in zip(SKIP_REASONS, totals):
         self.counts[reason] = self.counts.get(reason, 0) + int(n)
@@ -167,3 +168,43 @@ class SkipCounter:
     close = getattr(self._iterator, "close", None)
     if close is not None:
       close()
+
+
+def check_config(data_config: Any) -> None:
+  """``config.data`` -> ValueError naming the first problem; sources that name files must point
+  at existing files (cheap: nothing is opened or indexed)."""
+  dc = data_config
+  check_normalization(dc.normalization)
+  tc = dc.train
+  specs = [tc.source]
+  for entry in tc.mixture:
+    if (len(entry) != 2 or not isinstance(entry[0], str)
+        or not isinstance(entry[1], (int, float)) or entry[1] <= 0):
+      raise ValueError(f"config.data.train.mixture entries must be (source spec, positive "
+                       f"weight) pairs, got {tuple(entry)!r}")
+    specs.append(entry[0])
+  for spec in specs:
+    kind, _, arg = spec.partition(":")
+    where = "config.data.train.mixture" if spec is not tc.source else "config.data.train.source"
+    if kind not in SOURCES:
+      raise ValueError(f"{where}={kind!r} is not one of: {', '.join(SOURCES.names())}")
+    if kind in ("wds", "arrayrecord", "parquet") and arg:
+      check_files_exist(spec)
+  tok = dc.tokenizer
+  for key in ("path", "model_path", "vocab_path"):
+    value = tok.get(key)
+    if value and not os.path.exists(os.path.expanduser(str(value))):
+      raise ValueError(f"config.data.tokenizer.{key}={value!r} does not exist (the "
+                       f"{tok.name} tokenizer's file)")
+  if dc.interpolation not in ("bicubic", "bilinear"):
+    raise ValueError(f"config.data.interpolation must be bicubic or bilinear, got "
+                     f"{dc.interpolation!r}")
+  lo, hi = (float(x) for x in tc.crop_scale)
+  if not 0 < lo <= hi <= 1:
+    raise ValueError(f"config.data.train.crop_scale={tuple(tc.crop_scale)} must satisfy "
+                     "0 < min <= max <= 1")
+  if not float(tc.color_jitter) >= 0:
+    raise ValueError(f"config.data.train.color_jitter={tc.color_jitter} must be >= 0 (0: off)")
+  if not 0 <= dc.max_bad_fraction <= 1:
+    raise ValueError(f"config.data.max_bad_fraction={dc.max_bad_fraction} must be in [0, 1]")
+

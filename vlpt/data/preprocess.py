@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vlpt.data.normalization import OPENAI_MEAN, OPENAI_STD
+
 RESIZE_MODES = ("shortest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
@@ -21,8 +23,8 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   image_size: int
-  mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-  std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+  mean: tuple[float, float, float] = OPENAI_MEAN
+  std: tuple[float, float, float] = OPENAI_STD
   resize_mode: str = "shortest"
   interpolation: str = "bicubic"
 

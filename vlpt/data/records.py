@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlpt.data.transforms import CenterCrop, decode_image
-from vlpt.data.webdataset import DataError, RobustSource, expand_shards
+from vlpt.data.files import RobustSource, expand_shards
+from vlpt.errors import DataError
 
 log = logging.getLogger(__name__)
 

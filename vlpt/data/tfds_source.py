@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vlpt.data.transforms import CenterCrop, decode_image
-from vlpt.data.webdataset import RobustSource
+from vlpt.data.files import RobustSource
 
 _CAPTION_FIELDS = ("caption", "text", "captions")
 

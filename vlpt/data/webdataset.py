@@ -10,26 +10,16 @@ in memory per file) to record where each member's bytes lie; reading example ``i
 pipeline unchanged: global shuffling, disjoint per-process shares, and exact mid-epoch resume
 from the iterator state come for free.
 
-Robustness: a random-access source cannot drop an index, so an unusable example (undecodable
-image, empty or missing caption, member cut off by a truncated tar) is replaced by the next
-usable one, deterministically. Every example carries ``skips``, the number of unusable examples
-passed over to reach it by reason (:data:`SKIP_REASONS`), which the trainer sums into
-``data/skipped_<reason>``. If more than ``max_bad_fraction`` of the examples this process read are
-bad (checked after ``min_reads`` reads), :class:`DataError` names the worst shard. A truncated
-tar keeps what it holds up to the cut.
-
-Shard lists: brace patterns ``dir/{00000..00009}.tar`` (zero-padded ranges; also ``{a,b}``
-lists), globs, a text file with one path per line (relative to the file), several joined by
-``::``.
+Unusable examples (undecodable image, empty or missing caption, a member cut off by a truncated
+tar) are replaced and counted as every file source does (:mod:`vlpt.data.files`); a truncated tar
+keeps what it holds up to the cut. Shard lists: :func:`vlpt.data.files.expand_shards`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-import re
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -37,63 +27,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from vlpt.data.files import RobustSource, expand_shards
 from vlpt.data.transforms import CenterCrop, decode_image
+from vlpt.errors import DataError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-SKIP_REASONS = ("undecodable_image", "empty_caption", "truncated")
-
-
-try:  # the CLIs print a TrainingError as one line and exit 1
-  from vlpt.config import TrainingError as _Base
-except ImportError:  # pragma: no cover
-  _Base = RuntimeError
-
-
-class DataError(_Base):
-  """The data is too broken to train on (e.g. more bad examples than config.data.max_bad_fraction)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# shard lists
-
-
-def _expand_braces(pattern: str) -> list[str]:
-  m = re.search(r"\{([^{}]*)\}", pattern)
-  if not m:
-    return [pattern]
-  head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
-  r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-  if r:
-    lo, hi = r.group(1), r.group(2)
-    width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-    options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-  else:
-    options = body.split(",")
-  return [p for option in options for p in _expand_braces(head + option + tail)]
-
-
-def expand_shards(spec: str) -> list[str]:
-  """A shard spec (braces, globs, ``.txt`` list files, ``::``-joined) -> shard paths, in order."""
-  paths: list[str] = []
-  for part in filter(None, spec.split("::")):
-    if part.endswith((".txt", ".shards")) and os.path.isfile(part):
-      base = os.path.dirname(os.path.abspath(part))
-      with open(part, encoding="utf-8") as f:
-        for line in f:
-          line = line.strip()
-          if line and not line.startswith("#"):
-            paths.extend(expand_shards(line if os.path.isabs(line) else os.path.join(base, line)))
-      continue
-    for p in _expand_braces(part):
-      if any(ch in p for ch in "*?["):
-        paths.extend(sorted(glob.glob(p)))
-      else:
-        paths.append(p)
-  return paths
-
-
-def missing_shards(spec: str) -> list[str]:
-  return [p for p in expand_shards(spec) if not os.path.isfile(p)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,67 +167,6 @@ def parse_captions(txt: bytes | None, js: bytes | None) -> tuple[str, list[str]]
 
 # ---------------------------------------------------------------------------------------------
 # the source
-
-
-class RobustSource:
-  """Replacement of unusable examples by the next usable one, with counts and a bad-fraction cap.
-
-  Subclasses implement ``_load(index) -> (example or None, reason, where)``.
-  """
-
-  def __init__(self, *, max_bad_fraction: float = 0.1, min_reads: int = 256):
-    self.max_bad_fraction = float(max_bad_fraction)
-    self.min_reads = int(min_reads)
-    self._reset_counters()
-
-  def _reset_counters(self) -> None:
-    self._lock = threading.Lock()
-    self.reads = 0
-    self.bad = 0
-    self.skipped = dict.fromkeys(SKIP_REASONS, 0)
-    self.bad_by_where: dict[str, int] = {}
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state.pop("_lock", None)
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
-
-  def _load(self, index: int) -> tuple[dict | None, str, str]:
-    raise NotImplementedError
-
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    n = len(self)
-    if not 0 <= index < n:
-      raise IndexError(f"index {index} out of range for {n} examples")
-    skips = np.zeros(len(SKIP_REASONS), np.int32)
-    for attempt in range(n):
-      example, reason, where = self._load((index + attempt) % n)
-      with self._lock:
-        self.reads += 1
-        if example is None:
-          self.bad += 1
-          self.skipped[reason] += 1
-          self.bad_by_where[where] = self.bad_by_where.get(where, 0) + 1
-        self._check()
-      if example is not None:
-        example["skips"] = skips
-        return example
-      skips[SKIP_REASONS.index(reason)] += 1
-    raise DataError(f"{self!r}: no usable example at all (reasons: {self.skipped})")
-
-  def _check(self) -> None:
-    if self.reads >= self.min_reads and self.bad > self.max_bad_fraction * self.reads:
-      where, count = max(self.bad_by_where.items(), key=lambda kv: kv[1])
-      raise DataError(
-          f"{self.bad} of {self.reads} examples read were unusable ({self.bad / self.reads:.1%} > "
-          f"config.data.max_bad_fraction={self.max_bad_fraction}); worst shard: {where} "
-          f"({count} bad); reasons: {', '.join(f'{k}={v}' for k, v in self.skipped.items() if v)}. "
-          f"Check it with `vlpt-data inspect {where}`")
 
 
 class WebDatasetSource(RobustSource):

@@ -1,1 +1,2 @@
-"""Evaluation: metric definitions (CLIP_benchmark's) and the evaluators that run them sharded."""
+"""Evaluation: zero-shot classification, retrieval, linear probes and captioning over the
+datasets of ``config.eval.datasets`` (:mod:`vlpt.evaluation.suite`)."""

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from vlpt.data.loader import to_global
 from vlpt.data.transforms import CenterCrop, decode_image
-from vlpt.data.webdataset import DataError
+from vlpt.errors import DataError
 from vlpt.registry import Registry
 from vlpt.sharding import replicated
 

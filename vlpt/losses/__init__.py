@@ -14,13 +14,14 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vlpt.losses.captioning import caption_loss, coca_loss
+from vlpt.losses.captioning import caption_loss
 from vlpt.losses.contrastive import (leave_one_out_contrastive, sigmoid_contrastive,
                                      sigmoid_contrastive_sharded, softmax_contrastive,
                                      softmax_contrastive_sharded,
                                      softmax_uniformity_alignment_sharded, uniformity_alignment)
 from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 from vlpt.losses.teacher import cwcl_loss, distillation_loss
+from vlpt.config import default_config
 from vlpt.registry import Registry
 
 # Each entry: (loss config) -> fn(image_emb, text_emb, logit_scale, logit_bias, axes)
@@ -153,10 +154,16 @@ def _cwcl(impl: str = "gather") -> Callable:
   return fn
 
 
+# config.loss keys an objective reads (not a loss function's arguments)
+OBJECTIVE_KEYS = ("caption_weight",)
+
+
 def _filtered_kwargs(builder: Callable, name: str, kwargs: dict) -> dict:
+  """The builder's own keys of ``config.loss``; any other key must keep its default."""
   accepted = inspect.signature(builder).parameters
-  from vlpt.config import default_config  # the defaults of every loss key
   defaults = default_config().loss
+  for key in OBJECTIVE_KEYS:
+    kwargs.pop(key, None)
   for key in [k for k in kwargs if k not in accepted]:
     if kwargs.pop(key) != defaults.get(key):
       raise ValueError(f"config.loss.{key} does not apply to config.loss.name={name!r}")
@@ -173,6 +180,20 @@ def build_teacher_loss(loss_config: Any) -> Callable:
   return builder(**_filtered_kwargs(builder, name, kwargs))
 
 
+def is_teacher_loss(name: str) -> bool:
+  """Whether ``config.loss.name`` needs a frozen teacher (``config.teacher.checkpoint``)."""
+  return name in TEACHER_LOSSES
+
+
+def check_config(loss_config: Any) -> None:
+  """``config.loss`` -> ValueError naming the first problem (the loss is built, then dropped)."""
+  name = loss_config["name"]
+  if name not in LOSSES and name not in TEACHER_LOSSES:
+    raise ValueError(f"config.loss.name={name!r} is not one of: "
+                     f"{', '.join(LOSSES.names() + TEACHER_LOSSES.names())}")
+  (build_teacher_loss if is_teacher_loss(name) else build_loss)(loss_config)
+
+
 def build_loss(loss_config: Any) -> Callable:
   """``config.loss`` -> fn(image_emb, text_emb, scale, bias, axes) -> (global loss, metrics)."""
   kwargs = dict(loss_config.to_dict() if hasattr(loss_config, "to_dict") else loss_config)
@@ -186,5 +207,6 @@ def build_loss(loss_config: Any) -> Callable:
 
 
 __all__ = ["LOSSES", "TEACHER_LOSSES", "build_loss", "build_teacher_loss", "caption_loss",
-           "coca_loss", "cwcl_loss", "distillation_loss", "leave_one_out_contrastive",
+           "check_config", "is_teacher_loss",
+           "cwcl_loss", "distillation_loss", "leave_one_out_contrastive",
            "sigmoid_contrastive", "softmax_contrastive", "uniformity_alignment"]

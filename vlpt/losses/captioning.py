@@ -2,17 +2,14 @@
 
 ``logits [B, L, V]`` predict ``labels [B, L]`` (the text shifted by one); padding tokens are
 ignored and the mean runs over every non-pad target token of the whole batch (not per sequence),
-as open_clip's ``CoCaLoss``. CoCa's total objective is
-``contrastive_weight * contrastive + caption_weight * caption`` with weights 1.0 and 2.0.
+as open_clip's ``CoCaLoss``. CoCa's total objective (Eq. 3) is
+``contrastive + config.loss.caption_weight * caption`` (``vlpt.train.objectives.coca``).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-CONTRASTIVE_WEIGHT = 1.0
-CAPTION_WEIGHT = 2.0
 
 
 def caption_loss(logits: jax.Array, labels: jax.Array, *, pad_id: int = 0) -> jax.Array:
@@ -21,9 +18,3 @@ def caption_loss(logits: jax.Array, labels: jax.Array, *, pad_id: int = 0) -> ja
   nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
   mask = (labels != pad_id).astype(jnp.float32)
   return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def coca_loss(contrastive: jax.Array, caption: jax.Array, *,
-              contrastive_weight: float = CONTRASTIVE_WEIGHT,
-              caption_weight: float = CAPTION_WEIGHT) -> jax.Array:
-  return contrastive_weight * contrastive + caption_weight * caption

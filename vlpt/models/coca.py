@@ -50,6 +50,10 @@ class MultimodalDecoder(nnx.Module):
     return self.head(self.ln_final(x)).astype(jnp.float32)
 
 
+def _width(tower: dict) -> int:
+  return tower_size(parse_text(tower.get("variant", "B")), width=tower.get("width")).width
+
+
 class CoCa(CLIP):
   """CLIP's two towers (with CoCa pooling and a text CLS token) plus a captioning decoder."""
 
@@ -60,7 +64,11 @@ class CoCa(CLIP):
     image = {"pool": "coca", **image}
     text = {"embed_cls": True, **text}
     if image["pool"] != "coca" or not text["embed_cls"]:
-      raise ValueError("CoCa needs image pool='coca' and text embed_cls=True")
+      raise ValueError("CoCa needs config.model.image.pool='coca' and text embed_cls=True")
+    widths = (embed_dim, _width(text), _width(decoder))
+    if len(set(widths)) != 1:
+      raise ValueError(f"CoCa needs config.model.embed_dim, the text tower width and the decoder "
+                       f"width equal (open_clip's layout), got {widths}")
     super().__init__(image=image, text=text, embed_dim=embed_dim, rngs=rngs,
                      init_logit_scale=init_logit_scale, max_logit_scale=max_logit_scale,
                      init_logit_bias=init_logit_bias, dtype=dtype, param_dtype=param_dtype)

@@ -38,7 +38,8 @@ class VisionTransformer(nnx.Module):
     size, patch = parse_vit(variant)
     size = tower_size(size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim)
     if image_size % patch:
-      raise ValueError(f"image_size {image_size} is not divisible by the patch size {patch}")
+      raise ValueError(f"image size {image_size} (config.data.image_size) is not divisible by "
+                       f"the patch size {patch} of {variant!r}")
     if pool not in POOLINGS:
       raise ValueError(f"unknown image pooling {pool!r}; choose one of {POOLINGS}")
     if pool == "token" and not class_token:

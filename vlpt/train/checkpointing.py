@@ -1,13 +1,13 @@
 """Orbax checkpoints of the train state and the data iterator, as ``WORKDIR/checkpoints/<step>/``.
 
 Saves are asynchronous (training continues while arrays are written) and keep the newest N.
-The data iterator state is per process; when a checkpoint is restored on a different number of
-processes, it cannot apply, and the caller repositions the (deterministic) stream by step.
+The data iterator state is per process (``data/process_<i>-of-<n>.json``); a checkpoint written by
+a different number of processes has none for this one (:meth:`Checkpointer.has_data_state`), and
+the caller starts the (deterministic) stream at the restored step instead.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -17,9 +17,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vlpt.train.state import TrainState
-
-log = logging.getLogger(__name__)
-
 
 class Checkpointer:
   def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
@@ -41,28 +38,18 @@ class Checkpointer:
                                 data=grain.checkpoint.CheckpointSave(loader)),
         force=force)
 
-  def restore(self, step: int, abstract_state: TrainState, loader: Any | None
-              ) -> tuple[TrainState, bool]:
-    """Restores ``step`` onto the shardings in ``abstract_state``.
+  def has_data_state(self, step: int) -> bool:
+    """Whether ``step`` holds this process's data-iterator state (saved by as many processes)."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return os.path.isfile(os.path.join(self.directory, str(step), "data", name))
 
-    Returns (state, data_restored): the loader's state is restored when it was saved by the
-    same number of processes.
-    """
+  def restore(self, step: int, abstract_state: TrainState, loader: Any | None) -> TrainState:
+    """Restores ``step`` onto the shardings in ``abstract_state``, and ``loader``'s position when
+    one is given (only when :meth:`has_data_state`)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
     if loader is not None:
-      try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(loader)))
-        return restored["state"], True
-      except (ValueError, FileNotFoundError) as e:
-        if "does not exist" not in str(e):
-          raise
-        log.warning("data iterator state of step %d was written by a different number of "
-                    "processes than %d; repositioning the stream by step", step,
-                    jax.process_count())
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    return restored["state"], False
+      items["data"] = grain.checkpoint.CheckpointRestore(loader)
+    return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """Only the parameters of ``step``, as host numpy arrays (no optimizer state, no mesh).

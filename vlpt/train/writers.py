@@ -14,6 +14,8 @@ from typing import Mapping
 
 import jax
 
+METRICS_FILE = "metrics.jsonl"  # one JSON object per line, with "step"
+
 
 class MetricWriter:
   """Writes scalar dicts keyed by step to JSONL and TensorBoard."""
@@ -25,7 +27,7 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-from vlpt.weights.mapping import Rule, WeightsError, apply_rules, reshape, rule, scalar
+from vlpt.errors import WeightsError
+from vlpt.weights.mapping import Rule, apply_rules, reshape, rule, scalar
 
 
 def _unscan(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

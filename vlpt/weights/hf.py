@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from vlpt.models.sizes import parse_text, parse_vit, tower_size
-from vlpt.weights.mapping import (CONV, Rule, WeightsError, apply_rules, packed_in_bias,
-                                  packed_in_proj, heads_out, reshape, rule, scalar)
+from vlpt.errors import WeightsError
+from vlpt.weights.mapping import (CONV, Rule, apply_rules, packed_in_bias, packed_in_proj, heads_out, reshape, rule, scalar)
 from vlpt.weights.torch_blocks import hf_block, linear, norm
 
 _ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",

@@ -1,12 +1,14 @@
 """Reading and writing tensor files without executing pickled code.
 
 safetensors and ``.npz`` (``allow_pickle=False``) need no torch; ``.bin`` / ``.pt`` / ``.pth``
-go through ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+go through ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects from torch
+2.6 on; before 2.6 that guard can be bypassed (CVE-2025-32434), so older torch is refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -14,6 +16,18 @@ import numpy as np
 from vlpt.weights.mapping import WeightsError
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+SAFE_TORCH = (2, 6, 0)  # first release whose torch.load(weights_only=True) is safe (CVE-2025-32434)
+
+
+def _check_torch_version(path: str, version: str) -> None:
+  """Refuses torch releases (and pre-releases) before 2.6: their weights_only unpickler can be
+  made to run code from a crafted file."""
+  m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?\.?(a|b|rc|dev)?", str(version))
+  release = (int(m[1]), int(m[2]), int(m[3] or 0)) if m else (0, 0, 0)
+  if release < SAFE_TORCH or (release == SAFE_TORCH and m[4]):  # 2.6.0a0, 2.6.0.dev: pre-releases
+    raise WeightsError(f"{path}: torch {version} cannot read .bin/.pt files safely "
+                       "(torch.load(weights_only=True) is bypassable before torch 2.6, "
+                       "CVE-2025-32434); convert the file to safetensors or upgrade torch to >= 2.6")
 
 
 def _to_numpy_torch(t) -> np.ndarray:
@@ -43,6 +57,7 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise WeightsError(f"{path}: reading .bin/.pt files needs torch (pip install torch), or "
                        "convert the file to safetensors") from e
+  _check_torch_version(path, torch.__version__)
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as z:
       if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):

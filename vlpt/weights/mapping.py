@@ -13,10 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-
-class WeightsError(ValueError):
-  """A checkpoint that does not fit the model it is loaded into (names the offending tensors)."""
-
+from vlpt.errors import WeightsError
 
 Arrays = list[np.ndarray]
 

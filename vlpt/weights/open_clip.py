@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from vlpt.weights.mapping import (CONV, Rule, WeightsError, apply_rules, heads_in, heads_out,
-                                  packed_in_bias, rule, scalar)
+from vlpt.errors import WeightsError
+from vlpt.weights.mapping import (CONV, Rule, apply_rules, heads_in, heads_out, packed_in_bias, rule, scalar)
 from vlpt.weights.torch_blocks import linear, norm, open_clip_block, packed_attention
 
 _TEXT_POOL = {"argmax": "eot", "eos": "eos", "first": "first", "last": "last"}

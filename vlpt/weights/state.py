@@ -14,7 +14,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vlpt.weights.mapping import WeightsError, check_shapes
+from vlpt.errors import WeightsError
+from vlpt.weights.mapping import check_shapes
 
 
 def _scanned_stacks(model: nnx.Module) -> dict[str, int]:

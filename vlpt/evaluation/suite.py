@@ -24,23 +24,16 @@ import difflib
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from vlpt.data.files import check_files_exist
+from vlpt.data.normalization import normalize_images
 from vlpt.evaluation import metrics as M
 from vlpt.evaluation.datasets import READERS, EvalReader, open_reader, stream_images
 from vlpt.evaluation.embedding import embed_in_batches
-from vlpt.sharding import batch_sharding, replicated
-
-NORMALIZATION = {
-    # OpenAI CLIP's dataset statistics (Radford et al. 2021, released preprocessing)
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    # SigLIP / big_vision: [-1, 1]
-    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
+from vlpt.sharding import LogicalRules, activate, batch_sharding, replicated
 
 TASKS = ("zeroshot", "retrieval", "linear_probe", "captioning")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -66,13 +59,6 @@ DATASET_DEFAULTS: dict[str, Any] = {
     "caption_method": "greedy",  # greedy | beam
     "num_beams": 4,
 }
-
-
-def normalize_images(images_uint8: jax.Array, normalization: str) -> jax.Array:
-  """uint8 [.., 3] -> float32, scaled to [0, 1] then standardized with the family's constants."""
-  mean, std = NORMALIZATION[normalization]
-  x = images_uint8.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def dataset_settings(name: str, entry: Any) -> dict[str, Any]:
@@ -115,17 +101,19 @@ def dataset_settings(name: str, entry: Any) -> dict[str, Any]:
   return settings
 
 
-def check_eval_config(config: Any) -> None:
-  """Cheap checks of config.eval before anything is built (ValueError with the fix)."""
+def check_config(eval_config: Any, *, model_name: str) -> None:
+  """Cheap checks of ``config.eval`` before anything is built (ValueError with the fix)."""
   import os
-  for name, entry in config.eval.datasets.items():
+  for name, entry in eval_config.datasets.items():
     s = dataset_settings(name, entry)
     kind, _, arg = s["source"].partition(":")
     if kind == "imagefolder" and not os.path.isdir(os.path.expanduser(arg)):
       raise ValueError(f"config.eval.datasets.{name}.source={s['source']!r}: no such directory")
-    if "captioning" in s["tasks"] and config.model.name != "coca":
+    if kind == "wds" and arg:
+      check_files_exist(s["source"])
+    if "captioning" in s["tasks"] and model_name != "coca":
       raise ValueError(f"config.eval.datasets.{name}.tasks has 'captioning', which needs a "
-                       f"captioner (config.model.name='coca'), not {config.model.name!r}")
+                       f"captioner (config.model.name='coca'), not {model_name!r}")
 
 
 class Encoders:
@@ -175,6 +163,7 @@ class EvalContext:
 
   graphdef: nnx.GraphDef
   mesh: Mesh
+  rules: LogicalRules
   param_shardings: Any
   tokenizer: Any
   normalization: str
@@ -183,7 +172,6 @@ class EvalContext:
   batch_size: int = 256  # global
   seed: int = 0
   data_dir: str | None = None
-  model_name: str = "clip"
 
 
 def _known_metadata(reader: EvalReader) -> tuple[list[str] | None, list[str] | None]:
@@ -335,24 +323,25 @@ def _keyed(dataset: str, task: str, values: dict[str, float]) -> dict[str, float
   return {f"{dataset}/{task}/{k}": float(v) for k, v in values.items()}
 
 
-class Evaluator:
+class EvalSuite:
   """Every configured dataset, built once (prompts tokenized, captions read) and run on demand."""
 
   def __init__(self, config: Any, ctx: EvalContext):
-    self.encoders = Encoders(ctx.graphdef, ctx.mesh, ctx.param_shardings, ctx.normalization)
-    self.datasets = []
-    for name, entry in sorted(config.eval.datasets.items()):
-      self.datasets.append(DatasetEvaluator(name, dataset_settings(name, entry), ctx,
-                                            self.encoders))
+    self.ctx = ctx
+    with activate(ctx.mesh, ctx.rules):
+      self.encoders = Encoders(ctx.graphdef, ctx.mesh, ctx.param_shardings, ctx.normalization)
+      self.datasets = [DatasetEvaluator(name, dataset_settings(name, entry), ctx, self.encoders)
+                       for name, entry in sorted(config.eval.datasets.items())]
     self.default_every = int(config.eval_every_steps)
 
   def due(self, step: int) -> bool:
     return any(ds.due(step, self.default_every) for ds in self.datasets)
 
   def __call__(self, params: Any, step: int | None = None) -> dict[str, float]:
-    """All datasets (``step`` given: only those due at that step)."""
+    """All datasets (``step`` given: only those due at that step), under the run's mesh."""
     results: dict[str, float] = {}
-    for ds in self.datasets:
-      if step is None or ds.due(step, self.default_every):
-        results.update(ds(params))
+    with activate(self.ctx.mesh, self.ctx.rules):
+      for ds in self.datasets:
+        if step is None or ds.due(step, self.default_every):
+          results.update(ds(params))
     return results

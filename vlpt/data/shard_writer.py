@@ -1,0 +1,84 @@
+"""The base of every shard writer: numbered files of ``shard_size`` samples and ``shards.txt``.
+
+The container formats subclass :class:`ShardSetWriter` (tar in :mod:`vlpt.data.shards`,
+ArrayRecord in :mod:`vlpt.data.arrayrecord`, Parquet in :mod:`vlpt.data.parquet`);
+:func:`vlpt.data.shards.make_writer` picks one by name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class ShardSetWriter:
+  """Base of the shard writers: ``out/{00000..}SUFFIX``, ``shard_size`` samples each.
+
+  ``write`` names each sample ``SSSSSRRRR`` (shard, row) and opens the next file when one is full;
+  ``close`` finishes the last file and writes ``shards.txt``. Subclasses say how a file is
+  opened, written and closed; ``vlpt-data build`` fills any of them.
+  """
+
+  suffix = ""
+  source_kind = ""
+
+  def __init__(self, out_dir: str, shard_size: int = 10000):
+    if shard_size < 1:
+      raise ValueError(f"shard size must be positive, got {shard_size}")
+    self.out_dir = out_dir
+    self.shard_size = shard_size
+    self.count = 0
+    self.paths: list[str] = []
+    self._file: Any = None
+    os.makedirs(out_dir, exist_ok=True)
+
+  def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
+    shard, row = divmod(self.count, self.shard_size)
+    if row == 0:
+      self._finish_file()
+      path = os.path.join(self.out_dir, f"{shard:05d}{self.suffix}")
+      self.paths.append(path)
+      self._file = self._open_file(path)
+    key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
+    self._write_sample(key, image, ext, caption, meta)
+    self.count += 1
+    return key
+
+  def _finish_file(self) -> None:
+    if self._file is not None:
+      self._close_file(self._file)
+      self._file = None
+
+  def close(self) -> str:
+    """Closes the last shard; writes ``shards.txt`` and returns the brace pattern of the shards."""
+    self._finish_file()
+    return finish_shards(self.out_dir, self.paths, self.suffix)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def _open_file(self, path: str) -> Any:
+    raise NotImplementedError
+
+  def _write_sample(self, key: str, image: bytes, ext: str, caption: str | None,
+                    meta: dict | None) -> None:
+    raise NotImplementedError
+
+  def _close_file(self, handle: Any) -> None:
+    handle.close()
+
+
+def shard_pattern(out_dir: str, n: int, suffix: str = ".tar") -> str:
+  if n == 1:
+    return os.path.join(out_dir, f"00000{suffix}")
+  return os.path.join(out_dir, f"{{00000..{n - 1:05d}}}{suffix}")
+
+
+def finish_shards(out_dir: str, paths: list[str], suffix: str) -> str:
+  """Writes ``out_dir/shards.txt`` (one file name a line); returns the brace pattern."""
+  with open(os.path.join(out_dir, "shards.txt"), "w", encoding="utf-8") as f:
+    f.writelines(os.path.basename(p) + "\n" for p in paths)
+  return shard_pattern(out_dir, len(paths), suffix)

@@ -1,0 +1,157 @@
+"""Where a run's parameters start (``config.init``): any checkpoint vlpt reads, whole or by
+tower, resized to the config, and which towers stay locked.
+
+:func:`read_checkpoint` is the one reader of every source that ``vlpt.load``,
+``config.init.checkpoint`` and ``config.teacher.checkpoint`` accept: the formats of
+:mod:`vlpt.weights.formats` plus a training workdir, whose checkpoints the trainer owns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vlpt import sharding as S
+from vlpt.config import WORKDIR_CONFIG, config_from_dict
+from vlpt.data.normalization import NORMALIZATION
+from vlpt.data.preprocess import Preprocess
+from vlpt.data.tokenizers import build_tokenizer
+from vlpt.errors import ConfigError, WeightsError
+from vlpt.models import build_model, model_kwargs
+from vlpt.train.checkpointing import Checkpointer
+from vlpt.weights.formats import Bundle, detect_format, read_bundle
+from vlpt.weights.resize import resize_model
+from vlpt.weights.state import flat_params, pure_tree
+
+LOCKABLE = ("image", "text")
+
+
+def check_config(config: Any) -> None:
+  """``config.init`` -> ValueError naming the first problem (the checkpoint is not read)."""
+  init = config.init
+  towers = tuple(init.towers or ())
+  parts = {"image", "text"} | ({"decoder"} if config.model.name == "coca" else set())
+  bad_lock = set(init.lock_towers) - set(LOCKABLE)
+  if bad_lock:
+    raise ValueError(f"config.init.lock_towers={tuple(init.lock_towers)}: only 'image' and "
+                     "'text' towers can be locked")
+  bad = set(towers) - parts
+  if bad:
+    raise ValueError(f"config.init.towers={towers}: choose among {sorted(parts)} (each with its "
+                     "projection); () loads the whole model")
+  if towers and not init.checkpoint:
+    raise ValueError(f"config.init.towers={towers} needs config.init.checkpoint (the checkpoint "
+                     "to take them from)")
+  loaded = set(towers or parts) if init.checkpoint else set()
+  random = [t for t in init.lock_towers if t not in loaded]
+  if random and not init.allow_random_lock:
+    where = ("config.init.checkpoint is not set" if not init.checkpoint else
+             f"config.init.towers={towers} does not load it")
+    raise ValueError(f"config.init.lock_towers={tuple(init.lock_towers)} would freeze the "
+                     f"randomly initialized {' and '.join(random)} tower ({where}); load it from "
+                     "a checkpoint, or set config.init.allow_random_lock=True if a frozen random "
+                     "tower is intended")
+  if init.checkpoint:
+    try:
+      detect_format(init.checkpoint)
+    except WeightsError as e:
+      raise ValueError(f"config.init.checkpoint: {e}") from None
+
+
+def read_checkpoint(path: str, step: int | None = None) -> Bundle:
+  """Any source ``vlpt.load`` accepts, as a :class:`~vlpt.weights.formats.Bundle`."""
+  if detect_format(path) == "workdir":
+    return read_workdir(path, step)
+  return read_bundle(path)
+
+
+def read_workdir(path: str, step: int | None = None) -> Bundle:
+  """A training run's latest (or ``step``) checkpoint: its parameters only, read to the host."""
+  with open(os.path.join(path, WORKDIR_CONFIG), encoding="utf-8") as f:
+    config = config_from_dict(json.load(f))
+  tokenizer = build_tokenizer(config.data.tokenizer)
+  model_cfg = model_kwargs(config.model, image_size=config.data.image_size,
+                           vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length)
+  model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+  graphdef, abstract = nnx.split(model, nnx.Param)
+  checkpointer = Checkpointer(path, keep=1, async_save=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first")
+    params = checkpointer.restore_params(step, abstract.to_pure_dict())
+  finally:
+    checkpointer.close()
+  abstract.replace_by_pure_dict(params)
+  mean, std = NORMALIZATION[config.data.normalization]
+  return Bundle(model_cfg, flat_params(nnx.merge(graphdef, abstract)),
+                config.data.tokenizer.to_dict(),
+                Preprocess(image_size=config.data.image_size, mean=mean, std=std), "workdir")
+
+
+def place(value: Any, sharding: jax.sharding.Sharding, dtype: Any = np.float32) -> jax.Array:
+  """A host array as a global array with ``sharding`` (each device reads its own slice)."""
+  value = np.asarray(value).astype(dtype)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def pretrained_params(setup: Any, random_params: Any = None) -> Any:
+  """``config.init.checkpoint`` read, resized to the config, placed with the params' shardings
+  (``setup``: a :class:`vlpt.train.setup.Setup`).
+
+  The config's model must describe the checkpoint's architecture (``vlpt-convert SRC
+  --print-config`` prints it); any mismatch is reported by tensor name. With
+  ``config.init.towers`` (e.g. ``("image",)`` for LiT) only those parts are taken from the
+  checkpoint (only they must match it, and only they are resized); everything else keeps the
+  random initialization drawn from ``config.seed`` (``random_params``, the placed random
+  parameters; drawn again here when not given).
+  """
+  config = setup.config
+  path = config.init.checkpoint
+  towers = tuple(config.init.towers or ())
+  whole = not towers
+  try:
+    bundle = read_checkpoint(path)
+    _, flat = resize_model(
+        bundle.model, bundle.params,
+        image_size=config.data.image_size if whole or "image" in towers else None,
+        context_length=(setup.model_config["text"]["context_length"]
+                        if whole or "text" in towers else None))
+    abstract_model = nnx.eval_shape(lambda: build_model(setup.model_config, nnx.Rngs(0)))
+    if whole:
+      trees = {None: pure_tree(abstract_model, flat)}
+    else:
+      trees = {tower: _tower_tree(abstract_model, flat, tower, towers) for tower in towers}
+  except (WeightsError, ValueError) as e:
+    raise ConfigError(f"config.init.checkpoint={path!r}: {e}") from None
+  shardings = setup.state_shardings.params
+  dtypes = jax.tree.map(lambda a: a.dtype, setup.abstract_state.params)
+  if None in trees:
+    return jax.tree.map(place, trees[None], shardings, dtypes)
+  params = random_params
+  if params is None:  # the parameters initial_state draws (same key, same split); the
+    # optimizer-state half of init_fn is dead code under jit
+    key_data = jax.random.key_data(jax.random.key(config.seed))
+    with S.activate(setup.mesh, setup.rules):
+      params = jax.jit(lambda k: setup.init_fn(k).params, out_shardings=shardings)(key_data)
+  params = dict(params)
+  for tower, tree in trees.items():
+    params[tower] = jax.tree.map(place, tree, shardings[tower], dtypes[tower])
+  return params
+
+
+def _tower_tree(abstract_model: Any, flat: dict, tower: str, towers: tuple[str, ...]) -> Any:
+  prefix = f"{tower}."
+  part = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  if not part:
+    raise WeightsError(f"the checkpoint has no {tower!r} parameters to load "
+                       f"(config.init.towers={towers})")
+  try:
+    return pure_tree(getattr(abstract_model, tower), part)
+  except WeightsError as e:
+    raise WeightsError(f"{tower} tower: {e}") from None

@@ -1,0 +1,27 @@
+"""Training objectives: each owns its forward pass, loss terms and metric names.
+
+The first objective in :data:`OBJECTIVES` whose ``applies(config)`` holds is the run's; adding
+one is a new module here and a line in that tuple, nothing in the step or the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlpt.train.objectives.base import Objective
+from vlpt.train.objectives.coca import CocaObjective
+from vlpt.train.objectives.contrastive import ContrastiveObjective
+from vlpt.train.objectives.distillation import DistillationObjective
+
+# in order of precedence; ContrastiveObjective applies to every config (the default)
+OBJECTIVES: tuple[type[Objective], ...] = (DistillationObjective, CocaObjective,
+                                           ContrastiveObjective)
+
+
+def objective_class(config: Any) -> type[Objective]:
+  """The objective ``config`` asks for."""
+  return next(cls for cls in OBJECTIVES if cls.applies(config))
+
+
+__all__ = ["OBJECTIVES", "CocaObjective", "ContrastiveObjective", "DistillationObjective",
+           "Objective", "objective_class"]

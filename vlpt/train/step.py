@@ -1,0 +1,73 @@
+"""The pure, jitted training step: the objective's value and gradient, one optimizer update,
+the model's constraints, and the step's metrics.
+
+A step whose loss or gradient is not finite changes nothing but the step counter (the data
+stream moves on); the loop's :class:`~vlpt.train.watches.NonFiniteWatch` stops a run that keeps
+producing them. The train state is donated: its buffers are reused for the next state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from vlpt import sharding as S
+from vlpt.optim import learning_rate_schedule
+from vlpt.train.metrics import train_metrics
+from vlpt.train.objectives import Objective
+from vlpt.train.setup import Setup
+from vlpt.train.state import TrainState, pure_params
+
+
+def make_train_step(setup: Setup, objective: Objective) -> Callable:
+  """``step(state, batch) -> (state, metrics)``, jitted with the state's shardings.
+
+  The objective's extra inputs (a teacher's parameters) are bound here as a non-donated
+  argument, so the returned callable has the same signature for every objective.
+  """
+  config, mesh, graphdef, tx = setup.config, setup.mesh, setup.graphdef, setup.tx
+  schedule = learning_rate_schedule(config)
+  metrics_cls = train_metrics(tuple(objective.extra_terms))
+  patch_dropout = float(config.model.image.get("patch_dropout", 0.0) or 0.0)
+  poisoned = tuple(int(x) for x in config.debug_nonfinite_steps)
+
+  def step(state: TrainState, batch: dict[str, jax.Array], aux: Any = None):
+    if patch_dropout > 0:  # per-example keys, split with the batch (also across micro-batches)
+      key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+      keys = jax.random.key_data(jax.random.split(key, batch["image"].shape[0]))
+      batch = {**batch, "keys": jax.lax.with_sharding_constraint(keys, S.batch_sharding(mesh, 2))}
+    (loss, metrics), grads = objective.value_and_grad(state.params, batch, aux)
+    if poisoned:  # testing aid (config.debug_nonfinite_steps): a NaN batch's gradient
+      hit = jnp.isin(state.step + 1, jnp.asarray(poisoned))
+      grads = jax.tree.map(lambda g: jnp.where(hit, jnp.nan, g), grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    model = nnx.merge(graphdef, optax.apply_updates(state.params, updates))
+    model.apply_constraints()
+
+    def keep(new, old):  # a non-finite step keeps the old values
+      return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    new_state = state.replace(step=state.step + 1, params=keep(pure_params(model), state.params),
+                              opt_state=keep(opt_state, state.opt_state))
+    step_metrics = metrics_cls.single_from_model_output(
+        loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"],
+        **{term: metrics[term] for term in objective.extra_terms},
+        grad_norm=grad_norm, logit_scale=objective.logit_params(state.params)[0],
+        learning_rate=schedule(state.step), skipped_nonfinite=1.0 - finite.astype(jnp.float32))
+    return new_state, step_metrics
+
+  batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
+  aux, aux_shardings = objective.aux_inputs()
+  out_shardings = (setup.state_shardings, S.replicated(mesh))
+  if aux is None:
+    return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
+                   out_shardings=out_shardings, donate_argnums=0)
+  jitted = jax.jit(step, in_shardings=(setup.state_shardings, batch_sh, aux_shardings),
+                   out_shardings=out_shardings, donate_argnums=0)
+  return lambda state, batch: jitted(state, batch, aux)
