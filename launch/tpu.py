@@ -27,6 +27,16 @@ from job import Job, add_job_args, job_from_args, split_command  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def remote_path(path: str) -> str:
+  """``path`` as one word of the remote shell: quoted, except that a leading ``~/`` stays bare so
+  the remote shell still expands it to the home directory."""
+  if path == "~" or path == "~/":
+    return path
+  if path.startswith("~/"):
+    return "~/" + shlex.quote(path[2:])
+  return shlex.quote(path)
+
+
 def commands(job: Job, *, zone: str, project: str | None, accelerator_type: str,
              runtime_version: str, spot: bool, reuse: bool, remote_dir: str, log: str
              ) -> list[list[str]]:
@@ -38,14 +48,16 @@ def commands(job: Job, *, zone: str, project: str | None, accelerator_type: str,
               "--runtime-version", runtime_version, *where]
     out.append(create + (["--spot"] if spot else []))
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *where]
+  # scp's destination is an argument (scp's SFTP protocol takes it literally), not shell text;
+  # everything after --command is run by the remote shell, so every value in it is quoted
   out.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "--worker=all", REPO,
               f"{job.name}:{remote_dir}", *where])
-  out.append([*ssh, "--worker=all", "--command",
-              f"cd {remote_dir} && pip install -q -e '.[tpu]'"])
+  cd = f"cd {remote_path(remote_dir)}"
+  out.append([*ssh, "--worker=all", "--command", f"{cd} && pip install -q -e '.[tpu]'"])
   env = " ".join(f"{k}={shlex.quote(v)}" for k, v in (("VLPT_DISTRIBUTED", "auto"), *job.env))
-  run = (f"cd {remote_dir} && {env} nohup {job.command_line} > {log} 2>&1 &")
+  run = f"{cd} && {env} nohup {job.command_line} > {remote_path(log)} 2>&1 &"
   out.append([*ssh, "--worker=all", "--command", run])
-  out.append([*ssh, "--worker=0", "--command", f"tail -n +1 -F {log}"])
+  out.append([*ssh, "--worker=0", "--command", f"tail -n +1 -F {remote_path(log)}"])
   return out
 
 
