@@ -93,10 +93,6 @@ def _block_offset(local_batch: int, axes: AxisNames) -> jax.Array:
   return jax.lax.axis_index(tuple(axes)) * local_batch
 
 
-def _retrieval_hits(logits: jax.Array, positive: jax.Array) -> jax.Array:
-  return jnp.sum(jnp.argmax(logits, axis=-1) == positive)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _clip_gather_local(img, all_txt, scale, axes):
   return _clip_gather_fwd(img, all_txt, scale, axes)[0]
@@ -209,24 +205,35 @@ def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
 def sigmoid_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
                                 logit_scale: jax.Array, logit_bias: jax.Array,
                                 axes: AxisNames) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Global SigLIP loss from local blocks (local image rows against all texts)."""
+  """Global SigLIP loss from local blocks (local image rows against all texts).
+
+  Both in-batch accuracies come from the loss's own b x B logits (a hit: the positive beats every
+  negative of its row / column, as in the softmax and ring losses): the text->image column
+  maxima are reduced over devices with one pmax of a B-vector, so no image gather and no second
+  matmul run for them.
+  """
   if logit_bias is None:
     raise ValueError("the sigmoid loss needs a logit bias: set config.model.init_logit_bias "
                      "(SigLIP uses -10)")
+  axes = tuple(axes)
   b = image_emb.shape[0]
   all_txt = _gather(text_emb, axes)
   n = all_txt.shape[0]
-  positive = _block_offset(b, axes) + jnp.arange(b)
+  offset = _block_offset(b, axes)
+  positive = offset + jnp.arange(b)
   logits = logit_scale * jnp.dot(image_emb, all_txt.T, precision="highest") + logit_bias
-  z = jnp.where(jnp.arange(n)[None, :] == positive[:, None], 1.0, -1.0)
-  loss = -jax.lax.psum(jnp.sum(jax.nn.log_sigmoid(z * logits)), tuple(axes)) / n
-  all_img = _gather(image_emb, axes)
-  t2i = jnp.dot(text_emb, all_img.T, precision="highest")
-  metrics = {
-      "i2t_acc": jax.lax.psum(_retrieval_hits(logits, positive), tuple(axes)) / n,
-      "t2i_acc": jax.lax.psum(_retrieval_hits(t2i, positive), tuple(axes)) / n,
-  }
-  return loss, metrics
+  is_positive = jnp.arange(n)[None, :] == positive[:, None]
+  z = jnp.where(is_positive, 1.0, -1.0)
+  loss = -jax.lax.psum(jnp.sum(jax.nn.log_sigmoid(z * logits)), axes) / n
+  scores = jax.lax.stop_gradient(logits)  # accuracies only from here on
+  pos = jnp.take_along_axis(scores, positive[:, None], axis=1)[:, 0]
+  negatives = jnp.where(is_positive, -jnp.inf, scores)
+  # this device's rows hold the positives of columns offset..offset+b
+  best_negative_col = jax.lax.dynamic_slice_in_dim(
+      jax.lax.pmax(negatives.max(axis=0), axes), offset, b)
+  hits = jnp.stack([jnp.sum(pos > negatives.max(axis=1)), jnp.sum(pos > best_negative_col)])
+  hits = jax.lax.psum(hits, axes) / n
+  return loss, {"i2t_acc": hits[0], "t2i_acc": hits[1]}
 
 
 def _uniformity_terms(local: jax.Array, everyone: jax.Array, offset: jax.Array, t: float
