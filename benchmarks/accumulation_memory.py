@@ -27,25 +27,29 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
 
+  from vlpt import sharding as S
   from vlpt.config import load_config
-  from vlpt.train import trainer as T
+  from vlpt.train.objectives import objective_class
+  from vlpt.train.setup import build
+  from vlpt.train.step import make_train_step
 
   results = []
   for k in (int(x) for x in args.ks.split(",")):
     config = load_config(args.config)
     config.batch_size = args.batch
     config.accumulation_steps = k
-    setup = T.build(config)
+    setup = build(config)
     size = config.data.image_size
     length = setup.tokenizer.context_length
     batch = {
         "image": jax.ShapeDtypeStruct((args.batch, size, size, 3), jnp.uint8,
-                                      sharding=T.S.batch_sharding(setup.mesh, 4)),
+                                      sharding=S.batch_sharding(setup.mesh, 4)),
         "text": jax.ShapeDtypeStruct((args.batch, length), jnp.int32,
-                                     sharding=T.S.batch_sharding(setup.mesh, 2)),
+                                     sharding=S.batch_sharding(setup.mesh, 2)),
     }
-    with T.S.activate(setup.mesh, setup.rules):
-      compiled = T.make_train_step(setup).lower(setup.abstract_state, batch).compile()
+    step = make_train_step(setup, objective_class(config)(setup))
+    with S.activate(setup.mesh, setup.rules):
+      compiled = step.lower(setup.abstract_state, batch).compile()
     temp = int(compiled.memory_analysis().temp_size_in_bytes)
     results.append((k, temp))
     print(f"{args.config} batch {args.batch} on {jax.device_count()} devices, k={k}: "

@@ -35,15 +35,19 @@ class VlptRunner:
   def __init__(self, config):
     import jax
 
-    from vlpt.train import trainer as T
+    from vlpt import sharding as S
+    from vlpt.train.loop import make_loader
+    from vlpt.train.objectives import objective_class
+    from vlpt.train.setup import build, initial_state
+    from vlpt.train.step import make_train_step
     self.jax = jax
-    self.setup = T.build(config)
-    self.state = T.initial_state(self.setup)
-    self.step_fn = T.make_train_step(self.setup)
-    loader = T.make_loader(self.setup)
+    self.setup = build(config)
+    self.state = initial_state(self.setup)
+    self.step_fn = make_train_step(self.setup, objective_class(config)(self.setup))
+    loader = make_loader(self.setup)
     self.batch = next(loader)
     loader.close()
-    self.activate = lambda: T.S.activate(self.setup.mesh, self.setup.rules)
+    self.activate = lambda: S.activate(self.setup.mesh, self.setup.rules)
     start = time.perf_counter()
     self.run(1)
     self.compile_s = time.perf_counter() - start
@@ -122,8 +126,6 @@ def main() -> None:
   import jax
 
   from vlpt.config import load_config
-  from vlpt.data.tokenizers import build_tokenizer
-  from vlpt.train.trainer import resolve_model_config
 
   config = load_config(args.config)
   if args.batch:
@@ -131,8 +133,9 @@ def main() -> None:
   vlpt = VlptRunner(config)
   runners = {"vlpt": vlpt}
   if args.open_clip:
-    model_config = resolve_model_config(config, build_tokenizer(config.data.tokenizer))
-    runners["open_clip"] = OpenClipRunner(config, model_config, args.threads)
+    # the resolved model kwargs (vlpt.models.model_kwargs): the resolution, vocabulary and
+    # context length filled in
+    runners["open_clip"] = OpenClipRunner(config, vlpt.setup.model_config, args.threads)
   times: dict[str, list[float]] = {name: [] for name in runners}
   for _ in range(args.blocks):
     for name, runner in runners.items():
