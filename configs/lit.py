@@ -15,11 +15,11 @@ The paper's ViT-g/14 (JFT-3B) tower is not public. Here the locked tower is any 
 that vlpt.load reads: ``config.init.checkpoint`` names the checkpoint (an open_clip directory, an
 HF CLIPModel directory, a vlpt export or training workdir) and ``config.init.towers =
 ("image",)`` takes only its image tower, with its projection, which then stays locked
-(``lock_towers``); the text tower (ViT-B-sized: 12 layers, 768 wide, as in Sec. 5.4) starts from
-the random init and may differ from the checkpoint's. ``config.model.image`` must describe the
-checkpoint's image tower (``vlpt-convert SRC --print-config`` prints it; OpenAI weights need
-``act="quick_gelu"``) and ``embed_dim`` its projection width. Tokenizer: CLIP's BPE (the paper
-used sentencepiece or wordpiece vocabularies, Table 4).
+(``config.init.lock_towers``); the text tower (ViT-B-sized: 12 layers, 768 wide, as in Sec.
+5.4) starts from the random init and may differ from the checkpoint's. ``config.model.image``
+must describe the checkpoint's image tower (``vlpt-convert SRC --print-config`` prints it;
+OpenAI weights need ``act="quick_gelu"``) and ``embed_dim`` its projection width. Tokenizer:
+CLIP's BPE (the paper used sentencepiece or wordpiece vocabularies, Table 4).
 
 Reported (zero-shot; docs/recipes.md has the side-by-side table and the compute), Table 1:
   ImageNet top-1: 85.2 (ViT-g/14, private data; ObjectNet 82.5), 75.7 (public data: ViT-L/16
@@ -27,9 +27,9 @@ Reported (zero-shot; docs/recipes.md has the side-by-side table and the compute)
   Flickr30k retrieval for these models.
 
 Variants (comma-combinable): B16 (default: a ViT-B/16 CLIP image tower, embed 512), L14 (a
-ViT-L/14 CLIP image tower, embed 768); smoke (``init_from="builtin:demo"``: vlpt's own tiny demo
-CLIP, trained once on the built-in synthetic data and cached under $VLPT_CACHE, about a minute;
-then 20 LiT steps with a text tower of another size than the demo's).
+ViT-L/14 CLIP image tower, embed 768); smoke (``init.checkpoint="builtin:demo"``: vlpt's own
+tiny demo CLIP, trained once on the built-in synthetic data and cached under $VLPT_CACHE, about a
+minute; then 20 LiT steps with a text tower of another size than the demo's).
 
 Data and checkpoint: override both placeholders, e.g.
   vlpt-train --config configs/lit.py:B16 --workdir DIR \\
