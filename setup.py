@@ -1,6 +1,14 @@
 """vlpt: contrastive vision-language pre-training in JAX at pod scale."""
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+  """The one version: ``vlpt.__version__`` (read, not imported: vlpt needs its dependencies)."""
+  with open("vlpt/__init__.py", encoding="utf-8") as f:
+    return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 CORE = [
     "jax>=0.10",
@@ -45,7 +53,7 @@ EXTRAS = {
 
 setup(
     name="vlpt",
-    version="0.1.0",
+    version=_version(),
     description=("Contrastive vision-language pre-training (CLIP, SigLIP, ALIGN, LiT, CoCa) in JAX "
                  "at pod scale"),
     long_description=open("README.md", encoding="utf-8").read(),

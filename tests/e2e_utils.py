@@ -45,21 +45,34 @@ def eval_rows(workdir):
   return [row for row in metrics(workdir) if any(k.endswith("zeroshot/top1") for k in row)]
 
 
-def one_train_step(config, *, with_teacher=False):
-  """Builds ``config`` and runs one jitted step on its first batch, in-process.
+def one_train_step(config):
+  """Builds ``config`` and runs one jitted step of its objective on its first batch, in-process.
 
   Returns (setup, state before (host), batch (host), state after (host), computed metrics).
   """
   import jax
 
-  from vlpt.train import trainer as T
-  setup = T.build(config)
-  state = T.initial_state(setup)
+  from vlpt import sharding as S
+  from vlpt.train.loop import make_loader
+  from vlpt.train.objectives import objective_class
+  from vlpt.train.setup import build, initial_state
+  from vlpt.train.step import make_train_step
+  setup = build(config)
+  state = initial_state(setup)
   before = jax.device_get(state)
-  loader = T.make_loader(setup)
+  loader = make_loader(setup)
   batch = next(loader)
   loader.close()
-  teacher = T.load_teacher(setup) if with_teacher else None
-  with T.S.activate(setup.mesh, setup.rules):
-    after, m = T.make_train_step(setup, teacher)(state, batch)
+  objective = objective_class(config)(setup)
+  with S.activate(setup.mesh, setup.rules):
+    after, m = make_train_step(setup, objective)(state, batch)
   return setup, before, jax.device_get(batch), jax.device_get(after), jax.device_get(m.compute())
+
+
+def resolved_model_config(config, tokenizer=None):
+  """``config.model`` as constructor kwargs (resolution and text sizes filled in)."""
+  from vlpt.data.tokenizers import build_tokenizer
+  from vlpt.models import model_kwargs
+  tok = tokenizer or build_tokenizer(config.data.tokenizer)
+  return model_kwargs(config.model, image_size=config.data.image_size, vocab_size=tok.vocab_size,
+                      context_length=tok.context_length)

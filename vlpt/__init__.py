@@ -1,6 +1,6 @@
 """vlpt: contrastive vision-language pre-training (CLIP, SigLIP, ALIGN, LiT, CoCa) in JAX."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load(path: str, **kwargs):

@@ -224,7 +224,7 @@ def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
                            mask=mask))
   tx = optax.chain(*parts)
   # LiT: a locked tower is frozen like any other pattern (no updates, no optimizer state)
-  freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.model.get("lock_towers", ()))
+  freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.init.lock_towers)
   if freeze:
     tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
                                frozen_labels(params, freeze))

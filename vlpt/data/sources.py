@@ -8,7 +8,7 @@ A source is random-access (``__len__`` / ``__getitem__``) and yields dicts with 
 File-backed sources (``wds``, ``tfds``, ``arrayrecord``, ``parquet``) take ``options`` (see
 :func:`file_source_options`): with ``train=True`` they yield decoded PIL images that the pipeline
 crops with the position-keyed generator (``source.crop``), and each example carries ``skips``
-(unusable examples passed over, by reason; see :mod:`vlpt.data.webdataset`). The formats and
+(unusable examples passed over, by reason; see :mod:`vlpt.data.files`). The formats and
 config keys are documented in docs/data.md.
 """
 

@@ -114,7 +114,7 @@ def matryoshka(loss_fn: Callable, dims: tuple[int, ...]) -> Callable:
   return wrapped
 
 
-# Losses that need a frozen teacher (``config.teacher.init_from``): (loss config) ->
+# Losses that need a frozen teacher (``config.teacher.checkpoint``): (loss config) ->
 # fn(image_emb, text_emb, logit_scale, teacher_image_emb, teacher_text_emb, teacher_logit_scale)
 #   -> (loss, metrics), on whole-batch (global) arrays under jit. They need the teacher's full
 # B x B similarities, so they are dense forms that XLA partitions (no ring variant).

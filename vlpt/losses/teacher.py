@@ -3,7 +3,7 @@
 Both take whole-batch arrays, like ``softmax_contrastive``. They are exact dense forms (each
 needs the teacher's full B x B similarity), so they have no ring variant; the trainer runs them
 on global arrays under jit (``config.loss.name`` "distill" / "cwcl" with
-``config.teacher.init_from``).
+``config.teacher.checkpoint``).
 """
 
 from __future__ import annotations

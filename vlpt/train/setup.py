@@ -1,8 +1,8 @@
 """Everything a run builds from its config before any step: mesh, model structure, optimizer,
 and where every array of the train state lives.
 
-The trainer is the only layer that knows about meshes: models name logical axes, losses name
-batch axes, and :func:`build` binds both to the devices.
+Models name logical axes and losses name batch axes; :func:`build` makes the mesh and binds both
+to the devices (the loader, evaluators and checkpoints then use the mesh it made).
 """
 
 from __future__ import annotations

@@ -9,14 +9,16 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, metrics, one_train_step, run
-from vlpt.config import ConfigError, load_config
+from e2e_utils import cli, env_with_devices, metrics, one_train_step, resolved_model_config, run
+from vlpt.config import load_config
+from vlpt.errors import ConfigError
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.models import build_model
 from vlpt.models.generation import _filter_logits, generate
-from vlpt.pretrained import Bundle, write_bundle
+from vlpt.weights.formats import Bundle, write_bundle
 from vlpt.data.preprocess import Preprocess
-from vlpt.train import trainer as T
+from vlpt.train.evaluation import restore
+from vlpt.train.setup import build, initial_state
 from vlpt.weights.state import flat_params
 
 COCA = dict(name="coca", embed_dim=32,
@@ -126,8 +128,8 @@ def _one_step(config):
 
 def test_lit_locked_tower_has_no_updates_and_no_optimizer_state():
   config = demo_config()
-  config.model.lock_towers = ("image",)
-  config.model.allow_random_lock = True  # a random locked tower: enough to test the mechanism
+  config.init.lock_towers = ("image",)
+  config.init.allow_random_lock = True  # a random locked tower: enough to test the mechanism
   config.optimizer.warmup_steps = 0  # so the first step moves what it may move
   _, before, after, m = _one_step(config)
   for a, b in zip(jax.tree.leaves(after.params["image"]), jax.tree.leaves(before["image"])):
@@ -163,7 +165,7 @@ def test_patch_dropout_trains_and_is_keyed(k):
 
 def _export_random_model(config, dst, seed=7):
   tokenizer = build_tokenizer(config.data.tokenizer)
-  model_cfg = T.resolve_model_config(config, tokenizer)
+  model_cfg = resolved_model_config(config, tokenizer)
   model = build_model(model_cfg, nnx.Rngs(seed))
   flat = flat_params(model)
   write_bundle(Bundle(model_cfg, flat, config.data.tokenizer.to_dict(),
@@ -174,16 +176,16 @@ def _export_random_model(config, dst, seed=7):
 def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
   config = demo_config()
   flat = _export_random_model(config, tmp_path / "pre")
-  config.model.init_from = str(tmp_path / "pre")
-  setup = T.build(config)
-  params = jax.device_get(T.initial_state(setup).params)
+  config.init.checkpoint = str(tmp_path / "pre")
+  setup = build(config)
+  params = jax.device_get(initial_state(setup).params)
   np.testing.assert_array_equal(params["text"]["token_embedding"], flat["text.token_embedding"])
   np.testing.assert_array_equal(params["image"]["positional_embedding"],
                                 flat["image.positional_embedding"])
   # a higher training resolution: the image position grid is resampled (4x4 -> 6x6)
-  config.data.image_size = config.model.image.image_size = 48
-  setup = T.build(config)
-  params = jax.device_get(T.initial_state(setup).params)
+  config.data.image_size = 48
+  setup = build(config)
+  params = jax.device_get(initial_state(setup).params)
   assert params["image"]["positional_embedding"].shape == (1 + 36, 64)
   np.testing.assert_array_equal(params["image"]["transformer"]["blocks"][0]["attn"]["query"],
                                 flat["image.transformer.blocks.0.attn.query"])
@@ -192,7 +194,7 @@ def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
 def test_vlpt_eval_runs_the_evaluators_on_pretrained_weights(tmp_path, cli_env):
   _export_random_model(demo_config(), tmp_path / "pre")
   workdir = tmp_path / "eval"
-  run(cli("vlpt.cli.eval", workdir, f"--config.model.init_from={tmp_path / 'pre'}"),
+  run(cli("vlpt.cli.eval", workdir, f"--config.init.checkpoint={tmp_path / 'pre'}"),
       env_with_devices(cli_env, 8))
   rows = [r for r in metrics(workdir) if "heldout/zeroshot/top1" in r]
   assert len(rows) == 1 and rows[0]["step"] == 0
@@ -201,32 +203,32 @@ def test_vlpt_eval_runs_the_evaluators_on_pretrained_weights(tmp_path, cli_env):
 def test_init_from_mismatch_is_a_config_error(tmp_path):
   config = demo_config()
   _export_random_model(config, tmp_path / "pre")
-  config.model.init_from = str(tmp_path / "pre")
+  config.init.checkpoint = str(tmp_path / "pre")
   config.model.embed_dim = 48
   with pytest.raises(ConfigError, match="init_from.*shape mismatch"):
-    T.initial_state(T.build(config))
-  config.model.init_from = str(tmp_path / "missing")
+    initial_state(build(config))
+  config.init.checkpoint = str(tmp_path / "missing")
   with pytest.raises(ConfigError, match="no such checkpoint"):
-    T.build(config)
+    build(config)
 
 
 def test_model_config_errors():
   config = demo_config()
   config.model.image.poool = "map"
   with pytest.raises(ConfigError, match="did you mean model.image.pool"):
-    T.build(config)
+    build(config)
   config = demo_config("coca,tiny")
   config.model.embed_dim = 48
   with pytest.raises(ConfigError, match="CoCa needs config.model.embed_dim"):
-    T.build(config)
+    build(config)
   config = demo_config()
-  config.model.lock_towers = ("vision",)
+  config.init.lock_towers = ("vision",)
   with pytest.raises(ConfigError, match="lock_towers"):
-    T.build(config)
+    build(config)
   config = demo_config()
   config.model.decoder = {"depth": 2}
   with pytest.raises(ConfigError, match="CoCa only"):
-    T.build(config)
+    build(config)
 
 
 def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
@@ -240,7 +242,7 @@ def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
 
   import ml_collections
   config = ml_collections.ConfigDict(json.loads((workdir / "vlpt_config.json").read_text()))
-  setup, state = T.load_checkpoint(config, str(workdir))
+  setup, state = restore(config, str(workdir))
   want = flat_params(nnx.merge(setup.graphdef, jax.device_get(state.params)))
   assert set(loaded.bundle.params) == set(want)
   for name, value in want.items():

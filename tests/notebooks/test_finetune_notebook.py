@@ -33,7 +33,8 @@ def _random_open_clip_checkpoint(dst):
     from flax import nnx
 
     from vlpt.models import build_model
-    from vlpt.pretrained import Bundle, Preprocess, write_bundle
+    from vlpt.data.preprocess import Preprocess
+    from vlpt.weights.formats import Bundle, write_bundle
     from vlpt.weights.state import flat_params
     tower = dict(variant="B", width=64, depth=2, heads=4, mlp_dim=256)
     model_cfg = dict(name="clip", embed_dim=64, image=dict(tower, variant="B/8", image_size=32),

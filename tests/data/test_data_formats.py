@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vlpt.config import ConfigError, default_config, validate
+from vlpt.config import default_config
+from vlpt.errors import ConfigError
+from vlpt.train.validation import validate
 from vlpt.data.arrayrecord import ArrayRecordSource, encode_record
 from vlpt.data.parquet import ParquetSource
 from vlpt.data.pipeline import SkipCounter, TrainTransform, train_dataset
@@ -17,7 +19,7 @@ from vlpt.data.shards import encode_image, make_writer
 from vlpt.data.sources import build_source, file_source_options
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.data.transforms import augment, color_jitter
-from vlpt.data.webdataset import DataError
+from vlpt.errors import DataError
 
 FORMATS = ("wds", "arrayrecord", "parquet")
 SUFFIX = {"wds": "tar", "arrayrecord": "array_record", "parquet": "parquet"}
@@ -46,7 +48,7 @@ def write_set(fmt, out, n, shard_size, *, bad=None, size=32, row_group_size=4):
 
 def _config(source, workers=0, shuffle=True, crop_scale=(1.0, 1.0)):
   c = default_config()
-  c.data.image_size = c.model.image.image_size = 32
+  c.data.image_size = 32
   c.data.num_workers = workers
   c.data.train.source = source
   c.data.train.shuffle = shuffle

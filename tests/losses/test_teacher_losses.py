@@ -8,15 +8,17 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from e2e_utils import one_train_step
-from vlpt.config import ConfigError, load_config
+from e2e_utils import one_train_step, resolved_model_config
+from vlpt.config import load_config
+from vlpt.errors import ConfigError
 from vlpt.data.preprocess import Preprocess
 from vlpt.data.tokenizers import build_tokenizer
-from vlpt.evaluation.evaluators import normalize_images
+from vlpt.data.normalization import normalize_images
 from vlpt.losses import cwcl_loss, distillation_loss
 from vlpt.models import build_model
-from vlpt.pretrained import Bundle, write_bundle
-from vlpt.train import trainer as T
+from vlpt.weights.formats import Bundle, write_bundle
+from vlpt.train.objectives.distillation import load_teacher
+from vlpt.train.setup import build
 from vlpt.weights.state import flat_params
 
 
@@ -26,7 +28,7 @@ def demo_config():
 
 def _export_teacher(config, dst, *, tokenizer=None, embed_dim=48, seed=11):
   tok = build_tokenizer(config.data.tokenizer)
-  model_cfg = T.resolve_model_config(config, tok)
+  model_cfg = resolved_model_config(config, tok)
   model_cfg = dict(model_cfg, embed_dim=embed_dim)  # a teacher may embed differently
   model = build_model(model_cfg, nnx.Rngs(seed))
   write_bundle(Bundle(model_cfg, flat_params(model), tokenizer or config.data.tokenizer.to_dict(),
@@ -39,8 +41,8 @@ def test_teacher_loss_step_matches_the_dense_reference(name, tmp_path):
   config = demo_config()
   teacher = _export_teacher(config, tmp_path / "teacher")
   config.loss.name = name
-  config.teacher.init_from = str(tmp_path / "teacher")
-  setup, before, host, _, m = one_train_step(config, with_teacher=True)
+  config.teacher.checkpoint = str(tmp_path / "teacher")
+  setup, before, host, _, m = one_train_step(config)
   params = before.params
   # the same loss from whole-batch arrays on one host
   student = nnx.merge(setup.graphdef, params)
@@ -64,16 +66,16 @@ def test_teacher_configuration_errors(tmp_path):
   config = demo_config()
   config.loss.name = "distill"
   with pytest.raises(ConfigError, match="needs a teacher"):
-    T.build(config)
+    build(config)
   config = demo_config()
   _export_teacher(config, tmp_path / "teacher")
-  config.teacher.init_from = str(tmp_path / "teacher")
+  config.teacher.checkpoint = str(tmp_path / "teacher")
   with pytest.raises(ConfigError, match="teacher losses only"):
-    T.build(config)
+    build(config)
   # a teacher that reads other token ids is refused before training
   config = demo_config()
   _export_teacher(config, tmp_path / "bpe", tokenizer={"name": "clip_bpe", "context_length": 16})
   config.loss.name = "cwcl"
-  config.teacher.init_from = str(tmp_path / "bpe")
+  config.teacher.checkpoint = str(tmp_path / "bpe")
   with pytest.raises(ConfigError, match="tokenizes text differently"):
-    T.load_teacher(T.build(config))
+    load_teacher(build(config))

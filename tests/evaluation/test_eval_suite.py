@@ -16,8 +16,10 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from vlpt.config import ConfigError, load_config, validate
-from vlpt.evaluation.evaluators import normalize_images
+from vlpt.config import load_config
+from vlpt.errors import ConfigError
+from vlpt.train.validation import validate
+from vlpt.data.normalization import normalize_images
 
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "{} on a plain background")
 
@@ -39,7 +41,7 @@ def _config(tfds_dir, datasets):
 
 
 def _setup_and_params(config):
-  from vlpt.train.trainer import build, initial_state
+  from vlpt.train.setup import build, initial_state
   setup = build(config)
   return setup, initial_state(setup).params
 
@@ -81,7 +83,7 @@ def test_tfds_zeroshot_and_retrieval_equal_clip_benchmark(tfds_dir, torch_refere
   from sklearn.metrics import balanced_accuracy_score
 
   from vlpt.data.synthetic import CLASS_NAMES
-  from vlpt.train.trainer import Evaluator
+  from vlpt.train.evaluation import eval_suite
   config = _config(tfds_dir, {
       "shapes": {"source": "tfds:vlpt_eval_shapes", "split": "test", "tasks": ("zeroshot",),
                  "templates": TEMPLATES},
@@ -89,7 +91,7 @@ def test_tfds_zeroshot_and_retrieval_equal_clip_benchmark(tfds_dir, torch_refere
                    "tasks": ("retrieval",)}})
   validate(config, num_devices=jax.device_count())
   setup, params = _setup_and_params(config)
-  got = Evaluator(setup)(params)
+  got = eval_suite(setup)(params)
   assert set(got) == {"shapes/zeroshot/top1", "shapes/zeroshot/top5",
                       "shapes/zeroshot/mean_per_class_recall",
                       *(f"captions/retrieval/{d}_r{k}" for d in ("t2i", "i2t") for k in (1, 5, 10))}
@@ -134,7 +136,7 @@ def test_imagefolder_and_wds_readers_agree_with_the_source(tmp_path):
 
   from vlpt.cli.data import main as data_main
   from vlpt.data.synthetic import CLASS_NAMES, SyntheticCaptions
-  from vlpt.train.trainer import Evaluator
+  from vlpt.train.evaluation import eval_suite
   data = SyntheticCaptions("test", image_size=32, seed=0, num_examples=40)
   folder = tmp_path / "folder"
   for name in CLASS_NAMES:  # every class, also those without held-out images
@@ -159,7 +161,7 @@ def test_imagefolder_and_wds_readers_agree_with_the_source(tmp_path):
                  "tasks": ("zeroshot", "retrieval"), "templates": TEMPLATES}})
   config.data.tfds_data_dir = None
   setup, params = _setup_and_params(config)
-  got = Evaluator(setup)(params)
+  got = eval_suite(setup)(params)
   for metric in ("top1", "top5", "mean_per_class_recall"):
     # the folder sorts images by class, so only order-free metrics are compared
     assert got[f"folder/zeroshot/{metric}"] == pytest.approx(got[f"memory/zeroshot/{metric}"])
@@ -185,23 +187,23 @@ def test_bad_eval_entries_fail_before_building(entry, message):
 
 
 def test_missing_labels_or_captions_are_named(tfds_dir):
-  from vlpt.train.trainer import Evaluator
+  from vlpt.train.evaluation import eval_suite
   config = _config(tfds_dir, {"c": {"source": "tfds:vlpt_eval_captions", "tasks": ("zeroshot",),
                                     "class_names": ("a", "b")}})
   setup, _ = _setup_and_params(config)
   with pytest.raises(ConfigError, match="has no labels"):
-    Evaluator(setup)
+    eval_suite(setup)
 
 
 def test_linear_probe_task_equals_the_probe_on_reference_features(tfds_dir):
   """The sharded suite's probe = linear_probe() on features computed unsharded from PIL images."""
   from vlpt.evaluation.linear_probe import linear_probe
-  from vlpt.train.trainer import Evaluator
+  from vlpt.train.evaluation import eval_suite
   config = _config(tfds_dir, {"shapes": {"source": "tfds:vlpt_eval_shapes", "split": "test",
                                          "train_split": "train", "tasks": ("linear_probe",)}})
   validate(config, num_devices=jax.device_count())
   setup, params = _setup_and_params(config)
-  got = Evaluator(setup)(params)
+  got = eval_suite(setup)(params)
   assert set(got) == {f"shapes/linear_probe/{k}" for k in
                       ("top1", "top5", "mean_per_class_recall", "weight_decay")}
 
@@ -223,7 +225,7 @@ def test_linear_probe_task_equals_the_probe_on_reference_features(tfds_dir):
 
 def test_captioning_task_on_a_coca_model():
   """Greedy and beam captions of a (random) CoCa are decoded and scored; both baselines reported."""
-  from vlpt.train.trainer import Evaluator
+  from vlpt.train.evaluation import eval_suite
   c = load_config(os.path.join(REPO, "configs", "demo.py") + ":coca,tiny")
   entry = {"source": "synthetic", "split": "test", "num_examples": 24, "tasks": ("captioning",)}
   c.eval.batch_size = 16
@@ -231,7 +233,7 @@ def test_captioning_task_on_a_coca_model():
       {"greedy": entry, "beam": dict(entry, caption_method="beam", num_beams=3)})
   validate(c, num_devices=jax.device_count())
   setup, params = _setup_and_params(c)
-  got = Evaluator(setup)(params)
+  got = eval_suite(setup)(params)
   for method in ("greedy", "beam"):
     scores = {k.split("/")[-1]: v for k, v in got.items() if k.startswith(f"{method}/captioning/")}
     assert set(scores) == {"cider", "bleu4", "cider_shuffled", "bleu4_shuffled"}

@@ -6,7 +6,9 @@ import time
 import pytest
 
 from conftest import PYTHON, REPO
-from vlpt.config import ConfigError, default_config, validate
+from vlpt.config import default_config
+from vlpt.errors import ConfigError
+from vlpt.train.validation import validate
 
 CASES = [
     (["--config.batch_size=30"], "not divisible by the data-parallel size 8"),

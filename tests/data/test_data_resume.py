@@ -35,7 +35,7 @@ class VlptResumeCaptions(tfds.core.GeneratorBasedBuilder):
 
 def _config(kind, tmp_path, workers):
   c = default_config()
-  c.data.image_size = c.model.image.image_size = 32
+  c.data.image_size = 32
   c.data.num_workers = workers
   c.data.train.shuffle = True
   c.data.train.crop_scale = (0.5, 1.0)

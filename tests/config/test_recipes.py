@@ -15,15 +15,19 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, eval_rows, run
-from vlpt.config import ConfigError, default_config, load_config, validate
+from e2e_utils import cli, env_with_devices, eval_rows, resolved_model_config, run
+from vlpt.config import default_config, load_config
+from vlpt.errors import ConfigError
+from vlpt.train.validation import validate
 from vlpt.data.preprocess import Preprocess
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.models import build_model
 from vlpt.optim import FactoredMomentsState, build_optimizer
-from vlpt.pretrained import BUILTINS, Bundle, detect_format, read_bundle, write_bundle
-from vlpt.train import trainer as T
-from vlpt.weights.mapping import WeightsError
+from vlpt.train.initialization import read_checkpoint as read_bundle
+from vlpt.train.setup import build, initial_state
+from vlpt.weights.builtin import BUILTINS
+from vlpt.weights.formats import Bundle, detect_format, write_bundle
+from vlpt.errors import WeightsError
 from vlpt.weights.state import flat_params
 
 RECIPES = ("clip", "align", "siglip", "coca", "lit")
@@ -52,11 +56,11 @@ def point_at_local_files(config, tmp_path):
       path = tmp_path / key
       path.write_text("x")
       config.data.tokenizer[key] = str(path)
-  if config.model.init_from and not config.model.init_from.startswith("builtin:"):
+  if config.init.checkpoint and not config.init.checkpoint.startswith("builtin:"):
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir(exist_ok=True)
     (ckpt / "vlpt_model.json").write_text("{}")  # detect_format only looks for it
-    config.model.init_from = str(ckpt)
+    config.init.checkpoint = str(ckpt)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -101,13 +105,13 @@ def test_recipe_settings_follow_the_papers():
   assert siglip.data.tokenizer.context_length == 64 and siglip.model.embed_dim == 1152
 
   coca = recipe("coca").get_config("large")
-  assert coca.model.name == "coca" and coca.model.caption_weight == 2.0
+  assert coca.model.name == "coca" and coca.loss.caption_weight == 2.0
   assert coca.model.image.pool == "coca" and coca.model.image.pooler_queries == 257
   assert coca.batch_size * coca.total_steps == 500_000 * 65_536
 
   lit = recipe("lit").get_config(None)
-  assert lit.model.lock_towers == ("image",) and lit.model.init_towers == ("image",)
-  assert recipe("lit").get_config("smoke").model.init_from == "builtin:demo"
+  assert lit.init.lock_towers == ("image",) and lit.init.towers == ("image",)
+  assert recipe("lit").get_config("smoke").init.checkpoint == "builtin:demo"
 
 
 def docs_section(name):
@@ -176,7 +180,7 @@ def test_weight_decay_mask_and_freezing_hold_for_every_optimizer(name):
   params = {"image": {"kernel": np.ones((4, 4), np.float32)},
             "text": {"kernel": np.ones((4, 4), np.float32), "bias": np.ones((4,), np.float32)}}
   config = _opt_config(name, lr=0.1, weight_decay=0.5)
-  config.model.lock_towers = ("image",)
+  config.init.lock_towers = ("image",)
   tx = build_optimizer(config, params)
   state = tx.init(params)
   zeros = jax.tree.map(np.zeros_like, params)
@@ -196,8 +200,8 @@ def test_adafactor_state_on_an_fsdp_mesh_replicates_only_factored_statistics():
   config.optimizer.name = "adafactor"
   config.optimizer.warmup_steps = 0
   config.mesh.data, config.mesh.fsdp = 4, 2
-  setup = T.build(config)
-  state = T.initial_state(setup)
+  setup = build(config)
+  state = initial_state(setup)
   kinds = {"v_row": [], "ema": []}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
     name = jax.tree_util.keystr(path)
@@ -212,7 +216,7 @@ def test_adafactor_state_on_an_fsdp_mesh_replicates_only_factored_statistics():
 # ---- LiT: init_towers, lock validation, builtin source -------------------------------------------
 
 def _export_random_model(config, dst, seed=7):
-  model_cfg = T.resolve_model_config(config, build_tokenizer(config.data.tokenizer))
+  model_cfg = resolved_model_config(config)
   flat = flat_params(build_model(model_cfg, nnx.Rngs(seed)))
   write_bundle(Bundle(model_cfg, flat, config.data.tokenizer.to_dict(),
                       Preprocess(image_size=config.data.image_size), "test"), str(dst))
@@ -224,11 +228,11 @@ def test_init_towers_loads_only_the_image_tower(tmp_path):
   flat = _export_random_model(source, tmp_path / "pre")
   config = load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
   config.model.text.variant = "demo"  # another text architecture than the checkpoint's
-  config.model.init_from = str(tmp_path / "pre")
-  config.model.init_towers = ("image",)
-  config.model.lock_towers = ("image",)
-  setup = T.build(config)
-  params = jax.device_get(T.initial_state(setup).params)
+  config.init.checkpoint = str(tmp_path / "pre")
+  config.init.towers = ("image",)
+  config.init.lock_towers = ("image",)
+  setup = build(config)
+  params = jax.device_get(initial_state(setup).params)
   loaded = flat_params_of(params["image"], "image.")
   assert loaded.keys() == {k for k in flat if k.startswith("image.")}
   for key, value in loaded.items():
@@ -254,23 +258,23 @@ def flat_params_of(tree, prefix=""):
 
 def test_locking_a_random_tower_needs_the_explicit_flag(tmp_path):
   config = load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
-  config.model.lock_towers = ("image",)
+  config.init.lock_towers = ("image",)
   with pytest.raises(ConfigError, match="randomly initialized image tower.*allow_random_lock"):
     validate(config, num_devices=8)
-  config.model.allow_random_lock = True
+  config.init.allow_random_lock = True
   validate(config, num_devices=8)
-  config.model.allow_random_lock = False
-  config.model.init_from = "builtin:demo"
-  config.model.init_towers = ("text",)
+  config.init.allow_random_lock = False
+  config.init.checkpoint = "builtin:demo"
+  config.init.towers = ("text",)
   with pytest.raises(ConfigError, match="does not load it"):
     validate(config, num_devices=8)
-  config.model.init_towers = ("vision",)
+  config.init.towers = ("vision",)
   with pytest.raises(ConfigError, match="init_towers"):
     validate(config, num_devices=8)
-  config.model.init_from = None
-  config.model.lock_towers = ()
-  config.model.init_towers = ("image",)
-  with pytest.raises(ConfigError, match="needs config.model.init_from"):
+  config.init.checkpoint = None
+  config.init.lock_towers = ()
+  config.init.towers = ("image",)
+  with pytest.raises(ConfigError, match="needs config.init.checkpoint"):
     validate(config, num_devices=8)
 
 

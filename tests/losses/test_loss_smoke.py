@@ -49,7 +49,7 @@ def teacher_workdir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["distill", "cwcl"])
 def test_teacher_loss_trains_demo(tmp_path, cli_env, teacher_workdir, loss):
-  overrides = [f"--config.loss.name={loss}", f"--config.teacher.init_from={teacher_workdir}",
+  overrides = [f"--config.loss.name={loss}", f"--config.teacher.checkpoint={teacher_workdir}",
                "--config.total_steps=600", "--config.eval_every_steps=600",
                "--config.checkpoint_every_steps=600"]
   run(cli("vlpt.cli.train", tmp_path, *overrides, config=DEMO), env_with_devices(cli_env, 8),

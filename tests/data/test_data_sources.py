@@ -11,13 +11,17 @@ import tensorflow_datasets as tfds
 from e2e_utils import cli, metrics, run, train_losses
 
 from conftest import PYTHON
-from vlpt.config import ConfigError, default_config, validate
+from vlpt.config import default_config
+from vlpt.errors import ConfigError
+from vlpt.train.validation import validate
 from vlpt.data.pipeline import train_dataset
 from vlpt.data.sources import build_source, file_source_options
 from vlpt.data.shards import ShardWriter, encode_image
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.data.transforms import CenterCrop, RandomResizedCrop, decode_image
-from vlpt.data.webdataset import DataError, WebDatasetSource, expand_shards
+from vlpt.data.files import expand_shards
+from vlpt.data.webdataset import WebDatasetSource
+from vlpt.errors import DataError
 
 
 def _write(out, n, shard_size, *, fmt="png", size=32, bad=None):
@@ -43,7 +47,7 @@ def _write(out, n, shard_size, *, fmt="png", size=32, bad=None):
 
 def _config(source, workers=0, shuffle=True, crop_scale=(1.0, 1.0)):
   c = default_config()
-  c.data.image_size = c.model.image.image_size = 32
+  c.data.image_size = 32
   c.data.num_workers = workers
   c.data.train.source = source
   c.data.train.shuffle = shuffle

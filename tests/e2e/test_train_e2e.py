@@ -42,7 +42,7 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env):
   assert metrics(workdir) == rows + [again]
   from e2e_utils import DEMO
   from vlpt.config import load_config
-  from vlpt.train.trainer import train
+  from vlpt.train import train
   returned = train(load_config(DEMO + ":tiny"), str(workdir))
   assert returned == {k: v for k, v in again.items() if k != "step"}
 

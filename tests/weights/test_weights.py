@@ -16,11 +16,12 @@ from flax import nnx
 
 import vlpt
 from vlpt.models import build_model
-from vlpt.pretrained import write_bundle, read_bundle
+from vlpt.train.initialization import read_checkpoint as read_bundle
+from vlpt.weights.formats import write_bundle
 from vlpt.weights.big_vision import from_big_vision, to_big_vision
 from vlpt.weights.hf import from_hf
 from vlpt.weights.io import write_safetensors
-from vlpt.weights.mapping import WeightsError
+from vlpt.errors import WeightsError
 from vlpt.weights.open_clip import from_open_clip, to_open_clip
 from vlpt.weights.state import assign_params, flat_params
 
