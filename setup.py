@@ -38,7 +38,7 @@ CORE = [
 EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2", "nbclient>=0.10", "nbformat>=5", "ipykernel>=6",
              "matplotlib>=3.8"],
-    # The PyTorch stack the parity tests compare against (CPU wheel; see docs/development.md).
+    # The PyTorch stack the parity tests compare against (CPU wheel; see README.md, Development).
     "reference": ["torch==2.13.0", "torchvision==0.28.0", "open_clip_torch>=3", "transformers>=4.50",
                   "scikit-learn>=1.3", "tqdm",
                   # coco-caption's BLEU / CIDEr-D scorers and PTB tokenizer (Java) for caption parity
