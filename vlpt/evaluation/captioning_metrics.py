@@ -63,9 +63,20 @@ _CLITICS = ("n't", "'s", "'m", "'d", "'ll", "'re", "'ve")
 
 
 def _split_word(word: str) -> list[str]:
-  """A chunk with no whitespace, brackets or symbols -> PTB tokens (dropped ones included)."""
+  """A chunk with no whitespace, brackets or symbols -> PTB tokens (dropped ones included).
+
+  Rules in the tokenizer's order: whole-word cases, then punctuation at the edges, then inside.
+  """
   if not word:
     return []
+  for rules in (_whole_word, _edges, _inside):
+    tokens = rules(word)
+    if tokens is not None:
+      return tokens
+  return [word]
+
+
+def _whole_word(word: str) -> list[str] | None:
   if word in _SPECIAL_WORDS:
     return list(_SPECIAL_WORDS[word])
   if word in _CLITICS:  # already split, as in "a dog 's toy"
@@ -75,6 +86,10 @@ def _split_word(word: str) -> list[str]:
     return [clock.group(1), clock.group(2)]
   if set(word) <= set(".-!?,;:'\"`"):  # pure punctuation: runs of one mark; ?! !! stay whole
     return re.findall(r"[!?]+|\.+|-+|'+|\"+|`+|,+|;+|:+", word)
+  return None
+
+
+def _edges(word: str) -> list[str] | None:
   # leading quotes / punctuation
   lead = re.match(r"^([\"`]+|'(?!\d\ds\b)|[-]{2,}|[,;:!?]+|\.{2,})", word)
   if lead:
@@ -93,6 +108,10 @@ def _split_word(word: str) -> list[str]:
     return [word]
   if word.endswith("'") and len(word) > 1:
     return _split_word(word[:-1]) + ["'"]
+  return None
+
+
+def _inside(word: str) -> list[str] | None:
   if _NUMBER.match(word):
     return [word]
   # internal comma / semicolon / colon between non-digits: split
@@ -111,7 +130,7 @@ def _split_word(word: str) -> list[str]:
     return _split_word(word[:i]) + ["'n'"] + _split_word(word[i + 3:])
   if word.startswith("y'") and len(word) > 2:  # y'all
     return ["y'"] + _split_word(word[2:])
-  return [word]
+  return None
 
 
 def ptb_tokens(text: str) -> list[str]:

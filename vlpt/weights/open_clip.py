@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vlpt.errors import WeightsError
+from vlpt.models.sizes import parse_text, parse_vit, tower_size
 from vlpt.weights.mapping import (CONV, Rule, apply_rules, heads_in, heads_out, packed_in_bias, rule, scalar)
 from vlpt.weights.torch_blocks import linear, norm, open_clip_block, packed_attention
 
@@ -87,67 +88,10 @@ def model_config_from_open_clip(cfg: dict) -> dict:
 def open_clip_config_from_model(model: dict) -> dict:
   """vlpt ``config.model`` dict -> open_clip ``model_cfg`` (refuses what open_clip can't express)."""
   image, text = model["image"], model["text"]
-  from vlpt.models.sizes import parse_text, parse_vit, tower_size
-  vsize, patch = parse_vit(image["variant"])
-  vsize = tower_size(vsize, **{k: image.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
-  tsize = tower_size(parse_text(text["variant"]),
-                     **{k: text.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
-  problems = []
-  if not image.get("class_token", True) or image.get("patch_bias") or image.get("pool") == "map":
-    problems.append("image towers without a class token, with a patch bias or MAP pooling")
-  if image.get("proj", True) is False or image.get("proj_bias"):
-    problems.append("image towers without a bias-free projection")
-  if image.get("act", "gelu") != text.get("act", "gelu") or image.get("act", "gelu") not in (
-      "gelu", "quick_gelu"):
-    problems.append("activations other than one shared gelu / quick_gelu")
-  if problems:
-    raise WeightsError("open_clip's native towers cannot express " + "; ".join(problems)
-                       + "; export with --to hf instead")
-  vc: dict[str, Any] = dict(image_size=image["image_size"], layers=vsize.depth, width=vsize.width,
-                            head_width=vsize.width // vsize.heads,
-                            mlp_ratio=vsize.mlp_dim / vsize.width, patch_size=patch)
-  if not image.get("ln_pre", True):
-    vc["no_ln_pre"] = True
-  if image.get("pool") == "gap":
-    vc["pool_type"] = "avg"
-  if image.get("final_ln_after_pool"):
-    vc["final_ln_after_pool"] = True
-  if image.get("pool") == "coca":
-    vc.update(attentional_pool=True, attn_pooler_heads=image.get("pooler_heads") or 8,
-              attn_pooler_queries=image.get("pooler_queries", 256), output_tokens=True)
-  if image.get("layer_scale"):
-    vc["ls_init_value"] = image["layer_scale"]
-  if image.get("norm_eps", 1e-5) != 1e-5:
-    vc["norm_kwargs"] = {"eps": image["norm_eps"]}
-  tc: dict[str, Any] = dict(context_length=text["context_length"], vocab_size=text["vocab_size"],
-                            width=tsize.width, heads=tsize.heads, layers=tsize.depth,
-                            mlp_ratio=tsize.mlp_dim / tsize.width)
-  inv_pool = {v: k for k, v in _TEXT_POOL.items()}
-  custom = False
-  for value, default, oc_key, oc_value in (
-      (text.get("causal", True), True, "no_causal_mask", True),
-      (text.get("proj_bias", False), False, "proj_bias", True),
-      (text.get("proj", True), True, "proj_type", "none"),
-      (text.get("embed_cls", False), False, "embed_cls", True)):
-    if value != default:
-      tc[oc_key] = oc_value
-      custom = True
-  if text.get("pool", "eot") != "eot":
-    tc["pool_type"] = inv_pool[text["pool"]]
-    custom = True
-  if text.get("pool") == "eos":
-    tc["eos_id"] = text["eos_id"]
-  if text.get("mask_padding"):
-    tc["use_pad_mask"] = True
-  if text.get("pad_id", 0):
-    tc["pad_id"] = text["pad_id"]
-  if text.get("cls_mask") == "correct":
-    tc["correct_cls_mask"] = True
-  if text.get("layer_scale"):
-    tc["ls_init_value"] = text["layer_scale"]
-  if text.get("norm_eps", 1e-5) != 1e-5:
-    tc["norm_kwargs"] = {"eps": text["norm_eps"]}
-  cfg: dict[str, Any] = dict(embed_dim=model["embed_dim"], vision_cfg=vc, text_cfg=tc)
+  _check_expressible(image, text)
+  tc, custom = _open_clip_text_cfg(text)
+  cfg: dict[str, Any] = dict(embed_dim=model["embed_dim"], vision_cfg=_open_clip_vision_cfg(image),
+                             text_cfg=tc)
   if image.get("act") == "quick_gelu":
     cfg["quick_gelu"] = True
   if model.get("init_logit_bias") is not None:
@@ -166,8 +110,80 @@ def open_clip_config_from_model(model: dict) -> dict:
   return cfg
 
 
+def _check_expressible(image: dict, text: dict) -> None:
+  problems = []
+  if not image.get("class_token", True) or image.get("patch_bias") or image.get("pool") == "map":
+    problems.append("image towers without a class token, with a patch bias or MAP pooling")
+  if image.get("proj", True) is False or image.get("proj_bias"):
+    problems.append("image towers without a bias-free projection")
+  if image.get("act", "gelu") != text.get("act", "gelu") or image.get("act", "gelu") not in (
+      "gelu", "quick_gelu"):
+    problems.append("activations other than one shared gelu / quick_gelu")
+  if problems:
+    raise WeightsError("open_clip's native towers cannot express " + "; ".join(problems)
+                       + "; export with --to hf instead")
+
+
+def _open_clip_vision_cfg(image: dict) -> dict[str, Any]:
+  vsize, patch = parse_vit(image["variant"])
+  vsize = tower_size(vsize, **{k: image.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
+  vc: dict[str, Any] = dict(image_size=image["image_size"], layers=vsize.depth, width=vsize.width,
+                            head_width=vsize.width // vsize.heads,
+                            mlp_ratio=vsize.mlp_dim / vsize.width, patch_size=patch)
+  if not image.get("ln_pre", True):
+    vc["no_ln_pre"] = True
+  if image.get("pool") == "gap":
+    vc["pool_type"] = "avg"
+  if image.get("final_ln_after_pool"):
+    vc["final_ln_after_pool"] = True
+  if image.get("pool") == "coca":
+    vc.update(attentional_pool=True, attn_pooler_heads=image.get("pooler_heads") or 8,
+              attn_pooler_queries=image.get("pooler_queries", 256), output_tokens=True)
+  vc.update(_shared_block_cfg(image))
+  return vc
+
+
+def _shared_block_cfg(tower: dict) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  if tower.get("layer_scale"):
+    out["ls_init_value"] = tower["layer_scale"]
+  if tower.get("norm_eps", 1e-5) != 1e-5:
+    out["norm_kwargs"] = {"eps": tower["norm_eps"]}
+  return out
+
+
+def _open_clip_text_cfg(text: dict) -> tuple[dict[str, Any], bool]:
+  """(open_clip text_cfg, whether it needs open_clip's custom text tower)."""
+  tsize = tower_size(parse_text(text["variant"]),
+                     **{k: text.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
+  tc: dict[str, Any] = dict(context_length=text["context_length"], vocab_size=text["vocab_size"],
+                            width=tsize.width, heads=tsize.heads, layers=tsize.depth,
+                            mlp_ratio=tsize.mlp_dim / tsize.width)
+  custom = False
+  for value, default, oc_key, oc_value in (
+      (text.get("causal", True), True, "no_causal_mask", True),
+      (text.get("proj_bias", False), False, "proj_bias", True),
+      (text.get("proj", True), True, "proj_type", "none"),
+      (text.get("embed_cls", False), False, "embed_cls", True)):
+    if value != default:
+      tc[oc_key] = oc_value
+      custom = True
+  if text.get("pool", "eot") != "eot":
+    tc["pool_type"] = {v: k for k, v in _TEXT_POOL.items()}[text["pool"]]
+    custom = True
+  if text.get("pool") == "eos":
+    tc["eos_id"] = text["eos_id"]
+  if text.get("mask_padding"):
+    tc["use_pad_mask"] = True
+  if text.get("pad_id", 0):
+    tc["pad_id"] = text["pad_id"]
+  if text.get("cls_mask") == "correct":
+    tc["correct_cls_mask"] = True
+  tc.update(_shared_block_cfg(text))
+  return tc, custom
+
+
 def _sizes(model: dict, tower: str) -> tuple[int, int]:
-  from vlpt.models.sizes import parse_text, parse_vit, tower_size
   t = model[tower]
   size = parse_vit(t["variant"])[0] if tower == "image" else parse_text(t["variant"])
   size = tower_size(size, **{k: t.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
@@ -217,7 +233,6 @@ def rules(model: dict, oc_cfg: dict) -> list[Rule]:
     r.append(rule("logit_bias", "logit_bias", scalar(oc_cfg.get("_logit_shape", ()))))
   if model.get("name") == "coca":
     dec = model["decoder"]
-    from vlpt.models.sizes import parse_text, tower_size
     dsize = tower_size(parse_text("B"), **{k: dec.get(k) for k in ("width", "depth", "heads",
                                                                    "mlp_dim")})
     ls = bool(dec.get("layer_scale"))
@@ -234,7 +249,6 @@ def rules(model: dict, oc_cfg: dict) -> list[Rule]:
 
 
 def _width(model: dict, tower: str) -> int:
-  from vlpt.models.sizes import parse_vit, tower_size
   t = model[tower]
   return tower_size(parse_vit(t["variant"])[0],
                     **{k: t.get(k) for k in ("width", "depth", "heads", "mlp_dim")}).width
