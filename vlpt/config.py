@@ -110,7 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.end_lr_factor = 0.0
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.98
-  c.optimizer.eps = 1e-6
+  # None: the optimizer's own default (vlpt.optim.DEFAULT_EPS: AdamW/LAMB 1e-6; Adafactor's
+  # epsilon1, added to the squared gradient, 1e-30)
+  c.optimizer.eps = ml_collections.FieldReference(None, field_type=float)
   c.optimizer.weight_decay = 0.2
   c.optimizer.grad_clip_norm = 1.0
   # regexes over '/'-joined parameter paths; any array of rank < 2 is never decayed

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vlpt.weights.io import read_tensors, read_torch
-from vlpt.weights.mapping import WeightsError
+from vlpt.errors import WeightsError
 
 torch = pytest.importorskip("torch")
 

@@ -272,7 +272,8 @@ def stream_images(reader: EvalReader, num_examples: int, *, mesh: Mesh, global_b
   """Yields (global uint8 image batch, labels [global_batch] or None, valid rows) in order.
 
   Each process decodes only its rows of every global batch; the last batch is padded by
-  repeating the last example (``valid`` says how many rows count). Labels come back replicated.
+  repeating the last example (``valid`` says how many rows count). Labels are replicated device
+  arrays (nothing is fetched to the host here).
   """
   pc, pi = jax.process_count(), jax.process_index()
   local = global_batch // pc
@@ -283,5 +284,5 @@ def stream_images(reader: EvalReader, num_examples: int, *, mesh: Mesh, global_b
     if with_labels:
       batch["label"] = np.asarray([reader.label(int(i)) for i in rows], np.int32)
     arrays = to_global(batch, mesh, pc)
-    labels = np.asarray(gather(arrays["label"])) if with_labels else None
+    labels = gather(arrays["label"]) if with_labels else None
     yield arrays["image"], labels, min(global_batch, num_examples - start)

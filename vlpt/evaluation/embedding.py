@@ -3,6 +3,8 @@
 Every process holds the (small) evaluation set; each feeds its rows of every global batch, the
 towers run sharded over the mesh, and the embeddings come back replicated, so every process can
 compute metrics. The set is padded to a whole number of global batches and trimmed afterwards.
+The embeddings stay on the devices until the whole set is embedded and come to the host in one
+transfer, so the host queues batch after batch without waiting for any.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -29,5 +32,10 @@ def embed_in_batches(fn: Callable[[jax.Array], jax.Array], data: np.ndarray, *, 
   for start in range(0, data.shape[0], global_batch):
     rows = data[start + pi * local: start + (pi + 1) * local]
     batch = to_global({"x": rows}, mesh, pc)["x"]
-    outputs.append(np.asarray(jax.device_get(fn(batch))))
-  return np.concatenate(outputs)[:n]
+    outputs.append(fn(batch))
+  return fetch_rows(outputs, n)
+
+
+def fetch_rows(arrays: list[jax.Array], n: int) -> np.ndarray:
+  """Replicated per-batch device arrays -> their first ``n`` rows on the host, in one transfer."""
+  return np.asarray(jax.device_get(jnp.concatenate(arrays)[:n]))

@@ -32,7 +32,7 @@ from vlpt.data.files import check_files_exist
 from vlpt.data.normalization import normalize_images
 from vlpt.evaluation import metrics as M
 from vlpt.evaluation.datasets import READERS, EvalReader, open_reader, stream_images
-from vlpt.evaluation.embedding import embed_in_batches
+from vlpt.evaluation.embedding import embed_in_batches, fetch_rows
 from vlpt.sharding import LogicalRules, activate, batch_sharding, replicated
 
 TASKS = ("zeroshot", "retrieval", "linear_probe", "captioning")
@@ -142,15 +142,27 @@ class Encoders:
 
   def read_images(self, params, reader: EvalReader, num_examples: int, global_batch: int,
                   with_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Embeddings (and labels) of the first ``num_examples`` of ``reader``, read in shares."""
+    """Embeddings (and labels) of the first ``num_examples`` of ``reader``, read in shares.
+
+    Every batch's embeddings stay on the devices (:meth:`embed_stream`) and come to the host in
+    one transfer at the end.
+    """
+    embeddings, labels = self.embed_stream(params, reader, num_examples, global_batch,
+                                           with_labels=with_labels)
+    return (fetch_rows(embeddings, num_examples),
+            fetch_rows(labels, num_examples) if with_labels else None)
+
+  def embed_stream(self, params, reader: EvalReader, num_examples: int, global_batch: int,
+                   with_labels: bool = False) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Per-batch replicated (embeddings, labels) device arrays; the last batch is padded."""
     embeddings, labels = [], []
-    for images, batch_labels, valid in stream_images(reader, num_examples, mesh=self.mesh,
-                                                     global_batch=global_batch,
-                                                     with_labels=with_labels):
-      embeddings.append(np.asarray(self._image(params, images))[:valid])
+    for images, batch_labels, _ in stream_images(reader, num_examples, mesh=self.mesh,
+                                                 global_batch=global_batch,
+                                                 with_labels=with_labels):
+      embeddings.append(self._image(params, images))
       if with_labels:
-        labels.append(batch_labels[:valid])
-    return np.concatenate(embeddings), (np.concatenate(labels) if with_labels else None)
+        labels.append(batch_labels)
+    return embeddings, labels
 
   def texts(self, params, ids: np.ndarray, global_batch: int) -> np.ndarray:
     return embed_in_batches(lambda x: self._text(params, x), ids, mesh=self.mesh,
@@ -286,10 +298,9 @@ class DatasetEvaluator:
 
   def _caption_scores(self, params: Any) -> dict[str, float]:
     from vlpt.evaluation.captioning_metrics import caption_scores
-    generated = []
-    for images, _, valid in stream_images(self.reader, self.num_examples, mesh=self.ctx.mesh,
-                                          global_batch=self.ctx.batch_size):
-      generated.extend(np.asarray(self._captioner(params, images))[:valid])
+    generated = fetch_rows([self._captioner(params, images) for images, _, _ in stream_images(
+        self.reader, self.num_examples, mesh=self.ctx.mesh, global_batch=self.ctx.batch_size)],
+        self.num_examples)
     tok = self.ctx.tokenizer
     texts = [tok.decode(ids) for ids in generated]
     scores = caption_scores(texts, self.captions)
