@@ -1,5 +1,6 @@
 """Bad configs fail fast: one actionable line on stderr, non-zero exit, no compilation."""
 
+import re
 import subprocess
 import time
 
@@ -10,34 +11,66 @@ from vlpt.config import default_config
 from vlpt.errors import ConfigError
 from vlpt.train.validation import validate
 
+# (overrides of configs/demo.py, the message's fragment): checked in-process, as validate() sees
+# them; the command-line path (one line on stderr, exit 2, nothing started) is tested below
 CASES = [
-    (["--config.batch_size=30"], "not divisible by the data-parallel size 8"),
-    (["--config.mesh.data=3"], "mesh"),
-    (["--config.total_steps=0"], "config.total_steps must be a positive integer"),
-    (["--config.total_steps=-5"], "config.total_steps must be a positive integer"),
-    (["--config.data.train.source=wds:/no/such/shards.tar"], "does not exist"),
-    (["--config.model.image.variant=B/7"], "not divisible by the patch size"),
-    (["--config.loss.name=softmaxx"], "config.loss.name='softmaxx' is not one of"),
-    (["--config.loss.impl=ring", "--config.loss.label_smoothing=0.1"], "needs impl='gather'"),
-    (["--config.loss.matryoshka_dims=(8,1024)"], "exceeds config.model.embed_dim=128"),
-    (["--config.loss.name=sigmoid"], "needs a logit bias"),
-    (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
-    # evaluation-dataset settings the entry leaves to the defaults can be overridden (and checked)
-    (["--config.eval.datasets.heldout.caption_method=topk"], "must be greedy or beam"),
-    (["--config.eval.datasets.extra.split=test"], "source is required"),  # a new, incomplete entry
-    (["--config.eval.datasets.heldout.num_exmples=5"], "num_exmples"),
+    ({"batch_size": 30}, "not divisible by the data-parallel size 8"),
+    ({"mesh.data": 3}, "mesh"),
+    ({"total_steps": 0}, "config.total_steps must be a positive integer"),
+    ({"total_steps": -5}, "config.total_steps must be a positive integer"),
+    ({"data.train.source": "wds:/no/such/shards.tar"}, "does not exist"),
+    ({"model.image.variant": "B/7"}, "not divisible by the patch size"),
+    ({"loss.name": "softmaxx"}, "config.loss.name='softmaxx' is not one of"),
+    ({"loss.impl": "ring", "loss.label_smoothing": 0.1}, "needs impl='gather'"),
+    ({"loss.matryoshka_dims": (8, 1024)}, "exceeds config.model.embed_dim=128"),
+    ({"loss.name": "sigmoid"}, "needs a logit bias"),
+    ({"optimizer.name": "sgd"}, "config.optimizer.name='sgd' is not one of"),
+    ({"data.normalization": "imagenet"}, "config.data.normalization must be one of"),
+    ({"init.lock_towers": ("image",)}, "would freeze the randomly initialized image tower"),
+    ({"model.text.widht": 96}, "did you mean config.model.text.width?"),
+    ({"eval.datasets.heldout.caption_method": "topk"}, "must be greedy or beam"),
+    ({"eval.datasets.heldout.num_exmples": 5}, "did you mean num_examples?"),
 ]
 
 
+def _demo():
+  import ml_collections
+
+  from vlpt.config import load_config
+  return load_config(f"{REPO}/configs/demo.py"), ml_collections
+
+
 @pytest.mark.parametrize("overrides,message", CASES)
+def test_config_errors_name_the_fix(overrides, message):
+  config, _ = _demo()
+  with config.unlocked():
+    for path, value in overrides.items():
+      *parents, leaf = path.split(".")
+      node = config
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    validate(config, num_devices=8)
+
+
+CLI_CASES = [
+    (["--config.batch_size=30"], "not divisible by the data-parallel size 8"),
+    (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
+    # evaluation-dataset settings the entry leaves to the defaults can be overridden (and checked)
+    (["--config.eval.datasets.extra.split=test"], "source is required"),  # a new, incomplete entry
+]
+
+
+@pytest.mark.parametrize("overrides,message", CLI_CASES)
 def test_cli_config_errors(tmp_path, cli_env, overrides, message):
   start = time.perf_counter()
   proc = subprocess.run([PYTHON, "-m", "vlpt.cli.train", "--config", f"{REPO}/configs/demo.py",
                          "--workdir", str(tmp_path / "w"), *overrides],
                         capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   err = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert any(message in line for line in err), proc.stderr
+  assert any(message in line and line.startswith("vlpt: error: ") for line in err), proc.stderr
   assert "Traceback" not in proc.stderr, proc.stderr
   assert time.perf_counter() - start < 60
   assert not (tmp_path / "w" / "checkpoints").exists()  # nothing was started
@@ -48,7 +81,7 @@ def test_unknown_key_in_config_file_is_named():
   with c.unlocked():
     c.optimizer.weight_decy = 1e-3
   with pytest.raises(ConfigError, match=r"'config.optimizer.weight_decy' \(did you mean "
-                                        r"optimizer.weight_decay\?\)"):
+                                        r"config.optimizer.weight_decay\?\)"):
     validate(c, num_devices=8)
 
 
@@ -58,14 +91,48 @@ def test_mesh_must_match_devices():
   with pytest.raises(ConfigError, match="uses 4 devices but 8 are available"):
     validate(c, num_devices=8)
   c.mesh.data = -1
-  assert validate(c, num_devices=8) == (4, 2, 1)
+  assert validate(c, num_devices=8).mesh_shape == (4, 2, 1)
 
 
-def test_image_size_mismatch():
+def test_moved_keys_keep_working_for_one_release(capsys):
+  """Keys of vlpt 0.1 are moved into place with a one-line notice; conflicts are refused."""
+  c = default_config()
+  with c.unlocked():
+    c.model.image.image_size = 224  # = config.data.image_size: dropped
+    c.model.caption_weight = 3.0
+    c.model.lock_towers = ("image",)
+    c.model.allow_random_lock = True
+  validate(c, num_devices=8)
+  assert c.loss.caption_weight == 3.0 and c.init.lock_towers == ("image",)
+  assert "image_size" not in c.model.image and "caption_weight" not in c.model
+  notes = capsys.readouterr().err.splitlines()
+  assert len(notes) == 4
+  assert ("[vlpt] note: config.model.caption_weight is now config.loss.caption_weight (the old "
+          "key is accepted until vlpt 0.3)") in notes
   c = default_config()
   c.data.image_size = 64
-  with pytest.raises(ConfigError, match="data.image_size=64 differs"):
+  with c.unlocked():
+    c.model.image.image_size = 32
+  with pytest.raises(ConfigError, match="config.model.image.image_size=32 differs from "
+                                        "config.data.image_size=64"):
     validate(c, num_devices=8)
+  c = default_config()
+  c.init.checkpoint = "builtin:demo"
+  with c.unlocked():
+    c.model.init_from = "builtin:other"
+  with pytest.raises(ConfigError, match="both set"):
+    validate(c, num_devices=8)
+
+
+def test_moved_key_on_the_command_line(tmp_path, cli_env):
+  proc = subprocess.run([PYTHON, "-m", "vlpt.cli.train", "--config", f"{REPO}/configs/demo.py",
+                         "--workdir", str(tmp_path / "w"), "--config.model.init_from=/no/such",
+                         "--config.total_steps=0"],
+                        capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
+  assert proc.returncode == 2, proc.stderr
+  assert ("[vlpt] note: --config.model.init_from is now --config.init.checkpoint (the old flag is "
+          "accepted until vlpt 0.3)") in proc.stderr
+  assert "vlpt: error: config.total_steps must be a positive integer" in proc.stderr
 
 
 def test_eval_dataset_settings_from_the_command_line():
