@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices (set before JAX starts), absl flags, reference stack."""
 
+import importlib
 import os
 import sys
 
@@ -19,25 +20,65 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: end-to-end runs of minutes (slow tier)")
 
 
+REFERENCE_HINT = ("parity tests need the reference stack: pip install -e '.[test,reference]' and "
+                  "pip install --no-deps clip_benchmark==1.6.2 (as .ci/run does)")
+
+
+def require(module: str):
+  """Imports a module a test compares against; without it the test FAILS, never skips, so a CI
+  that lacks the reference stack cannot pass by running fewer checks."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    pytest.fail(f"{module} is not importable ({e}); {REFERENCE_HINT}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def torch_reference():
   """Imports the PyTorch reference stack (CPU torch + CUDA torchvision wheel workaround)."""
-  pytest.importorskip("torch")
+  require("torch")
   from vlpt.reference import import_torch_reference
   try:
     return import_torch_reference()
   except ImportError as e:  # open_clip missing: the reference extra is not installed
-    pytest.skip(f"PyTorch reference stack unavailable: {e}")
+    pytest.fail(f"PyTorch reference stack unavailable ({e}); {REFERENCE_HINT}", pytrace=False)
 
 
-@pytest.fixture
-def cli_env():
-  """Environment for CLI subprocesses: repo on the path, 8 simulated devices."""
+def cli_environment() -> dict:
+  """Environment for CLI subprocesses: repo on the path, CPU devices."""
   env = dict(os.environ)
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env["PYTHONUNBUFFERED"] = "1"
   env["JAX_PLATFORMS"] = "cpu"
   return env
+
+
+@pytest.fixture
+def cli_env():
+  return cli_environment()
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """``reference_run(kind)``: the tiny demo trained once per session on 8 devices in one process,
+  shared by every test that compares against it (read-only: copy it before training on).
+
+  ``"short"``: configs/demo.py:tiny as configured (20 steps, checkpoints at 10 and 20, held-out
+  evaluation at the end); ``"long"``: 80 steps, a checkpoint every 10, no evaluation.
+  """
+  from e2e_utils import REFERENCE_OVERRIDES, cli, env_with_devices, run
+  runs = {}
+
+  def get(kind: str):
+    if kind not in runs:
+      workdir = tmp_path_factory.mktemp(f"reference-{kind}") / "run"
+      proc = run(cli("vlpt.cli.train", workdir, *REFERENCE_OVERRIDES[kind]),
+                 env_with_devices(cli_environment(), 8))
+      (workdir.parent / "stdout.txt").write_text(proc.stdout)  # beside the workdir, not in it
+      runs[kind] = workdir
+    return runs[kind]
+
+  return get
 
 
 PYTHON = sys.executable

@@ -8,6 +8,10 @@ import subprocess
 from conftest import PYTHON, REPO
 
 DEMO = os.path.join(REPO, "configs", "demo.py")
+# the shared reference runs (conftest.reference_run) and the overrides runs compared with them use
+LONG_OVERRIDES = ("--config.total_steps=80", "--config.checkpoint_every_steps=10",
+                  "--config.eval.at_end=False", "--config.eval_every_steps=1000")
+REFERENCE_OVERRIDES = {"short": (), "long": LONG_OVERRIDES}
 
 
 def env_with_devices(base_env, devices):

@@ -20,7 +20,6 @@ from vlpt.config import default_config, load_config
 from vlpt.errors import ConfigError
 from vlpt.train.validation import validate
 from vlpt.data.preprocess import Preprocess
-from vlpt.data.tokenizers import build_tokenizer
 from vlpt.models import build_model
 from vlpt.optim import FactoredMomentsState, build_optimizer
 from vlpt.train.initialization import read_checkpoint as read_bundle
@@ -51,11 +50,19 @@ def placeholders(module):
 def point_at_local_files(config, tmp_path):
   """The full configs' placeholders replaced by things that exist here."""
   config.data.train.source = "synthetic"
-  for key in ("vocab_path", "model_path"):
-    if key in config.data.tokenizer:
-      path = tmp_path / key
-      path.write_text("x")
-      config.data.tokenizer[key] = str(path)
+  if "vocab_path" in config.data.tokenizer:  # a WordPiece vocabulary (ALIGN's BERT tokenizer)
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo"]) + "\n")
+    config.data.tokenizer.vocab_path = str(path)
+  if "model_path" in config.data.tokenizer:  # a SentencePiece model (SigLIP's)
+    import sentencepiece as spm
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"a photo of a {c} {s}" for c in ("red", "green", "blue")
+                                for s in ("circle", "square", "cross")) * 20)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"),
+                                   vocab_size=24, pad_id=3, bos_id=-1, eos_id=1, unk_id=0,
+                                   minloglevel=2)
+    config.data.tokenizer.model_path = str(tmp_path / "m.model")
   if config.init.checkpoint and not config.init.checkpoint.startswith("builtin:"):
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir(exist_ok=True)
@@ -189,7 +196,7 @@ def test_weight_decay_mask_and_freezing_hold_for_every_optimizer(name):
   assert np.all(np.asarray(new["text"]["kernel"]) < 1.0)  # decayed
   np.testing.assert_array_equal(new["text"]["bias"], 1.0)  # no_decay: "bias"
   np.testing.assert_array_equal(new["image"]["kernel"], 1.0)  # locked
-  masked = optax.transforms._masking.MaskedNode
+  masked = optax.MaskedNode
   frozen_state = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, masked))
                   if isinstance(x, masked)]
   assert frozen_state, "the locked tower should hold no optimizer state"
@@ -269,7 +276,7 @@ def test_locking_a_random_tower_needs_the_explicit_flag(tmp_path):
   with pytest.raises(ConfigError, match="does not load it"):
     validate(config, num_devices=8)
   config.init.towers = ("vision",)
-  with pytest.raises(ConfigError, match="init_towers"):
+  with pytest.raises(ConfigError, match=r"config.init.towers=\('vision',\): choose among"):
     validate(config, num_devices=8)
   config.init.checkpoint = None
   config.init.lock_towers = ()

@@ -7,8 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
-from vlpt.data.tokenizers import (ClipBpeTokenizer, HFTokenizer, SentencePieceTokenizer,
-                                  WordPieceTokenizer, build_tokenizer, write_hf_clip_vocab)
+from conftest import require
+from vlpt.errors import ConfigError
+
+from vlpt.data.tokenizers import (ClipBpeTokenizer, HFTokenizer, SentencePieceTokenizer, WordPieceTokenizer, WordTokenizer, build_tokenizer, write_hf_clip_vocab)
 
 CORPUS = [
     "a photo of a cat", "A Photo Of A CAT!", "don't, I'll, we've, she's, they're, I'm, he'd",
@@ -98,7 +100,7 @@ def test_hf_directory_cased_matches_open_clip_whitespace_cleaning(torch_referenc
 
 
 def test_hf_clip_tokenizer_reads_the_exported_files(torch_reference, tmp_path):
-  transformers = pytest.importorskip("transformers")
+  transformers = require("transformers")
   write_hf_clip_vocab(str(tmp_path))
   hf = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))
   ours = ClipBpeTokenizer()
@@ -168,7 +170,7 @@ def test_tokenizer_json_pad_token_from_tokenizer_config(tmp_path):
 
 
 def test_hf_clip_tokenizer_json_from_transformers(torch_reference, hf_clip_dir, tmp_path):
-  transformers = pytest.importorskip("transformers")
+  transformers = require("transformers")
   transformers.CLIPTokenizerFast.from_pretrained(hf_clip_dir).save_pretrained(str(tmp_path))
   tok = HFTokenizer(str(tmp_path / "tokenizer.json"), context_length=8)
   assert (tok.sot_id, tok.eot_id) == (49406, 49407)
@@ -189,7 +191,7 @@ def _train_sentencepiece(spm, tmp_path):
 
 
 def test_sentencepiece(tmp_path):
-  spm = pytest.importorskip("sentencepiece")
+  spm = require("sentencepiece")
   model = _train_sentencepiece(spm, tmp_path)
   tok = build_tokenizer({"name": "sentencepiece", "model_path": model, "context_length": 16})
   sp = spm.SentencePieceProcessor(model_file=model)
@@ -207,7 +209,7 @@ def test_sentencepiece(tmp_path):
 
 
 def test_sentencepiece_options(tmp_path):
-  spm = pytest.importorskip("sentencepiece")
+  spm = require("sentencepiece")
   model = _train_sentencepiece(spm, tmp_path)
   sp = spm.SentencePieceProcessor(model_file=model)
   plain = SentencePieceTokenizer(model, context_length=4, add_eos=False, pad_id=0)
@@ -245,7 +247,7 @@ def _bert_tokenizers(transformers, directory, **kwargs):
 
 
 def test_wordpiece_matches_bert_tokenizer(torch_reference, tmp_path):
-  transformers = pytest.importorskip("transformers")
+  transformers = require("transformers")
   (tmp_path / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n", encoding="utf-8")
   ours = build_tokenizer({"name": "wordpiece", "vocab_path": str(tmp_path / "vocab.txt"),
                           "context_length": 12})
@@ -260,7 +262,7 @@ def test_wordpiece_matches_bert_tokenizer(torch_reference, tmp_path):
 
 
 def test_wordpiece_cased(torch_reference, tmp_path):
-  transformers = pytest.importorskip("transformers")
+  transformers = require("transformers")
   (tmp_path / "vocab.txt").write_text("\n".join(WORDPIECE + ["Red", "Café"]) + "\n", encoding="utf-8")
   ours = WordPieceTokenizer(str(tmp_path / "vocab.txt"), context_length=8, lower_case=False)
   for bert in _bert_tokenizers(transformers, str(tmp_path), do_lower_case=False):
@@ -290,3 +292,16 @@ def test_registry_names():
   tok = build_tokenizer({"name": "clip_bpe", "context_length": 10})
   assert tok("a cat").shape == (1, 10) and tok.context_length == 10
   assert build_tokenizer({"name": "word", "context_length": 8})("a red circle").shape == (1, 8)
+
+
+def test_word_tokenizer_layout():
+  tok = WordTokenizer(["a", "red", "circle"], context_length=5)
+  ids = tok(["A red circle!", "", "a a a a a a a"])
+  assert ids.shape == (3, 5) and ids.dtype == np.int32
+  assert list(ids[0]) == [tok.sot_id, 2, 4, 3, tok.eot_id]
+  assert list(ids[1]) == [tok.sot_id, tok.eot_id, 0, 0, 0]
+  assert ids[2, -1] == tok.eot_id  # truncation keeps EOT last
+  assert tok.eot_id == tok.vocab_size - 1 and (ids.argmax(1) == [4, 1, 4]).all()
+  assert build_tokenizer({"name": "word", "context_length": 16}).vocab_size > 40
+  with pytest.raises(ConfigError, match="unknown tokenizer"):
+    build_tokenizer({"name": "nope"})

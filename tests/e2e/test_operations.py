@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, launch, metrics, one_train_step, run, train_losses
+from e2e_utils import (LONG_OVERRIDES, cli, env_with_devices, launch, metrics, one_train_step,
+                       run, train_losses)
 from vlpt.config import load_config
 
-OVERRIDES = ["--config.total_steps=60", "--config.checkpoint_every_steps=1000",
-             "--config.eval.at_end=False", "--config.eval_every_steps=1000"]
+OVERRIDES = LONG_OVERRIDES  # 80 steps: the shared reference run's
 
 
 def _logged_step(workdir):
@@ -40,28 +40,31 @@ def _sigterm_at_some_step(command, env, workdir, min_step):
 
 
 @pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes):
+def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes,
+                                                           reference_run):
   env = env_with_devices(cli_env, 8)
 
   def command_for(workdir):  # the reference runs on the same topology (bitwise comparison)
     command = cli("vlpt.cli.train", workdir, *OVERRIDES)
     return launch(2, command) if processes == 2 else command
 
-  reference = tmp_path / "reference"
-  run(command_for(reference), env)
-  want = train_losses(reference)
+  if processes == 1:
+    want = train_losses(reference_run("long"))
+  else:
+    run(command_for(tmp_path / "reference"), env)
+    want = train_losses(tmp_path / "reference")
   workdir = tmp_path / "preempted"
   command = command_for(workdir)
   proc, seconds, step, out = _sigterm_at_some_step(command, env, workdir, min_step=8)
   assert proc.returncode == 0, out
   assert seconds < 30
   saved = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-  assert step <= saved < 60 and "SIGTERM: checkpointed step" in out
+  assert step <= saved < 80 and "SIGTERM: checkpointed step" in out
   out = run(command, env).stdout
   assert "resumed from" in out
   got = train_losses(workdir)
   assert sorted(got) == sorted(want)
-  for s in range(saved + 1, 61):
+  for s in range(saved + 1, 81):
     assert got[s] == want[s], (s, got[s], want[s])  # bitwise
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -9,13 +10,19 @@ import time
 import numpy as np
 import pytest
 
-from e2e_utils import cli, env_with_devices, eval_rows, launch, metrics, run, train_losses
+from e2e_utils import (LONG_OVERRIDES, cli, env_with_devices, eval_rows, launch, metrics, run,
+                       train_losses)
 
 
-def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env):
-  workdir = tmp_path / "run"
-  proc = run(cli("vlpt.cli.train", workdir), env_with_devices(cli_env, 8))
-  assert "step     20/20" in proc.stdout and "ex/s" in proc.stdout and "ETA" in proc.stdout
+def _copy(reference, tmp_path):
+  shutil.copytree(reference, tmp_path / "run")
+  return tmp_path / "run"
+
+
+def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, reference_run):
+  workdir = _copy(reference_run("short"), tmp_path)
+  stdout = (reference_run("short").parent / "stdout.txt").read_text()
+  assert "step     20/20" in stdout and "ex/s" in stdout and "ETA" in stdout
   rows = metrics(workdir)
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 21))
   evals = eval_rows(workdir)
@@ -62,13 +69,10 @@ def _kill_after_checkpoint(command, env, workdir, min_step):
   return proc
 
 
-def test_exact_resume_after_sigkill(tmp_path, cli_env):
+def test_exact_resume_after_sigkill(tmp_path, cli_env, reference_run):
   env = env_with_devices(cli_env, 8)
-  overrides = ["--config.total_steps=80", "--config.checkpoint_every_steps=10",
-               "--config.eval.at_end=False", "--config.eval_every_steps=1000"]
-  reference = tmp_path / "reference"
-  run(cli("vlpt.cli.train", reference, *overrides), env)
-  want = train_losses(reference)
+  overrides = LONG_OVERRIDES
+  want = train_losses(reference_run("long"))
 
   interrupted = tmp_path / "interrupted"
   proc = _kill_after_checkpoint(cli("vlpt.cli.train", interrupted, *overrides), env, interrupted,
@@ -87,10 +91,9 @@ def test_exact_resume_after_sigkill(tmp_path, cli_env):
 
 
 @pytest.mark.parametrize("kind", ["1 device", "2 processes x 4 devices"])
-def test_topology_independence(tmp_path, cli_env, kind):
+def test_topology_independence(tmp_path, cli_env, kind, reference_run):
   overrides = ["--config.eval.at_end=False", "--config.eval_every_steps=1000"]
-  eight = tmp_path / "eight"
-  run(cli("vlpt.cli.train", eight, *overrides), env_with_devices(cli_env, 8))
+  eight = reference_run("short")  # (evaluation does not change the losses)
   other = tmp_path / "other"
   command = cli("vlpt.cli.train", other, *overrides)
   if kind == "1 device":
@@ -103,9 +106,8 @@ def test_topology_independence(tmp_path, cli_env, kind):
                              atol=1e-5, rtol=0)
 
 
-def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env):
-  workdir = tmp_path / "run"
-  run(cli("vlpt.cli.train", workdir), env_with_devices(cli_env, 8))
+def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env, reference_run):
+  workdir = _copy(reference_run("short"), tmp_path)
   want = eval_rows(workdir)[-1]
   run(cli("vlpt.cli.eval", workdir), env_with_devices(cli_env, 1))
   run(launch(2, cli("vlpt.cli.eval", workdir)), env_with_devices(cli_env, 8))
@@ -128,13 +130,12 @@ def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env):
   assert max(train_losses(workdir)) == 25
 
 
-def test_ring_loss_trains_like_the_gather_loss(tmp_path, cli_env):
+def test_ring_loss_trains_like_the_gather_loss(tmp_path, cli_env, reference_run):
   env = env_with_devices(cli_env, 8)
   overrides = ["--config.eval.at_end=False", "--config.eval_every_steps=1000"]
-  run(cli("vlpt.cli.train", tmp_path / "gather", *overrides), env)
   run(cli("vlpt.cli.train", tmp_path / "ring", *overrides, "--config.loss.impl=ring",
           "--config.loss.tile_size=2"), env)
-  a, b = train_losses(tmp_path / "gather"), train_losses(tmp_path / "ring")
+  a, b = train_losses(reference_run("short")), train_losses(tmp_path / "ring")
   np.testing.assert_allclose([b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)],
                              atol=1e-5, rtol=0)
 

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import require
+
 from vlpt.evaluation.captioning_metrics import (bleu, caption_scores, cider, cider_per_image,
                                                 tokenize_caption)
 
@@ -68,12 +70,13 @@ def test_tokenize_caption_hand_made():
 
 def _java_ptb(sentences):
   """coco-caption's own tokenization (Stanford PTBTokenizer in Java + punctuation filter)."""
-  ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+  ptb = require("pycocoevalcap.tokenizer.ptbtokenizer")
   if shutil.which("java") is None:
-    pytest.skip("coco-caption's PTBTokenizer needs Java, which this machine lacks")
+    pytest.fail("coco-caption's PTBTokenizer needs Java: apt-get install default-jre-headless",
+                pytrace=False)
   jar = os.path.join(os.path.dirname(ptb.__file__), ptb.STANFORD_CORENLP_3_4_1_JAR)
   if not os.path.exists(jar):
-    pytest.skip("pycocoevalcap's Stanford CoreNLP jar is missing")
+    pytest.fail(f"pycocoevalcap's Stanford CoreNLP jar is missing: {jar}", pytrace=False)
   out = ptb.PTBTokenizer().tokenize({i: [{"caption": s}] for i, s in enumerate(sentences)})
   return [out[i][0] for i in range(len(sentences))]
 
@@ -112,8 +115,8 @@ def test_tokenize_caption_equals_coco_captions_java_tokenizer():
 
 
 def _pycoco(candidates, references):
-  bleu_mod = pytest.importorskip("pycocoevalcap.bleu.bleu")
-  cider_mod = pytest.importorskip("pycocoevalcap.cider.cider")
+  bleu_mod = require("pycocoevalcap.bleu.bleu")
+  cider_mod = require("pycocoevalcap.cider.cider")
   gts = {i: list(r) for i, r in enumerate(references)}
   res = {i: [c] for i, c in enumerate(candidates)}
   b, _ = bleu_mod.Bleu(4).compute_score(gts, res, verbose=0)

@@ -4,6 +4,8 @@ else a plain numpy transcription of its definitions)."""
 import numpy as np
 import pytest
 
+from conftest import require
+
 from vlpt.evaluation import metrics as M
 
 
@@ -71,9 +73,9 @@ def test_fewer_than_five_classes_and_perfect_embeddings():
 def test_matches_clip_benchmark_code(torch_reference):
   """Runs CLIP_benchmark's own evaluate() functions on a stub model serving fixed embeddings."""
   torch, _ = torch_reference
-  pytest.importorskip("sklearn")
-  zc = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
-  zr = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
+  require("sklearn")
+  zc = require("clip_benchmark.metrics.zeroshot_classification")
+  zr = require("clip_benchmark.metrics.zeroshot_retrieval")
   prompts, images, labels, texts, owner = make_case(4, n_img=40, n_cls=8)
   n_cls, n_tmpl, _ = prompts.shape
   classnames = [f"class{c}" for c in range(n_cls)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from conftest import REPO, require
 from vlpt.config import load_config
 from vlpt.errors import ConfigError
 from vlpt.train.validation import validate
@@ -78,8 +78,8 @@ def _torch_model(setup, params):
 
 def test_tfds_zeroshot_and_retrieval_equal_clip_benchmark(tfds_dir, torch_reference):
   torch, _ = torch_reference
-  zc = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
-  zr = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
+  zc = require("clip_benchmark.metrics.zeroshot_classification")
+  zr = require("clip_benchmark.metrics.zeroshot_retrieval")
   from sklearn.metrics import balanced_accuracy_score
 
   from vlpt.data.synthetic import CLASS_NAMES

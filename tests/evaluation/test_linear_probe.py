@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from conftest import require
+
 from vlpt.evaluation.linear_probe import WEIGHT_DECAYS, linear_probe, search_weight_decay
 
 
@@ -53,8 +55,8 @@ def clip_benchmark_linear_probe(monkeypatch):
   ``accuracy()`` calls ``float()`` on a 1-element array, which numpy >= 2.4 rejects: replaced by
   the same top-k count returning a Python float.
   """
-  torch = pytest.importorskip("torch")
-  lp = pytest.importorskip("clip_benchmark.metrics.linear_probe")
+  torch = require("torch")
+  lp = require("clip_benchmark.metrics.linear_probe")
   monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
   monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
   to = torch.Tensor.to

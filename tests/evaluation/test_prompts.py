@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from conftest import require
+
 from vlpt.evaluation import prompts
 
 COUNTS = {"imagenet2012": 1000, "cifar10": 10, "cifar100": 100, "food101": 101,
@@ -53,7 +55,7 @@ def test_unknown_dataset_raises_with_the_known_list():
 
 
 def test_assets_equal_clip_benchmarks_files():
-  cb = pytest.importorskip("clip_benchmark")
+  cb = require("clip_benchmark")
   cb_dir = os.path.join(os.path.dirname(cb.__file__), "datasets")
   for name in ("en_classnames.json", "en_zeroshot_classification_templates.json"):
     with open(os.path.join(cb_dir, name), encoding="utf-8") as f:
@@ -71,7 +73,7 @@ def _norm(name: str) -> str:
 
 def test_order_matches_tfds_label_features(tmp_path):
   """Counts and (where TFDS ships the names) the names themselves follow TFDS's label order."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  tfds = require("tensorflow_datasets")
   for dataset, expected in COUNTS.items():
     label = tfds.builder(dataset, data_dir=str(tmp_path)).info.features["label"]
     assert label.num_classes == expected, dataset

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, require
 
 # ViT: 32 px, patch 8, width 64, 2 layers (4 heads of 16); text: width 64, 2 layers, 4 heads,
 # context 77 (CLIP's BPE vocabulary); embedding 64
@@ -62,8 +62,8 @@ def _tagged_result(nb, tag):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_finetune_notebook_runs_and_raises_zero_shot_accuracy(tmp_path, monkeypatch):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
+  nbformat = require("nbformat")
+  nbclient = require("nbclient")
   checkpoint = str(tmp_path / "random_open_clip")
   _random_open_clip_checkpoint(checkpoint)
   # the kernel inherits this environment (and the conftest's 8 simulated CPU devices)

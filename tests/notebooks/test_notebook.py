@@ -4,13 +4,13 @@ import os
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, require
 
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
+  nbformat = require("nbformat")
+  nbclient = require("nbclient")
   nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
   monkeypatch.setenv("VLPT_NOTEBOOK_STEPS", "300")  # the kernel inherits this environment
   client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",

@@ -63,6 +63,7 @@ def _formats(args: argparse.Namespace) -> tuple[str, str]:
 
 def build(args: argparse.Namespace) -> str:
   from vlpt.data import shards
+  from vlpt.data.shard_writer import shard_pattern
   kind, *rest = args.kind
   container, image_format = _formats(args)
   if args.row_group_size is not None and container != "parquet":
@@ -87,7 +88,7 @@ def build(args: argparse.Namespace) -> str:
       shards.write_files(samples, writer)
     else:
       raise SystemExit(f"unknown --from {kind!r}; use synthetic, folder or csv")
-  pattern = shards.shard_pattern(args.out, len(writer.paths), writer.suffix)
+  pattern = shard_pattern(args.out, len(writer.paths), writer.suffix)
   print(f"wrote {writer.count} samples in {len(writer.paths)} shard(s): {pattern}")
   print(f"train with --config.data.train.source={writer.source_kind}:{pattern}")
   return pattern

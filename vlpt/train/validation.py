@@ -48,7 +48,10 @@ def _validate(config: Any, num_devices: int, num_processes: int) -> Validated:
   config_schema.check_structure(config)
   mesh_shape = _check_mesh_and_batches(config, num_devices, num_processes)
   pipeline.check_config(config.data)
-  tokenizer = build_tokenizer(config.data.tokenizer)
+  try:
+    tokenizer = build_tokenizer(config.data.tokenizer)
+  except (OSError, RuntimeError) as e:  # a tokenizer file its library cannot read
+    raise ValueError(f"config.data.tokenizer ({config.data.tokenizer.name}): {e}") from None
   kwargs = models.model_kwargs(config.model, image_size=config.data.image_size,
                                vocab_size=tokenizer.vocab_size,
                                context_length=tokenizer.context_length)
