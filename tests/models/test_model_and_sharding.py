@@ -1,11 +1,12 @@
-"""Model structure and layouts: logical axes map to data/FSDP/tensor layouts by rules alone."""
+"""Model structure: sharded forward = single device, normalization, pooling, temperature, dtypes.
+
+Placement of real arrays on data / FSDP / tensor meshes: tests/train/test_placement.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from vlpt import sharding as S
 from vlpt.models import build_model
@@ -13,33 +14,6 @@ from vlpt.models.layers import LayerNorm, quick_gelu
 
 TINY = dict(name="clip", embed_dim=32, image=dict(variant="micro/8", image_size=32),
             text=dict(variant="micro", vocab_size=50, context_length=8))
-
-
-def specs_for(mesh_shape, rules=()):
-  mesh = S.make_mesh(mesh_shape)
-  model = nnx.eval_shape(lambda: build_model(TINY, nnx.Rngs(0)))
-  shardings = S.param_shardings(nnx.state(model, nnx.Param), mesh, S.rules_from_config(rules))
-  return jax.tree.map(lambda s: s.spec, shardings.to_pure_dict(),
-                      is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
-
-
-def test_data_parallel_replicates_parameters():
-  specs = specs_for(dict(data=8))
-  attn = specs["image"]["transformer"]["blocks"][0]["attn"]
-  # 'embed' maps to fsdp (size 1 here) and heads to tensor (size 1): effectively replicated
-  assert attn["query"] == P("fsdp", "tensor", None)
-
-
-def test_fsdp_and_tensor_layouts_are_a_rules_change():
-  specs = specs_for(dict(data=2, fsdp=2, tensor=2))
-  block = specs["text"]["transformer"]["blocks"][1]
-  assert block["mlp"]["fc1"]["kernel"] == P("fsdp", "tensor")
-  assert block["mlp"]["fc2"]["kernel"] == P("tensor", "fsdp")
-  assert block["attn"]["out"] == P("tensor", None, "fsdp")
-  assert specs["logit_scale"] == P()
-  # Overriding a rule (e.g. no tensor parallelism for MLPs) changes the layout, not the model.
-  specs = specs_for(dict(data=2, fsdp=2, tensor=2), rules=[("mlp", None)])
-  assert specs["text"]["transformer"]["blocks"][1]["mlp"]["fc1"]["kernel"] == P("fsdp", None)
 
 
 def test_sharded_forward_equals_single_device():

@@ -23,7 +23,9 @@ def resize_image_positions(pos: np.ndarray, new_grid: int, *, prefix: int) -> np
   if grid == new_grid:
     return pos
   g = jnp.asarray(pos[prefix:], jnp.float32).reshape(grid, grid, w)
-  g = jax.image.resize(g, (new_grid, new_grid, w), method="bicubic", antialias=False)
+  # bicubic as open_clip's resize_pos_embed; antialiased, as torch's interpolate(antialias=True)
+  # there, when the grid shrinks (no effect when it grows)
+  g = jax.image.resize(g, (new_grid, new_grid, w), method="bicubic", antialias=True)
   return np.concatenate([pos[:prefix], np.asarray(g).reshape(-1, w).astype(pos.dtype)], axis=0)
 
 
