@@ -205,7 +205,7 @@ def test_init_from_mismatch_is_a_config_error(tmp_path):
   _export_random_model(config, tmp_path / "pre")
   config.init.checkpoint = str(tmp_path / "pre")
   config.model.embed_dim = 48
-  with pytest.raises(ConfigError, match="init_from.*shape mismatch"):
+  with pytest.raises(ConfigError, match="config.init.checkpoint=.*shape mismatch"):
     initial_state(build(config))
   config.init.checkpoint = str(tmp_path / "missing")
   with pytest.raises(ConfigError, match="no such checkpoint"):
@@ -215,7 +215,7 @@ def test_init_from_mismatch_is_a_config_error(tmp_path):
 def test_model_config_errors():
   config = demo_config()
   config.model.image.poool = "map"
-  with pytest.raises(ConfigError, match="did you mean model.image.pool"):
+  with pytest.raises(ConfigError, match="did you mean config.model.image.pool"):
     build(config)
   config = demo_config("coca,tiny")
   config.model.embed_dim = 48
