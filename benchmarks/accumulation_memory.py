@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="configs/demo.py")
@@ -23,6 +24,7 @@ def main() -> None:
   args = p.parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from vlpt.distributed import set_host_device_count
+
   set_host_device_count(args.devices)
   import jax
   import jax.numpy as jnp
@@ -42,18 +44,23 @@ def main() -> None:
     size = config.data.image_size
     length = setup.tokenizer.context_length
     batch = {
-        "image": jax.ShapeDtypeStruct((args.batch, size, size, 3), jnp.uint8,
-                                      sharding=S.batch_sharding(setup.mesh, 4)),
-        "text": jax.ShapeDtypeStruct((args.batch, length), jnp.int32,
-                                     sharding=S.batch_sharding(setup.mesh, 2)),
+      "image": jax.ShapeDtypeStruct(
+        (args.batch, size, size, 3), jnp.uint8, sharding=S.batch_sharding(setup.mesh, 4)
+      ),
+      "text": jax.ShapeDtypeStruct(
+        (args.batch, length), jnp.int32, sharding=S.batch_sharding(setup.mesh, 2)
+      ),
     }
     step = make_train_step(setup, objective_class(config)(setup))
     with S.activate(setup.mesh, setup.rules):
       compiled = step.lower(setup.abstract_state, batch).compile()
     temp = int(compiled.memory_analysis().temp_size_in_bytes)
     results.append((k, temp))
-    print(f"{args.config} batch {args.batch} on {jax.device_count()} devices, k={k}: "
-          f"{temp / 2**20:.1f} MiB temp per device", flush=True)
+    print(
+      f"{args.config} batch {args.batch} on {jax.device_count()} devices, k={k}: "
+      f"{temp / 2**20:.1f} MiB temp per device",
+      flush=True,
+    )
   print("temp_bytes_per_device_by_k=" + ",".join(f"{k}:{t}" for k, t in results))
 
 

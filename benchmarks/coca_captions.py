@@ -46,9 +46,20 @@ def main() -> None:
   start = time.perf_counter()
   ids = []
   for i in range(0, n, 128):
-    ids.append(np.asarray(generate(loaded.model, images[i:i + 128], max_len=tok.context_length,
-                                   sot_id=tok.sot_id, eot_id=tok.eot_id, pad_id=tok.pad_id,
-                                   method=args.method, rng=jax.random.key(0))))
+    ids.append(
+      np.asarray(
+        generate(
+          loaded.model,
+          images[i : i + 128],
+          max_len=tok.context_length,
+          sot_id=tok.sot_id,
+          eot_id=tok.eot_id,
+          pad_id=tok.pad_id,
+          method=args.method,
+          rng=jax.random.key(0),
+        )
+      )
+    )
   ids = np.concatenate(ids)
   seconds = time.perf_counter() - start
   colors, shapes = list(COLORS), list(SHAPES)
@@ -63,8 +74,10 @@ def main() -> None:
     color_ok, shape_ok, both_ok = color_ok + c_ok, shape_ok + s_ok, both_ok + (c_ok and s_ok)
     if i < args.show:
       print(f"  true: {e['caption']!r:60s} generated: {tok.decode(ids[i])!r}")
-  print(f"{n} held-out images, {args.method} decoding in {seconds:.1f} s; chance: color 0.167, "
-        f"shape 0.250, both 0.042")
+  print(
+    f"{n} held-out images, {args.method} decoding in {seconds:.1f} s; chance: color 0.167, "
+    f"shape 0.250, both 0.042"
+  )
   print(f"color_acc={color_ok / n:.4f} shape_acc={shape_ok / n:.4f} both_acc={both_ok / n:.4f}")
 
 

@@ -34,29 +34,45 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
-                  "motorcycle_left.png", "rocket.jpg", "retina.jpg", "ihc.png", "camera.png")
+SKIMAGE_PHOTOS = (
+  "astronaut.png",
+  "chelsea.png",
+  "coffee.png",
+  "hubble_deep_field.jpg",
+  "motorcycle_left.png",
+  "rocket.jpg",
+  "retina.jpg",
+  "ihc.png",
+  "camera.png",
+)
 
 
 def photos():
   """The color photographs scikit-image, scikit-learn and matplotlib ship (those installed)."""
   from PIL import Image
+
   paths = []
   try:
     import skimage
+
     paths += [os.path.join(os.path.dirname(skimage.__file__), "data", n) for n in SKIMAGE_PHOTOS]
   except ImportError:
     pass
   try:
     import sklearn.datasets
-    paths += [os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", n)
-              for n in ("china.jpg", "flower.jpg")]
+
+    paths += [
+      os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", n)
+      for n in ("china.jpg", "flower.jpg")
+    ]
   except ImportError:
     pass
   try:
     import matplotlib
-    paths.append(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data",
-                              "grace_hopper.jpg"))
+
+    paths.append(
+      os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    )
   except ImportError:
     pass
   return [Image.open(p).convert("RGB") for p in paths if os.path.exists(p)]
@@ -69,6 +85,7 @@ def build_shards(out: str, num: int, shard_size: int) -> str:
   from PIL import Image
 
   from vlpt.data.shards import ShardWriter
+
   images = photos()
   if not images:
     raise SystemExit("no packaged photographs found: pip install -e '.[reference,bench]'")
@@ -82,8 +99,9 @@ def build_shards(out: str, num: int, shard_size: int) -> str:
       x, y = int(rng.integers(0, W - cw + 1)), int(rng.integers(0, H - ch + 1))
       long_side = int(rng.integers(256, 641))
       scale = long_side / max(cw, ch)
-      crop = im.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC,
-                       box=(x, y, x + cw, y + ch))
+      crop = im.resize(
+        (max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC, box=(x, y, x + cw, y + ch)
+      )
       buf = io.BytesIO()
       crop.save(buf, format="JPEG", quality=95)
       caption = " ".join(rng.choice(words, int(rng.integers(4, 12))))
@@ -95,6 +113,7 @@ def bench_vlpt(pattern: str, workers: int, batch: int, batches: int) -> float:
   from vlpt.config import default_config
   from vlpt.data.pipeline import train_dataset
   from vlpt.data.tokenizers import build_tokenizer
+
   c = default_config()
   c.data.image_size = 224
   c.data.num_workers = workers
@@ -102,8 +121,9 @@ def bench_vlpt(pattern: str, workers: int, batch: int, batches: int) -> float:
   c.data.train.shuffle = True
   c.data.tokenizer = {"name": "clip_bpe", "context_length": 77}
   tok = build_tokenizer(c.data.tokenizer)
-  it = iter(train_dataset(c.data, tokenizer=tok, global_batch=batch, seed=0, process_index=0,
-                          process_count=1))
+  it = iter(
+    train_dataset(c.data, tokenizer=tok, global_batch=batch, seed=0, process_index=0, process_count=1)
+  )
   first = next(it)
   assert first["image"].shape == (batch, 224, 224, 3), first["image"].shape
   start = time.perf_counter()
@@ -116,24 +136,27 @@ def bench_vlpt(pattern: str, workers: int, batch: int, batches: int) -> float:
 
 def bench_open_clip(pattern: str, workers: int, batch: int, batches: int) -> float:
   from vlpt.reference import import_torch_reference
+
   torch, open_clip = import_torch_reference()
   import webdataset as wds
+
   preprocess = open_clip.image_transform(224, is_train=True)  # RandomResizedCrop (0.9, 1), bicubic
   tokenizer = open_clip.get_tokenizer("ViT-B-32")
   pipeline = wds.DataPipeline(
-      wds.SimpleShardList(pattern),
-      wds.split_by_worker,
-      wds.tarfile_to_samples(),
-      wds.shuffle(5000, initial=1000),
-      wds.select(lambda s: "txt" in s and any(k in s for k in ("png", "jpg", "jpeg", "webp"))),
-      wds.decode("pilrgb"),
-      wds.rename(image="jpg;png;jpeg;webp", text="txt"),
-      wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
-      wds.to_tuple("image", "text"),
-      wds.batched(batch, partial=False),
+    wds.SimpleShardList(pattern),
+    wds.split_by_worker,
+    wds.tarfile_to_samples(),
+    wds.shuffle(5000, initial=1000),
+    wds.select(lambda s: "txt" in s and any(k in s for k in ("png", "jpg", "jpeg", "webp"))),
+    wds.decode("pilrgb"),
+    wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+    wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
+    wds.to_tuple("image", "text"),
+    wds.batched(batch, partial=False),
   ).repeat()
-  loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers,
-                         persistent_workers=workers > 0)
+  loader = wds.WebLoader(
+    pipeline, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=workers > 0
+  )
   it = iter(loader)
   images, _ = next(it)
   assert tuple(images.shape) == (batch, 3, 224, 224), images.shape
@@ -154,17 +177,20 @@ def main() -> None:
   args = p.parse_args()
   sys.path.insert(0, REPO)
   from absl import flags
+
   flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
   with tempfile.TemporaryDirectory() as tmp:
     pattern = args.shards or build_shards(tmp, args.num, args.shard_size)
-    print(f"shards: {pattern}; workers={args.workers} batch={args.batch} "
-          f"timed={args.batches * args.batch} images", flush=True)
+    print(
+      f"shards: {pattern}; workers={args.workers} batch={args.batch} "
+      f"timed={args.batches * args.batch} images",
+      flush=True,
+    )
     ours = bench_vlpt(pattern, args.workers, args.batch, args.batches)
     print(f"vlpt (grain, wds source):         {ours:8.1f} images/s", flush=True)
     theirs = bench_open_clip(pattern, args.workers, args.batch, args.batches)
     print(f"open_clip (webdataset, torchvision): {theirs:8.1f} images/s", flush=True)
-  print(f"vlpt_images_per_s={ours:.1f} open_clip_images_per_s={theirs:.1f} "
-        f"ratio={ours / theirs:.3f}")
+  print(f"vlpt_images_per_s={ours:.1f} open_clip_images_per_s={theirs:.1f} ratio={ours / theirs:.3f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+
 def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batch", type=int, default=16384, help="global batch")
@@ -34,21 +35,28 @@ def temp_bytes(batch: int, impl: str, loss: str, dim: int, tile: int) -> int:
 
   import jax
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   from vlpt import sharding as S
   from vlpt.losses.contrastive import sigmoid_contrastive_sharded, softmax_contrastive_sharded
   from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 
   mesh = S.make_mesh({"data": -1})
-  fns = {("naive", "softmax"): softmax_contrastive_sharded,
-         ("naive", "sigmoid"): sigmoid_contrastive_sharded,
-         ("tiled", "softmax"): functools.partial(softmax_ring_sharded, tile_size=tile),
-         ("tiled", "sigmoid"): functools.partial(sigmoid_ring_sharded, tile_size=tile)}
+  fns = {
+    ("naive", "softmax"): softmax_contrastive_sharded,
+    ("naive", "sigmoid"): sigmoid_contrastive_sharded,
+    ("tiled", "softmax"): functools.partial(softmax_ring_sharded, tile_size=tile),
+    ("tiled", "sigmoid"): functools.partial(sigmoid_ring_sharded, tile_size=tile),
+  }
   fn = fns[(impl, loss)]
   spec = P(S.BATCH_AXES)
-  loss_fn = jax.shard_map(lambda i, t, s, b: fn(i, t, s, b, S.BATCH_AXES)[0], mesh=mesh,
-                          in_specs=(spec, spec, P(), P()), out_specs=P())
+  loss_fn = jax.shard_map(
+    lambda i, t, s, b: fn(i, t, s, b, S.BATCH_AXES)[0],
+    mesh=mesh,
+    in_specs=(spec, spec, P(), P()),
+    out_specs=P(),
+  )
   grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)))
   emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=NamedSharding(mesh, spec))
   scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
@@ -60,21 +68,29 @@ def main() -> None:
   args = parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from vlpt.distributed import set_host_device_count
+
   set_host_device_count(args.devices)
   import jax
+
   n = jax.device_count()
   if args.sweep:
-    print(f"{'loss':<8} {'batch':>9} {'B/n':>7} {'naive MiB':>10} {'tiled MiB':>10}  "
-          f"(dim {args.dim}, fp32, {n} devices, tile {args.tile})")
+    print(
+      f"{'loss':<8} {'batch':>9} {'B/n':>7} {'naive MiB':>10} {'tiled MiB':>10}  "
+      f"(dim {args.dim}, fp32, {n} devices, tile {args.tile})"
+    )
     for batch in (16384, 65536, 262144, 1048576):
       for loss in ("softmax", "sigmoid"):
         naive = temp_bytes(batch, "naive", loss, args.dim, args.tile)
         tiled = temp_bytes(batch, "tiled", loss, args.dim, args.tile)
-        print(f"{loss:<8} {batch:>9} {batch // n:>7} {naive / 2**20:>10.1f} {tiled / 2**20:>10.1f}",
-              flush=True)
+        print(
+          f"{loss:<8} {batch:>9} {batch // n:>7} {naive / 2**20:>10.1f} {tiled / 2**20:>10.1f}",
+          flush=True,
+        )
   value = temp_bytes(args.batch, args.impl, args.loss, args.dim, args.tile)
-  print(f"{args.loss} {args.impl} batch={args.batch} dim={args.dim} devices={n} "
-        f"tile={args.tile}: {value / 2**20:.1f} MiB temp per device")
+  print(
+    f"{args.loss} {args.impl} batch={args.batch} dim={args.dim} devices={n} "
+    f"tile={args.tile}: {value / 2**20:.1f} MiB temp per device"
+  )
   print(f"temp_bytes_per_device={value}")
 
 

@@ -30,6 +30,7 @@ def captions(n: int) -> list[str]:
   import numpy as np
 
   from vlpt.data.synthetic import SyntheticCaptions
+
   data = SyntheticCaptions("train", image_size=16)
   rng = np.random.default_rng(0)
   letters = list("abcdefghijklmnopqrstuvwxyzéüß")
@@ -45,12 +46,15 @@ def worker(name: str, n: int, vocab_dir: str) -> None:
   texts = captions(n)
   import ftfy  # noqa: F401  (both sides clean text with ftfy; its import is not tokenization)
   import regex  # noqa: F401
+
   if name == "open_clip":
     from vlpt.reference import import_torch_reference
+
     _, open_clip = import_torch_reference()
     run = lambda: open_clip.tokenizer.SimpleTokenizer()(texts)  # noqa: E731
   else:
     from vlpt.data.tokenizers import ClipBpeTokenizer, HFTokenizer
+
     if name == "vlpt_clip_bpe":
       run = lambda: ClipBpeTokenizer()(texts)  # noqa: E731
     else:
@@ -61,8 +65,21 @@ def worker(name: str, n: int, vocab_dir: str) -> None:
 
 
 def cold_run(name: str, n: int, vocab_dir: str) -> float:
-  out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--n", str(n),
-                        "--vocab-dir", vocab_dir], capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--worker",
+      name,
+      "--n",
+      str(n),
+      "--vocab-dir",
+      vocab_dir,
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   return float(out.stdout.strip().splitlines()[-1].partition("=")[2])
 
 
@@ -78,6 +95,7 @@ def main() -> None:
     worker(args.worker, args.n, args.vocab_dir)
     return
   from vlpt.data.tokenizers import write_hf_clip_vocab
+
   vocab_dir = tempfile.mkdtemp()
   write_hf_clip_vocab(vocab_dir)  # the HF tokenizer's files, written once outside the timing
   times = {k: [] for k in NAMES}
@@ -86,11 +104,15 @@ def main() -> None:
       times[name].append(cold_run(name, args.n, vocab_dir))
   rate = {k: args.n / statistics.median(v) for k, v in times.items()}
   for k, v in rate.items():
-    print(f"{k:15s} {v:10.0f} captions/s (cold tokenizer in a fresh process, {args.n} captions, "
-          f"median of {args.repeats})")
-  print(f"vlpt_captions_per_s={rate['vlpt_clip_bpe']:.0f} hf_captions_per_s={rate['vlpt_hf']:.0f} "
-        f"open_clip_captions_per_s={rate['open_clip']:.0f} "
-        f"ratio={rate['vlpt_clip_bpe'] / rate['open_clip']:.2f}")
+    print(
+      f"{k:15s} {v:10.0f} captions/s (cold tokenizer in a fresh process, {args.n} captions, "
+      f"median of {args.repeats})"
+    )
+  print(
+    f"vlpt_captions_per_s={rate['vlpt_clip_bpe']:.0f} hf_captions_per_s={rate['vlpt_hf']:.0f} "
+    f"open_clip_captions_per_s={rate['open_clip']:.0f} "
+    f"ratio={rate['vlpt_clip_bpe'] / rate['open_clip']:.2f}"
+  )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,16 @@ import statistics
 import sys
 import time
 
+
 def parse_args() -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="configs/demo.py", help="config file[:variant]")
-  p.add_argument("--devices", type=int, default=None,
-                 help="simulated CPU devices (ignored if XLA_FLAGS already sets a count)")
+  p.add_argument(
+    "--devices",
+    type=int,
+    default=None,
+    help="simulated CPU devices (ignored if XLA_FLAGS already sets a count)",
+  )
   p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
   p.add_argument("--blocks", type=int, default=5, help="timed blocks per framework")
   p.add_argument("--steps", type=int, default=5, help="steps per block")
@@ -40,6 +45,7 @@ class VlptRunner:
     from vlpt.train.objectives import objective_class
     from vlpt.train.setup import build, initial_state
     from vlpt.train.step import make_train_step
+
     self.jax = jax
     self.setup = build(config)
     self.state = initial_state(self.setup)
@@ -65,33 +71,47 @@ class OpenClipRunner:
 
   def __init__(self, config, model_config: dict, threads: int):
     from vlpt.reference import import_torch_reference
+
     torch, open_clip = import_torch_reference()
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     from vlpt.models.sizes import parse_text, parse_vit
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vit, patch = parse_vit(model_config["image"]["variant"])
     txt = parse_text(model_config["text"]["variant"])
     image_size = model_config["image"]["image_size"]
-    vision = CLIPVisionCfg(layers=vit.depth, width=vit.width, head_width=vit.width // vit.heads,
-                           mlp_ratio=vit.mlp_dim / vit.width, patch_size=patch,
-                           image_size=image_size)
-    text = CLIPTextCfg(context_length=model_config["text"]["context_length"],
-                       vocab_size=model_config["text"]["vocab_size"], width=txt.width,
-                       heads=txt.heads, layers=txt.depth, mlp_ratio=txt.mlp_dim / txt.width)
+    vision = CLIPVisionCfg(
+      layers=vit.depth,
+      width=vit.width,
+      head_width=vit.width // vit.heads,
+      mlp_ratio=vit.mlp_dim / vit.width,
+      patch_size=patch,
+      image_size=image_size,
+    )
+    text = CLIPTextCfg(
+      context_length=model_config["text"]["context_length"],
+      vocab_size=model_config["text"]["vocab_size"],
+      width=txt.width,
+      heads=txt.heads,
+      layers=txt.depth,
+      mlp_ratio=txt.mlp_dim / txt.width,
+    )
     self.torch = torch
     self.model = open_clip.model.CLIP(model_config["embed_dim"], vision, text)
     oc = config.optimizer
-    self.opt = torch.optim.AdamW(self.model.parameters(), lr=oc.lr, betas=(oc.b1, oc.b2),
-                                 eps=oc.eps, weight_decay=oc.weight_decay)
+    self.opt = torch.optim.AdamW(
+      self.model.parameters(), lr=oc.lr, betas=(oc.b1, oc.b2), eps=oc.eps, weight_decay=oc.weight_decay
+    )
     self.clip = float(oc.grad_clip_norm or 0)
     self.loss = ClipLoss()
     b = config.batch_size
     self.images = torch.randn(b, 3, image_size, image_size)
-    self.text = torch.randint(1, model_config["text"]["vocab_size"] - 1,
-                              (b, model_config["text"]["context_length"]))
+    self.text = torch.randint(
+      1, model_config["text"]["vocab_size"] - 1, (b, model_config["text"]["context_length"])
+    )
     self.params = sum(p.numel() for p in self.model.parameters())
     start = time.perf_counter()
     self.run(1)
@@ -120,8 +140,10 @@ def main() -> None:
   args = parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from vlpt.distributed import set_host_device_count
+
   set_host_device_count(args.devices)
   from absl import flags as absl_flags
+
   absl_flags.FLAGS.mark_as_parsed()
   import jax
 
@@ -142,19 +164,25 @@ def main() -> None:
       times[name].append(timed_block(runner, args.steps))
 
   batch = config.batch_size
-  print(f"config {args.config}, global batch {batch}, {jax.device_count()} JAX device(s), "
-        f"torch threads {args.threads}, input pipeline excluded")
-  print(f"{'framework':<10} {'params':>10} {'first step s':>13} {'s/step (median)':>16} "
-        f"{'examples/s':>11}")
+  print(
+    f"config {args.config}, global batch {batch}, {jax.device_count()} JAX device(s), "
+    f"torch threads {args.threads}, input pipeline excluded"
+  )
+  print(
+    f"{'framework':<10} {'params':>10} {'first step s':>13} {'s/step (median)':>16} {'examples/s':>11}"
+  )
   rates = {}
   for name, runner in runners.items():
     per_step = statistics.median(times[name])
     rates[name] = batch / per_step
-    print(f"{name:<10} {runner.params:>10,} {runner.compile_s:>13.2f} {per_step:>16.4f} "
-          f"{rates[name]:>11.1f}")
+    print(
+      f"{name:<10} {runner.params:>10,} {runner.compile_s:>13.2f} {per_step:>16.4f} {rates[name]:>11.1f}"
+    )
   if args.open_clip:
-    print(f"vlpt_examples_per_s={rates['vlpt']:.1f} open_clip_examples_per_s="
-          f"{rates['open_clip']:.1f} ratio={rates['vlpt'] / rates['open_clip']:.3f}")
+    print(
+      f"vlpt_examples_per_s={rates['vlpt']:.1f} open_clip_examples_per_s="
+      f"{rates['open_clip']:.1f} ratio={rates['vlpt'] / rates['open_clip']:.3f}"
+    )
   else:
     print(f"vlpt_examples_per_s={rates['vlpt']:.1f}")
 

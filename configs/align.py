@@ -55,9 +55,12 @@ STEPS = 1_200_000  # Sec. 5
 
 # ViT image towers (no projection: embed_dim = width) and BERT-shaped text towers
 SIZES = {
-    "B16": dict(image="B/16", width=768, text=dict(width=768, depth=12, heads=12, mlp_dim=3072)),
-    "L16": dict(image="L/16", width=1024,  # BERT-Large: 24 layers, 1024 wide, 16 heads
-                text=dict(width=1024, depth=24, heads=16, mlp_dim=4096)),
+  "B16": dict(image="B/16", width=768, text=dict(width=768, depth=12, heads=12, mlp_dim=3072)),
+  "L16": dict(
+    image="L/16",
+    width=1024,  # BERT-Large: 24 layers, 1024 wide, 16 heads
+    text=dict(width=1024, depth=24, heads=16, mlp_dim=4096),
+  ),
 }
 VARIANTS = (*SIZES, "adamw", "smoke")
 
@@ -76,12 +79,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "clip"
   c.model.embed_dim = size["width"]
   c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "pool": "gap", "class_token": False,
-       "proj": False})
+    {"variant": size["image"], "pool": "gap", "class_token": False, "proj": False}
+  )
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "B", **size["text"], "causal": False, "pool": "first", "mask_padding": True,
-       "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "B",
+      **size["text"],
+      "causal": False,
+      "pool": "first",
+      "mask_padding": True,
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )
   c.model.init_logit_scale = 0.0  # Sec. 5: temperature initialized to 1.0, scale = 1 / 1.0
   c.model.dtype = "bfloat16"
 
@@ -106,7 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train.crop_ratio = (1.0, 1.0)
   c.data.train.flip = True  # Sec. 5: random horizontal flips
   c.data.tokenizer = ml_collections.ConfigDict(
-      {"name": "wordpiece", "vocab_path": VOCAB_PLACEHOLDER, "context_length": 64})
+    {"name": "wordpiece", "vocab_path": VOCAB_PLACEHOLDER, "context_length": 64}
+  )
 
   imagenet_zeroshot_eval(c)
 
@@ -126,9 +137,15 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   c.model.embed_dim = 64  # = the micro ViT's width (no image projection)
   c.model.image.variant = "micro/8"
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "micro", "causal": False, "pool": "first", "mask_padding": True,
-       "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "micro",
+      "causal": False,
+      "pool": "first",
+      "mask_padding": True,
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )
   c.optimizer.lr = 1e-3
   c.data.train.crop_scale = (0.9, 1.0)
   c.data.train.crop_ratio = (3 / 4, 4 / 3)

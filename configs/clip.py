@@ -48,9 +48,9 @@ BATCH = 32_768  # Table 18
 
 # Table 20: learning rate, embedding dimension, resolution, ViT, text width (text: 12 layers)
 SIZES = {
-    "B32": dict(lr=5e-4, embed_dim=512, image="B/32", text="B"),
-    "B16": dict(lr=5e-4, embed_dim=512, image="B/16", text="B"),
-    "L14": dict(lr=4e-4, embed_dim=768, image="L/14", text="L"),  # text 768 wide, 12 heads
+  "B32": dict(lr=5e-4, embed_dim=512, image="B/32", text="B"),
+  "B16": dict(lr=5e-4, embed_dim=512, image="B/16", text="B"),
+  "L14": dict(lr=4e-4, embed_dim=768, image="L/14", text="L"),  # text 768 wide, 12 heads
 }
 VARIANTS = (*SIZES, "smoke")
 
@@ -68,8 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.name = "clip"
   c.model.embed_dim = size["embed_dim"]
-  c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "pool": "token", "act": "gelu"})
+  c.model.image = ml_collections.ConfigDict({"variant": size["image"], "pool": "token", "act": "gelu"})
   c.model.text.variant = size["text"]  # causal, pooled at the end-of-text token (Sec. 2.4)
   c.model.init_logit_scale = math.log(1 / 0.07)  # Sec. 2.5: temperature initialized to 0.07
   c.model.max_logit_scale = math.log(100)  # Table 18: maximum temperature 100
@@ -104,8 +103,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   """Micro towers on the built-in synthetic data: the recipe's loss and optimizer, 20 steps."""
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 32
-  c.model.image = ml_collections.ConfigDict(
-      {"variant": "micro/8", "pool": "token", "act": "gelu"})
+  c.model.image = ml_collections.ConfigDict({"variant": "micro/8", "pool": "token", "act": "gelu"})
   c.model.text.variant = "micro"
   c.optimizer.lr = 1e-3
   c.optimizer.grad_clip_norm = 1.0

@@ -52,10 +52,8 @@ STEPS = 500_000  # Sec. 4.1
 
 # Table 1: image encoder, unimodal / multimodal decoder halves (12 + 12 layers), hidden, heads
 SIZES = {
-    "base": dict(image="B/18", image_depth=12, image_mlp=3072, width=768, heads=12,
-                 text_mlp=3072),
-    "large": dict(image="L/18", image_depth=24, image_mlp=4096, width=1024, heads=16,
-                  text_mlp=4096),
+  "base": dict(image="B/18", image_depth=12, image_mlp=3072, width=768, heads=12, text_mlp=3072),
+  "large": dict(image="L/18", image_depth=24, image_mlp=4096, width=1024, heads=16, text_mlp=4096),
 }
 VARIANTS = (*SIZES, "smoke")
 
@@ -74,14 +72,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = "coca"
   c.model.embed_dim = size["width"]  # = text and decoder width (open_clip layout)
   c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "depth": size["image_depth"],
-       "mlp_dim": size["image_mlp"], "pool": "coca", "pooler_queries": 257,  # 256 + 1
-       "pooler_heads": 8})
+    {
+      "variant": size["image"],
+      "depth": size["image_depth"],
+      "mlp_dim": size["image_mlp"],
+      "pool": "coca",
+      "pooler_queries": 257,  # 256 + 1
+      "pooler_heads": 8,
+    }
+  )
   text = dict(width=size["width"], depth=12, heads=size["heads"], mlp_dim=size["text_mlp"])
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "B", **text,
-       "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "B",
+      **text,
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )
   c.model.decoder = ml_collections.ConfigDict({"variant": "B", **text})
   c.loss.caption_weight = 2.0  # Sec. 4.1 (contrastive weight 1.0)
   c.model.init_logit_scale = math.log(1 / 0.07)  # Sec. 4.1
@@ -117,10 +125,14 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64
   c.model.image = ml_collections.ConfigDict(
-      {"variant": "micro/8", "pool": "coca", "pooler_queries": 17,
-       "pooler_heads": 4})
+    {"variant": "micro/8", "pool": "coca", "pooler_queries": 17, "pooler_heads": 4}
+  )
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "micro", "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "micro",
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )
   c.model.decoder = ml_collections.ConfigDict({"variant": "micro"})
   c.optimizer.lr = 1e-3

@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval.batch_size = 256
   c.eval.datasets = ml_collections.ConfigDict(
-      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 1024}})
+    {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 1024}}
+  )
 
   variants = set(filter(None, (arg or "").split(",")))
   unknown = variants - {"tiny", "coca"}

@@ -56,8 +56,8 @@ SAMPLES_SEEN = 18_000_000_000  # Sec. 5.1
 
 # CLIP-layout image towers (the checkpoint's; locked) and their projection width
 SIZES = {
-    "B16": dict(image="B/16", embed_dim=512),
-    "L14": dict(image="L/14", embed_dim=768),
+  "B16": dict(image="B/16", embed_dim=512),
+  "L14": dict(image="L/14", embed_dim=768),
 }
 VARIANTS = (*SIZES, "smoke")
 
@@ -75,12 +75,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.name = "clip"
   c.model.embed_dim = size["embed_dim"]
-  c.model.image = ml_collections.ConfigDict(
-      {"variant": size["image"], "pool": "token", "act": "gelu"})
+  c.model.image = ml_collections.ConfigDict({"variant": size["image"], "pool": "token", "act": "gelu"})
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "B", "width": 768, "depth": 12, "heads": 12, "mlp_dim": 3072,
-       "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "B",
+      "width": 768,
+      "depth": 12,
+      "heads": 12,
+      "mlp_dim": 3072,
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )
   c.init.checkpoint = CHECKPOINT_PLACEHOLDER
   c.init.towers = ("image",)  # only the image tower (and its projection) is loaded
   c.init.lock_towers = ("image",)  # "Lu" (Sec. 3.3)
@@ -117,8 +123,11 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.init.checkpoint = "builtin:demo"
   c.model.embed_dim = 64  # builtin:demo's image projection width
-  c.model.image = ml_collections.ConfigDict(
-      {"variant": "micro/8", "pool": "token", "act": "gelu"})
+  c.model.image = ml_collections.ConfigDict({"variant": "micro/8", "pool": "token", "act": "gelu"})
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "demo", "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "demo",
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )

@@ -52,22 +52,37 @@ SAMPLES_SEEN = 40_000_000_000  # Sec. 4.6
 
 # same-size towers (Sec. 4.6, Appendix F); 256 image patches (Sec. 4.6)
 SIZES = {
-    "B16": dict(image="B/16", size=256, width=768, depth=12, heads=12, mlp_dim=3072),
-    "L16": dict(image="L/16", size=256, width=1024, depth=24, heads=16, mlp_dim=4096),
-    "So400m14": dict(image="So400m/14", size=224, width=1152, depth=27, heads=16, mlp_dim=4304),
+  "B16": dict(image="B/16", size=256, width=768, depth=12, heads=12, mlp_dim=3072),
+  "L16": dict(image="L/16", size=256, width=1024, depth=24, heads=16, mlp_dim=4096),
+  "So400m14": dict(image="So400m/14", size=224, width=1152, depth=27, heads=16, mlp_dim=4304),
 }
 VARIANTS = (*SIZES, "smoke")
 
 
 def _towers(image_variant: str, text: dict) -> tuple[dict, dict]:
   """big_vision's SigLIP layout (as vlpt reads it from HF SiglipModel / big_vision npz)."""
-  image = {"variant": image_variant, "pool": "map",
-           "class_token": False, "patch_bias": True, "ln_pre": False, "proj": False,
-           "act": "gelu_tanh", "norm_eps": 1e-6}
-  text = {"variant": "B", **text, "causal": False, "pool": "last", "proj": True,
-          "proj_bias": True, "act": "gelu_tanh", "norm_eps": 1e-6,
-          "vocab_size": ml_collections.FieldReference(None, field_type=int),
-          "context_length": ml_collections.FieldReference(None, field_type=int)}
+  image = {
+    "variant": image_variant,
+    "pool": "map",
+    "class_token": False,
+    "patch_bias": True,
+    "ln_pre": False,
+    "proj": False,
+    "act": "gelu_tanh",
+    "norm_eps": 1e-6,
+  }
+  text = {
+    "variant": "B",
+    **text,
+    "causal": False,
+    "pool": "last",
+    "proj": True,
+    "proj_bias": True,
+    "act": "gelu_tanh",
+    "norm_eps": 1e-6,
+    "vocab_size": ml_collections.FieldReference(None, field_type=int),
+    "context_length": ml_collections.FieldReference(None, field_type=int),
+  }
   return image, text
 
 
@@ -84,8 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.name = "clip"
   c.model.embed_dim = size["width"]  # Appendix F: the embedding is the tower width
-  image, text = _towers(size["image"],
-                        {k: size[k] for k in ("width", "depth", "heads", "mlp_dim")})
+  image, text = _towers(size["image"], {k: size[k] for k in ("width", "depth", "heads", "mlp_dim")})
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
   c.model.init_logit_scale = math.log(10.0)  # Sec. 3.2: t' = log 10
@@ -107,7 +121,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.normalization = "siglip"
   c.data.interpolation = "bilinear"
   c.data.tokenizer = ml_collections.ConfigDict(
-      {"name": "sentencepiece", "model_path": TOKENIZER_PLACEHOLDER, "context_length": 64})
+    {"name": "sentencepiece", "model_path": TOKENIZER_PLACEHOLDER, "context_length": 64}
+  )
   c.data.train.source = DATA_PLACEHOLDER
   c.data.train.shuffle = True
 

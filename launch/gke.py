@@ -26,44 +26,68 @@ from job import Job, add_job_args, job_from_args, split_command  # noqa: E402
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
-def manifest(job: Job, *, image: str, accelerator: str, gpus_per_host: int, tpu_type: str,
-             tpu_topology: str, tpu_chips_per_host: int, max_restarts: int, grace_s: int) -> dict:
+def manifest(
+  job: Job,
+  *,
+  image: str,
+  accelerator: str,
+  gpus_per_host: int,
+  tpu_type: str,
+  tpu_topology: str,
+  tpu_chips_per_host: int,
+  max_restarts: int,
+  grace_s: int,
+) -> dict:
   env = [{"name": k, "value": v} for k, v in job.env]
   if accelerator == "tpu":
     env.append({"name": "VLPT_DISTRIBUTED", "value": "auto"})
-    selector = {"cloud.google.com/gke-tpu-accelerator": tpu_type,
-                "cloud.google.com/gke-tpu-topology": tpu_topology}
+    selector = {
+      "cloud.google.com/gke-tpu-accelerator": tpu_type,
+      "cloud.google.com/gke-tpu-topology": tpu_topology,
+    }
     limits = {"google.com/tpu": str(tpu_chips_per_host)}
   else:
-    env += [{"name": "VLPT_COORDINATOR", "value": f"{job.name}-workers-0-0.{job.name}:{job.port}"},
-            {"name": "VLPT_NUM_PROCESSES", "value": str(job.num_hosts)},
-            {"name": "VLPT_PROCESS_ID", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}]
+    env += [
+      {"name": "VLPT_COORDINATOR", "value": f"{job.name}-workers-0-0.{job.name}:{job.port}"},
+      {"name": "VLPT_NUM_PROCESSES", "value": str(job.num_hosts)},
+      {"name": "VLPT_PROCESS_ID", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+    ]
     selector = {}
     limits = {"nvidia.com/gpu": str(gpus_per_host)} if gpus_per_host else {}
-  container = {"name": "vlpt", "image": image, "command": list(job.command), "env": env,
-               "ports": [{"containerPort": job.port, "name": "coordinator"}],
-               "resources": {"limits": limits}}
-  pod = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace_s,
-         "containers": [container]}
+  container = {
+    "name": "vlpt",
+    "image": image,
+    "command": list(job.command),
+    "env": env,
+    "ports": [{"containerPort": job.port, "name": "coordinator"}],
+    "resources": {"limits": limits},
+  }
+  pod = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace_s, "containers": [container]}
   if selector:
     pod["nodeSelector"] = selector
   return {
-      "apiVersion": "jobset.x-k8s.io/v1alpha2",
-      "kind": "JobSet",
-      "metadata": {"name": job.name},
-      "spec": {
-          "failurePolicy": {"maxRestarts": max_restarts},
-          "network": {"enableDNSHostnames": True},
-          "replicatedJobs": [{
-              "name": "workers",
-              "replicas": 1,
-              "template": {"spec": {
-                  "parallelism": job.num_hosts, "completions": job.num_hosts,
-                  "completionMode": "Indexed", "backoffLimit": 0,
-                  "template": {"spec": pod},
-              }},
-          }],
-      },
+    "apiVersion": "jobset.x-k8s.io/v1alpha2",
+    "kind": "JobSet",
+    "metadata": {"name": job.name},
+    "spec": {
+      "failurePolicy": {"maxRestarts": max_restarts},
+      "network": {"enableDNSHostnames": True},
+      "replicatedJobs": [
+        {
+          "name": "workers",
+          "replicas": 1,
+          "template": {
+            "spec": {
+              "parallelism": job.num_hosts,
+              "completions": job.num_hosts,
+              "completionMode": "Indexed",
+              "backoffLimit": 0,
+              "template": {"spec": pod},
+            }
+          },
+        }
+      ],
+    },
   }
 
 
@@ -81,10 +105,17 @@ def main(argv: list[str]) -> int:
   p.add_argument("--grace_s", type=int, default=120)
   args = p.parse_args(opts)
   job = job_from_args(args, command, "launch/gke.py")
-  spec = manifest(job, image=args.image, accelerator=args.accelerator,
-                  gpus_per_host=args.gpus_per_host, tpu_type=args.tpu_type,
-                  tpu_topology=args.tpu_topology, tpu_chips_per_host=args.tpu_chips_per_host,
-                  max_restarts=args.max_restarts, grace_s=args.grace_s)
+  spec = manifest(
+    job,
+    image=args.image,
+    accelerator=args.accelerator,
+    gpus_per_host=args.gpus_per_host,
+    tpu_type=args.tpu_type,
+    tpu_topology=args.tpu_topology,
+    tpu_chips_per_host=args.tpu_chips_per_host,
+    max_restarts=args.max_restarts,
+    grace_s=args.grace_s,
+  )
   text = json.dumps(spec, indent=2)  # JSON is YAML; kubectl reads either
   if args.dry_run:
     print(text)

@@ -37,23 +37,34 @@ def split_command(argv: list[str], prog: str) -> tuple[list[str], list[str]]:
   if "--" not in argv:
     sys.exit(f"usage: {prog} [options] -- COMMAND ...  (e.g. -- vlpt-train --config ...)")
   i = argv.index("--")
-  if not argv[i + 1:]:
+  if not argv[i + 1 :]:
     sys.exit(f"{prog}: no command after --")
-  return argv[:i], argv[i + 1:]
+  return argv[:i], argv[i + 1 :]
 
 
 def add_job_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--name", required=True, help="job name (letters, digits, '-')")
   parser.add_argument("--num_hosts", type=int, default=1, help="hosts (nodes / pod workers)")
-  parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                      help="extra environment for every process (repeatable)")
+  parser.add_argument(
+    "--env",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="extra environment for every process (repeatable)",
+  )
   parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="coordinator port")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print what would be run or applied, and do nothing")
+  parser.add_argument(
+    "--dry-run",
+    "--dry_run",
+    dest="dry_run",
+    action="store_true",
+    help="print what would be run or applied, and do nothing",
+  )
 
 
 def job_from_args(args: argparse.Namespace, command: list[str], prog: str) -> Job:
   import re
+
   if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", args.name):
     sys.exit(f"{prog}: --name {args.name!r} must be lower-case letters, digits and '-'")
   if args.num_hosts < 1:

@@ -35,11 +35,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   split = argv.index("--")
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("-n", "--num_processes", type=int, required=True)
-  parser.add_argument("--devices", type=int, default=None,
-                      help="total simulated CPU devices (default: XLA_FLAGS' count, else 8)")
+  parser.add_argument(
+    "--devices",
+    type=int,
+    default=None,
+    help="total simulated CPU devices (default: XLA_FLAGS' count, else 8)",
+  )
   parser.add_argument("--port", type=int, default=None)
   args = parser.parse_args(argv[:split])
-  command = argv[split + 1:]
+  command = argv[split + 1 :]
   if not command:
     sys.exit("launch/local.py: no command after --")
   if args.num_processes < 1:
@@ -47,8 +51,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   return args, command
 
 
-def process_env(base: dict[str, str], *, rank: int, n: int, port: int, devices: int
-                ) -> dict[str, str]:
+def process_env(base: dict[str, str], *, rank: int, n: int, port: int, devices: int) -> dict[str, str]:
   env = dict(base)
   flags = re.sub(rf"{DEVICE_FLAG}=\d+", "", env.get("XLA_FLAGS", "")).strip()
   env["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={devices // n}".strip()
@@ -67,9 +70,10 @@ def main(argv: list[str]) -> int:
   if devices % n:
     sys.exit(f"launch/local.py: {devices} devices cannot be split evenly over {n} processes")
   port = args.port or free_port()
-  procs = [subprocess.Popen(command, env=process_env(os.environ, rank=r, n=n, port=port,
-                                                     devices=devices))
-           for r in range(n)]
+  procs = [
+    subprocess.Popen(command, env=process_env(os.environ, rank=r, n=n, port=port, devices=devices))
+    for r in range(n)
+  ]
 
   def forward(signum, _frame):
     for p in procs:
@@ -83,8 +87,11 @@ def main(argv: list[str]) -> int:
     failed = [p for p in procs if p.returncode not in (None, 0)]
     if failed and not exit_code:
       exit_code = failed[0].returncode
-      print(f"launch/local.py: a process exited with {exit_code}; stopping the others",
-            file=sys.stderr, flush=True)
+      print(
+        f"launch/local.py: a process exited with {exit_code}; stopping the others",
+        file=sys.stderr,
+        flush=True,
+      )
       for p in procs:
         if p.poll() is None:
           p.terminate()

@@ -24,12 +24,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from job import Job, add_job_args, job_from_args, split_command  # noqa: E402
 
 
-def sbatch_script(job: Job, *, gpus_per_node: int, tasks_per_node: int, time: str,
-                  partition: str | None, account: str | None, output: str, setup: str,
-                  requeue: bool, signal_lead_s: int) -> str:
-  lines = ["#!/bin/bash", f"#SBATCH --job-name={job.name}", f"#SBATCH --nodes={job.num_hosts}",
-           f"#SBATCH --ntasks-per-node={tasks_per_node}", f"#SBATCH --time={time}",
-           f"#SBATCH --output={output}", f"#SBATCH --signal=TERM@{signal_lead_s}"]
+def sbatch_script(
+  job: Job,
+  *,
+  gpus_per_node: int,
+  tasks_per_node: int,
+  time: str,
+  partition: str | None,
+  account: str | None,
+  output: str,
+  setup: str,
+  requeue: bool,
+  signal_lead_s: int,
+) -> str:
+  lines = [
+    "#!/bin/bash",
+    f"#SBATCH --job-name={job.name}",
+    f"#SBATCH --nodes={job.num_hosts}",
+    f"#SBATCH --ntasks-per-node={tasks_per_node}",
+    f"#SBATCH --time={time}",
+    f"#SBATCH --output={output}",
+    f"#SBATCH --signal=TERM@{signal_lead_s}",
+  ]
   if gpus_per_node:
     lines.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
   if partition:
@@ -46,8 +62,12 @@ def sbatch_script(job: Job, *, gpus_per_node: int, tasks_per_node: int, time: st
     lines.append("export VLPT_ONE_DEVICE_PER_PROCESS=1")
   if job.env:
     lines.append(job.exports())
-  lines += ["", "# one task per process; a failed task ends the step (no hung peers)",
-            f"srun --kill-on-bad-exit=1 --ntasks-per-node={tasks_per_node} {job.command_line}", ""]
+  lines += [
+    "",
+    "# one task per process; a failed task ends the step (no hung peers)",
+    f"srun --kill-on-bad-exit=1 --ntasks-per-node={tasks_per_node} {job.command_line}",
+    "",
+  ]
   return "\n".join(lines)
 
 
@@ -56,8 +76,7 @@ def main(argv: list[str]) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_job_args(p)
   p.add_argument("--gpus_per_node", type=int, default=0)
-  p.add_argument("--tasks_per_node", type=int, default=1,
-                 help="processes per node: 1, or one per GPU")
+  p.add_argument("--tasks_per_node", type=int, default=1, help="processes per node: 1, or one per GPU")
   p.add_argument("--time", default="24:00:00")
   p.add_argument("--partition", default=None)
   p.add_argument("--account", default=None)
@@ -69,17 +88,23 @@ def main(argv: list[str]) -> int:
   job = job_from_args(args, command, "launch/slurm.py")
   if args.tasks_per_node < 1:
     sys.exit("launch/slurm.py: --tasks_per_node must be >= 1")
-  script = sbatch_script(job, gpus_per_node=args.gpus_per_node,
-                         tasks_per_node=args.tasks_per_node, time=args.time,
-                         partition=args.partition, account=args.account, output=args.output,
-                         setup=args.setup, requeue=not args.no_requeue,
-                         signal_lead_s=args.signal_lead_s)
+  script = sbatch_script(
+    job,
+    gpus_per_node=args.gpus_per_node,
+    tasks_per_node=args.tasks_per_node,
+    time=args.time,
+    partition=args.partition,
+    account=args.account,
+    output=args.output,
+    setup=args.setup,
+    requeue=not args.no_requeue,
+    signal_lead_s=args.signal_lead_s,
+  )
   if args.dry_run:
     print(script, end="")
     print(f"# would run: sbatch {shlex.quote(job.name + '.sbatch')}")
     return 0
-  with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix=job.name + "-",
-                                   delete=False) as f:
+  with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix=job.name + "-", delete=False) as f:
     f.write(script)
   return subprocess.call(["sbatch", f.name])
 

@@ -37,21 +37,54 @@ def remote_path(path: str) -> str:
   return shlex.quote(path)
 
 
-def commands(job: Job, *, zone: str, project: str | None, accelerator_type: str,
-             runtime_version: str, spot: bool, reuse: bool, remote_dir: str, log: str
-             ) -> list[list[str]]:
+def commands(
+  job: Job,
+  *,
+  zone: str,
+  project: str | None,
+  accelerator_type: str,
+  runtime_version: str,
+  spot: bool,
+  reuse: bool,
+  remote_dir: str,
+  log: str,
+) -> list[list[str]]:
   where = ["--zone", zone] + (["--project", project] if project else [])
   out = []
   if not reuse:
-    create = ["gcloud", "compute", "tpus", "queued-resources", "create", job.name,
-              "--node-id", job.name, "--accelerator-type", accelerator_type,
-              "--runtime-version", runtime_version, *where]
+    create = [
+      "gcloud",
+      "compute",
+      "tpus",
+      "queued-resources",
+      "create",
+      job.name,
+      "--node-id",
+      job.name,
+      "--accelerator-type",
+      accelerator_type,
+      "--runtime-version",
+      runtime_version,
+      *where,
+    ]
     out.append(create + (["--spot"] if spot else []))
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", job.name, *where]
   # scp's destination is an argument (scp's SFTP protocol takes it literally), not shell text;
   # everything after --command is run by the remote shell, so every value in it is quoted
-  out.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "--worker=all", REPO,
-              f"{job.name}:{remote_dir}", *where])
+  out.append(
+    [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "scp",
+      "--recurse",
+      "--worker=all",
+      REPO,
+      f"{job.name}:{remote_dir}",
+      *where,
+    ]
+  )
   cd = f"cd {remote_path(remote_dir)}"
   out.append([*ssh, "--worker=all", "--command", f"{cd} && pip install -q -e '.[tpu]'"])
   env = " ".join(f"{k}={shlex.quote(v)}" for k, v in (("VLPT_DISTRIBUTED", "auto"), *job.env))
@@ -65,9 +98,20 @@ def wait_active(name: str, zone: str, project: str | None, timeout_s: int = 3600
   where = ["--zone", zone] + (["--project", project] if project else [])
   deadline = time.time() + timeout_s
   while time.time() < deadline:
-    state = subprocess.run(["gcloud", "compute", "tpus", "queued-resources", "describe", name,
-                            *where, "--format=value(state.state)"], capture_output=True,
-                           text=True).stdout.strip()
+    state = subprocess.run(
+      [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "describe",
+        name,
+        *where,
+        "--format=value(state.state)",
+      ],
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
     if state == "ACTIVE":
       return
     if state in ("FAILED", "SUSPENDED"):
@@ -90,9 +134,17 @@ def main(argv: list[str]) -> int:
   p.add_argument("--log", default="~/vlpt-train.log")
   args = p.parse_args(opts)
   job = job_from_args(args, command, "launch/tpu.py")
-  steps = commands(job, zone=args.zone, project=args.project,
-                   accelerator_type=args.accelerator_type, runtime_version=args.runtime_version,
-                   spot=args.spot, reuse=args.reuse, remote_dir=args.remote_dir, log=args.log)
+  steps = commands(
+    job,
+    zone=args.zone,
+    project=args.project,
+    accelerator_type=args.accelerator_type,
+    runtime_version=args.runtime_version,
+    spot=args.spot,
+    reuse=args.reuse,
+    remote_dir=args.remote_dir,
+    log=args.log,
+  )
   if args.dry_run:
     for step in steps:
       print(shlex.join(step))

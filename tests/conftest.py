@@ -5,8 +5,9 @@ import os
 import sys
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
@@ -20,8 +21,10 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: end-to-end runs of minutes (slow tier)")
 
 
-REFERENCE_HINT = ("parity tests need the reference stack: pip install -e '.[test,reference]' and "
-                  "pip install --no-deps clip_benchmark==1.6.2 (as .ci/run does)")
+REFERENCE_HINT = (
+  "parity tests need the reference stack: pip install -e '.[test,reference]' and "
+  "pip install --no-deps clip_benchmark==1.6.2 (as .ci/run does)"
+)
 
 
 def require(module: str):
@@ -38,6 +41,7 @@ def torch_reference():
   """Imports the PyTorch reference stack (CPU torch + CUDA torchvision wheel workaround)."""
   require("torch")
   from vlpt.reference import import_torch_reference
+
   try:
     return import_torch_reference()
   except ImportError as e:  # open_clip missing: the reference extra is not installed
@@ -67,13 +71,16 @@ def reference_run(tmp_path_factory):
   evaluation at the end); ``"long"``: 80 steps, a checkpoint every 10, no evaluation.
   """
   from e2e_utils import REFERENCE_OVERRIDES, cli, env_with_devices, run
+
   runs = {}
 
   def get(kind: str):
     if kind not in runs:
       workdir = tmp_path_factory.mktemp(f"reference-{kind}") / "run"
-      proc = run(cli("vlpt.cli.train", workdir, *REFERENCE_OVERRIDES[kind]),
-                 env_with_devices(cli_environment(), 8))
+      proc = run(
+        cli("vlpt.cli.train", workdir, *REFERENCE_OVERRIDES[kind]),
+        env_with_devices(cli_environment(), 8),
+      )
       (workdir.parent / "stdout.txt").write_text(proc.stdout)  # beside the workdir, not in it
       runs[kind] = workdir
     return runs[kind]

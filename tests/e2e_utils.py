@@ -9,8 +9,12 @@ from conftest import PYTHON, REPO
 
 DEMO = os.path.join(REPO, "configs", "demo.py")
 # the shared reference runs (conftest.reference_run) and the overrides runs compared with them use
-LONG_OVERRIDES = ("--config.total_steps=80", "--config.checkpoint_every_steps=10",
-                  "--config.eval.at_end=False", "--config.eval_every_steps=1000")
+LONG_OVERRIDES = (
+  "--config.total_steps=80",
+  "--config.checkpoint_every_steps=10",
+  "--config.eval.at_end=False",
+  "--config.eval_every_steps=1000",
+)
 REFERENCE_OVERRIDES = {"short": (), "long": LONG_OVERRIDES}
 
 
@@ -61,6 +65,7 @@ def one_train_step(config):
   from vlpt.train.objectives import objective_class
   from vlpt.train.setup import build, initial_state
   from vlpt.train.step import make_train_step
+
   setup = build(config)
   state = initial_state(setup)
   before = jax.device_get(state)
@@ -77,6 +82,11 @@ def resolved_model_config(config, tokenizer=None):
   """``config.model`` as constructor kwargs (resolution and text sizes filled in)."""
   from vlpt.data.tokenizers import build_tokenizer
   from vlpt.models import model_kwargs
+
   tok = tokenizer or build_tokenizer(config.data.tokenizer)
-  return model_kwargs(config.model, image_size=config.data.image_size, vocab_size=tok.vocab_size,
-                      context_length=tok.context_length)
+  return model_kwargs(
+    config.model,
+    image_size=config.data.image_size,
+    vocab_size=tok.vocab_size,
+    context_length=tok.context_length,
+  )

@@ -15,6 +15,7 @@ SIZE = 40  # stored larger than the model's 32 px, so the reader resizes and cro
 
 def _examples(split, n):
   from PIL import Image
+
   data = SyntheticCaptions(split, image_size=SIZE, seed=7, num_examples=n)
   for i in range(n):
     ex = data[i]
@@ -27,13 +28,18 @@ class VlptEvalShapes(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-        "label": tfds.features.ClassLabel(names=list(CLASS_NAMES))}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+          "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples("eval", 96),
-            "test": self._generate_examples("test", 72)}
+    return {"train": self._generate_examples("eval", 96), "test": self._generate_examples("test", 72)}
 
   def _generate_examples(self, split, n):
     for i, ex, image in _examples(split, n):
@@ -46,9 +52,15 @@ class VlptEvalCaptions(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "captions": tfds.features.Sequence(tfds.features.Text())}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+          "captions": tfds.features.Sequence(tfds.features.Text()),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {"test": self._generate_examples()}

@@ -42,8 +42,9 @@ def import_graph() -> dict[str, set[str]]:
     for node in ast.walk(tree):
       if isinstance(node, ast.Import):
         targets.update(resolve(a.name) for a in node.names if a.name.startswith("vlpt"))
-      elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(
-          "vlpt"):
+      elif (
+        isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("vlpt")
+      ):
         targets.update(resolve(f"{node.module}.{a.name}") for a in node.names)
     targets.discard(module)
     targets.discard("")
@@ -108,9 +109,10 @@ def test_layers_import_downward_only():
   upper = ("vlpt.train", "vlpt.cli", "vlpt.pretrained")
   for lower in ("vlpt.config", "vlpt.errors", "vlpt.registry", "vlpt.sharding"):
     assert graph[lower] <= {"vlpt.errors"}, (lower, graph[lower])
-  for module, targets in graph.items():
-    if module.startswith(("vlpt.models", "vlpt.losses", "vlpt.data", "vlpt.weights",
-                          "vlpt.evaluation", "vlpt.optim")):
+  for module in graph:
+    if module.startswith(
+      ("vlpt.models", "vlpt.losses", "vlpt.data", "vlpt.weights", "vlpt.evaluation", "vlpt.optim")
+    ):
       assert not {t for t in _reachable(graph, module) if t.startswith(upper)}, module
   # models name logical axes only: no mesh, no sharding module
   for module in graph:
@@ -121,8 +123,15 @@ def test_layers_import_downward_only():
 
 
 def test_config_loads_without_jax_or_other_vlpt_modules():
-  code = ("import sys, vlpt.config as c; c.load_config(sys.argv[1]); "
-          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vlpt', 'jax', 'flax')))")
-  out = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "configs", "clip.py:B16")],
-                       capture_output=True, text=True, check=True, cwd=REPO).stdout
+  code = (
+    "import sys, vlpt.config as c; c.load_config(sys.argv[1]); "
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vlpt', 'jax', 'flax')))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, os.path.join(REPO, "configs", "clip.py:B16")],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+  ).stdout
   assert out.strip() == "['vlpt', 'vlpt.config']"

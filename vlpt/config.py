@@ -18,13 +18,15 @@ import json
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
 # The run's config, written into its workdir by the trainer and read back by vlpt.load /
 # vlpt-eval / vlpt-convert (a workdir is recognized by it).
 WORKDIR_CONFIG = "vlpt_config.json"
+
 
 def default_config() -> ml_collections.ConfigDict:
   """Every key vlpt understands, with defaults. Config files override a subset."""
@@ -56,10 +58,14 @@ def default_config() -> ml_collections.ConfigDict:
   # the image tower's resolution is config.data.image_size (set once, read by both)
   c.model.image = ml_collections.ConfigDict({"variant": "B/16", "pool": "token", "act": "gelu"})
   c.model.text = ml_collections.ConfigDict(
-      {"variant": "B", "act": "gelu",
-       # None: taken from the tokenizer
-       "vocab_size": ml_collections.FieldReference(None, field_type=int),
-       "context_length": ml_collections.FieldReference(None, field_type=int)})
+    {
+      "variant": "B",
+      "act": "gelu",
+      # None: taken from the tokenizer
+      "vocab_size": ml_collections.FieldReference(None, field_type=int),
+      "context_length": ml_collections.FieldReference(None, field_type=int),
+    }
+  )
   c.model.init_logit_scale = math.log(1 / 0.07)
   c.model.max_logit_scale = math.log(100)
   c.model.init_logit_bias = ml_collections.FieldReference(None, field_type=float)
@@ -133,11 +139,20 @@ def default_config() -> ml_collections.ConfigDict:
   # crop_scale / crop_ratio: RandomResizedCrop of file images; (1.0, 1.0): resize + center crop.
   # flip: random horizontal flips; color_jitter: brightness/contrast/saturation strength (0: off)
   c.data.train = ml_collections.ConfigDict(
-      {"source": "synthetic", "split": "train", "shuffle": False, "random_caption": True,
-       "crop_scale": (0.9, 1.0), "crop_ratio": (3 / 4, 4 / 3), "flip": False, "color_jitter": 0.0,
-       # several sources with sampling weights, e.g. (("wds:/a/{0..99}.tar", 0.7),
-       # ("wds:/b/shards.txt", 0.3)); when set it replaces `source`
-       "mixture": ()})
+    {
+      "source": "synthetic",
+      "split": "train",
+      "shuffle": False,
+      "random_caption": True,
+      "crop_scale": (0.9, 1.0),
+      "crop_ratio": (3 / 4, 4 / 3),
+      "flip": False,
+      "color_jitter": 0.0,
+      # several sources with sampling weights, e.g. (("wds:/a/{0..99}.tar", 0.7),
+      # ("wds:/b/shards.txt", 0.3)); when set it replaces `source`
+      "mixture": (),
+    }
+  )
   c.data.interpolation = "bicubic"  # bicubic | bilinear (wds/tfds resizing)
   # wds/tfds: unusable examples (undecodable image, empty caption, truncated tar) are replaced by
   # the next usable one and logged as data/skipped_<reason>; above this fraction of the examples
@@ -159,8 +174,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def recipe_variants(arg: str | None, recipe: str, sizes: dict[str, Any], default: str,
-                    allowed: Sequence[str]) -> tuple[Any, set[str]]:
+def recipe_variants(
+  arg: str | None, recipe: str, sizes: dict[str, Any], default: str, allowed: Sequence[str]
+) -> tuple[Any, set[str]]:
   """A recipe's ``:B16,smoke``-style argument -> (the chosen size's entry, the variant names).
 
   Unknown names and more than one model size are refused with the choices listed.
@@ -189,35 +205,49 @@ def smoke_run(c: ml_collections.ConfigDict) -> None:
   c.data.train.shuffle = False
   c.eval.batch_size = 64
   c.eval.datasets = ml_collections.ConfigDict(
-      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 128}})
+    {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 128}}
+  )
 
 
 def imagenet_zeroshot_eval(c: ml_collections.ConfigDict) -> None:
   """The recipes' headline evaluation: zero-shot ImageNet-1k (TFDS imagenet2012 validation)."""
   c.eval.batch_size = 1024
-  c.eval.datasets = ml_collections.ConfigDict({
-      "imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}})
+  c.eval.datasets = ml_collections.ConfigDict(
+    {"imagenet": {"source": "tfds:imagenet2012", "split": "validation", "tasks": ("zeroshot",)}}
+  )
 
 
 # Keys that moved in vlpt 0.2 -> where they live now. Old keys keep working for one release: they
 # are moved into place with a one-line notice (see :func:`migrate`).
 MOVED_KEYS = {
-    "model.init_from": "init.checkpoint",
-    "model.init_towers": "init.towers",
-    "model.lock_towers": "init.lock_towers",
-    "model.allow_random_lock": "init.allow_random_lock",
-    "model.caption_weight": "loss.caption_weight",
-    "model.image.image_size": "data.image_size",
-    "teacher.init_from": "teacher.checkpoint",
+  "model.init_from": "init.checkpoint",
+  "model.init_towers": "init.towers",
+  "model.lock_towers": "init.lock_towers",
+  "model.allow_random_lock": "init.allow_random_lock",
+  "model.caption_weight": "loss.caption_weight",
+  "model.image.image_size": "data.image_size",
+  "teacher.init_from": "teacher.checkpoint",
 }
 
 # Sections whose keys their owners check (tower constructors' keyword arguments, a tokenizer's
 # options, evaluation datasets).
-SECTIONS_WITH_FREE_KEYS = ("eval.datasets", "data.tokenizer", "model.image", "model.text",
-                           "model.decoder")
+SECTIONS_WITH_FREE_KEYS = (
+  "eval.datasets",
+  "data.tokenizer",
+  "model.image",
+  "model.text",
+  "model.decoder",
+)
 
-POSITIVE_INTS = ("total_steps", "batch_size", "accumulation_steps", "log_every_steps",
-                 "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+POSITIVE_INTS = (
+  "total_steps",
+  "batch_size",
+  "accumulation_steps",
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+)
 
 
 def _get(config: Any, path: str) -> tuple[bool, Any]:
@@ -263,12 +293,16 @@ def migrate(config: Any, *, quiet: bool = False) -> list[str]:
     with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
       if old == "model.image.image_size":
         if value != current:
-          raise ValueError(f"config.model.image.image_size={value} differs from "
-                           f"config.data.image_size={current}; the resolution is set once now, "
-                           "in config.data.image_size: remove config.model.image.image_size")
+          raise ValueError(
+            f"config.model.image.image_size={value} differs from "
+            f"config.data.image_size={current}; the resolution is set once now, "
+            "in config.data.image_size: remove config.model.image.image_size"
+          )
       elif _to_plain(current) != _to_plain(default) and _to_plain(current) != _to_plain(value):
-        raise ValueError(f"config.{old} (moved to config.{new}) and config.{new} are both set, "
-                         f"to {value!r} and {current!r}; keep config.{new} only")
+        raise ValueError(
+          f"config.{old} (moved to config.{new}) and config.{new} are both set, "
+          f"to {value!r} and {current!r}; keep config.{new} only"
+        )
       else:
         _set(config, new, value)
       _delete(config, old)
@@ -303,8 +337,11 @@ def _check_keys(config: Any, schema: Any, prefix: str = "") -> None:
       hint = f" (did you mean config.{prefix}{close[0]}?)" if close else ""
       raise ValueError(f"unknown config key 'config.{path}'{hint}")
     value, expected = config[key], schema[key]
-    if (isinstance(value, ml_collections.ConfigDict) and isinstance(expected, ml_collections.ConfigDict)
-        and path not in SECTIONS_WITH_FREE_KEYS):
+    if (
+      isinstance(value, ml_collections.ConfigDict)
+      and isinstance(expected, ml_collections.ConfigDict)
+      and path not in SECTIONS_WITH_FREE_KEYS
+    ):
       _check_keys(value, expected, f"{path}.")
 
 
@@ -330,7 +367,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     with open(path, encoding="utf-8") as f:
       return config_from_dict(json.load(f))
   module_spec = importlib.util.spec_from_file_location(
-      f"vlpt_config_{os.path.basename(path)[:-3]}", path)
+    f"vlpt_config_{os.path.basename(path)[:-3]}", path
+  )
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant or None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
@@ -56,22 +56,31 @@ def cluster_from_env(env: Mapping[str, str] | None = None) -> ClusterSpec | None
   env = os.environ if env is None else env
   if env.get(ENV_COORDINATOR):
     try:
-      return ClusterSpec("explicit", env[ENV_COORDINATOR], int(env[ENV_NUM_PROCESSES]),
-                         int(env[ENV_PROCESS_ID]))
+      return ClusterSpec(
+        "explicit", env[ENV_COORDINATOR], int(env[ENV_NUM_PROCESSES]), int(env[ENV_PROCESS_ID])
+      )
     except KeyError as e:
       raise ValueError(f"{ENV_COORDINATOR} is set but {e.args[0]} is not") from None
   if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
     if not nodes:
-      raise ValueError("SLURM_NTASKS > 1 but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST "
-                       "is set; run the training under srun")
+      raise ValueError(
+        "SLURM_NTASKS > 1 but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST "
+        "is set; run the training under srun"
+      )
     port = env.get(ENV_COORDINATOR_PORT) or str(
-        int(env.get("SLURM_JOB_ID", "0")) % 4096 + 65535 - 4096 + 1)
+      int(env.get("SLURM_JOB_ID", "0")) % 4096 + 65535 - 4096 + 1
+    )
     local = None
     if env.get(ENV_DEVICE_PER_PROCESS) == "1":  # one process per GPU
       local = (int(env.get("SLURM_LOCALID", "0")),)
-    return ClusterSpec("slurm", f"{first_slurm_host(nodes)}:{port}", int(env["SLURM_NTASKS"]),
-                       int(env["SLURM_PROCID"]), local)
+    return ClusterSpec(
+      "slurm",
+      f"{first_slurm_host(nodes)}:{port}",
+      int(env["SLURM_NTASKS"]),
+      int(env["SLURM_PROCID"]),
+      local,
+    )
   if env.get(ENV_AUTO) == "auto":
     return ClusterSpec("auto")
   return None
@@ -88,14 +97,16 @@ def initialize_from_env(timeout_s: int = 120) -> bool:
     return False
   heartbeat = int(os.environ.get("VLPT_HEARTBEAT_TIMEOUT_S", "30"))
   if spec.coordinator is None:
-    jax.distributed.initialize(initialization_timeout=timeout_s,
-                               heartbeat_timeout_seconds=heartbeat)
+    jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat)
   else:
-    jax.distributed.initialize(coordinator_address=spec.coordinator,
-                               num_processes=spec.num_processes, process_id=spec.process_id,
-                               local_device_ids=spec.local_device_ids,
-                               initialization_timeout=timeout_s,
-                               heartbeat_timeout_seconds=heartbeat)
+    jax.distributed.initialize(
+      coordinator_address=spec.coordinator,
+      num_processes=spec.num_processes,
+      process_id=spec.process_id,
+      local_device_ids=spec.local_device_ids,
+      initialization_timeout=timeout_s,
+      heartbeat_timeout_seconds=heartbeat,
+    )
   return True
 
 

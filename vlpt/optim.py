@@ -28,7 +28,8 @@ parameters get ``optax.set_to_zero``: no update and no optimizer state.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +45,10 @@ DEFAULT_EPS = {"adamw": 1e-6, "lamb": 1e-6, "adafactor": 1e-30}
 
 def param_paths(params: Any) -> Any:
   """A tree of '/'-joined path strings with the structure of ``params``."""
+
   def name(path, _):
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
   return jax.tree_util.tree_map_with_path(name, params)
 
 
@@ -76,12 +79,20 @@ def learning_rate_schedule(config: Any) -> optax.Schedule:
   kind = oc.get("schedule", "cosine")
   if kind == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup,
-        decay_steps=max(total, warmup + 1), end_value=end)
+      init_value=0.0,
+      peak_value=peak,
+      warmup_steps=warmup,
+      decay_steps=max(total, warmup + 1),
+      end_value=end,
+    )
   if kind == "linear":
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, max(warmup, 1)),
-         optax.linear_schedule(peak, end, max(total - warmup, 1))], [warmup])
+      [
+        optax.linear_schedule(0.0, peak, max(warmup, 1)),
+        optax.linear_schedule(peak, end, max(total - warmup, 1)),
+      ],
+      [warmup],
+    )
   raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {SCHEDULES}")
 
 
@@ -108,9 +119,9 @@ def _factored_axes(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple
   return row, col
 
 
-def scale_by_factored_moments(b2: float = 0.999, decay_rate: float = 0.8,
-                              min_dim_size_to_factor: int = 32, eps: float = 1e-30
-                              ) -> optax.GradientTransformation:
+def scale_by_factored_moments(
+  b2: float = 0.999, decay_rate: float = 0.8, min_dim_size_to_factor: int = 32, eps: float = 1e-30
+) -> optax.GradientTransformation:
   """Divides gradients by the root of Adafactor's second-moment estimate.
 
   For a tensor whose two largest axes are at least ``min_dim_size_to_factor`` long, only the means
@@ -128,12 +139,18 @@ def scale_by_factored_moments(b2: float = 0.999, decay_rate: float = 0.8,
       if axes is None:
         return placeholder(), placeholder(), jnp.zeros(p.shape, jnp.float32)
       row, col = axes
-      return (jnp.zeros(np.delete(p.shape, col), jnp.float32),
-              jnp.zeros(np.delete(p.shape, row), jnp.float32), placeholder())
+      return (
+        jnp.zeros(np.delete(p.shape, col), jnp.float32),
+        jnp.zeros(np.delete(p.shape, row), jnp.float32),
+        placeholder(),
+      )
+
     return FactoredMomentsState(
-        count=jnp.zeros([], jnp.int32), v_row=jax.tree.map(lambda p: stats(p)[0], params),
-        v_col=jax.tree.map(lambda p: stats(p)[1], params),
-        v=jax.tree.map(lambda p: stats(p)[2], params))
+      count=jnp.zeros([], jnp.int32),
+      v_row=jax.tree.map(lambda p: stats(p)[0], params),
+      v_col=jax.tree.map(lambda p: stats(p)[1], params),
+      v=jax.tree.map(lambda p: stats(p)[2], params),
+    )
 
   def update(updates, state, params=None):
     del params
@@ -158,19 +175,24 @@ def scale_by_factored_moments(b2: float = 0.999, decay_rate: float = 0.8,
 
     out = jax.tree.map(one, updates, state.v_row, state.v_col, state.v)
     pick = lambda i: jax.tree.map(lambda _, o: o[i], updates, out)  # noqa: E731
-    return pick(0), FactoredMomentsState(count=state.count + 1, v_row=pick(1), v_col=pick(2),
-                                         v=pick(3))
+    return pick(0), FactoredMomentsState(count=state.count + 1, v_row=pick(1), v_col=pick(2), v=pick(3))
 
   return optax.GradientTransformation(init, update)
 
 
-def adafactor(learning_rate: optax.ScalarOrSchedule, *, b1: float | None = 0.9, b2: float = 0.999,
-              eps: float = 1e-30, weight_decay: float = 0.0, mask: Any = None,
-              min_dim_size_to_factor: int = 32) -> optax.GradientTransformation:
+def adafactor(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: float | None = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-30,
+  weight_decay: float = 0.0,
+  mask: Any = None,
+  min_dim_size_to_factor: int = 32,
+) -> optax.GradientTransformation:
   """Factored second moments (``eps``: epsilon1, added to the squared gradient), momentum ``b1``
   on the scaled updates, decoupled weight decay."""
-  parts = [scale_by_factored_moments(b2=b2, min_dim_size_to_factor=min_dim_size_to_factor,
-                                     eps=eps)]
+  parts = [scale_by_factored_moments(b2=b2, min_dim_size_to_factor=min_dim_size_to_factor, eps=eps)]
   if b1:
     parts.append(optax.ema(b1, debias=False))
   if weight_decay:
@@ -187,13 +209,13 @@ def check_config(optimizer_section: Any) -> None:
     raise ValueError(f"config.optimizer.name={oc.name!r} is not one of: {', '.join(OPTIMIZERS)}")
   schedule = oc.get("schedule", "cosine")
   if schedule not in SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule={schedule!r} is not one of: "
-                     f"{', '.join(SCHEDULES)}")
+    raise ValueError(f"config.optimizer.schedule={schedule!r} is not one of: {', '.join(SCHEDULES)}")
   eps = oc.get("eps")
-  if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
-                          or not eps > 0):
-    raise ValueError(f"config.optimizer.eps={eps!r} must be a positive number, or None for "
-                     f"{oc.name}'s own ({DEFAULT_EPS[oc.name]:g})")
+  if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0):
+    raise ValueError(
+      f"config.optimizer.eps={eps!r} must be a positive number, or None for "
+      f"{oc.name}'s own ({DEFAULT_EPS[oc.name]:g})"
+    )
 
 
 def optimizer_eps(optimizer_section: Any) -> float:
@@ -214,19 +236,22 @@ def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
   if oc.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(float(oc.grad_clip_norm)))
   if oc.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=eps,
-                             weight_decay=oc.weight_decay, mask=mask))
+    parts.append(
+      optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=eps, weight_decay=oc.weight_decay, mask=mask)
+    )
   elif oc.name == "lamb":
-    parts.append(optax.lamb(schedule, b1=oc.b1, b2=oc.b2, eps=eps,
-                            weight_decay=oc.weight_decay, mask=mask))
+    parts.append(
+      optax.lamb(schedule, b1=oc.b1, b2=oc.b2, eps=eps, weight_decay=oc.weight_decay, mask=mask)
+    )
   else:
-    parts.append(adafactor(schedule, b1=oc.b1, b2=oc.b2, eps=eps, weight_decay=oc.weight_decay,
-                           mask=mask))
+    parts.append(
+      adafactor(schedule, b1=oc.b1, b2=oc.b2, eps=eps, weight_decay=oc.weight_decay, mask=mask)
+    )
   tx = optax.chain(*parts)
   # LiT: a locked tower is frozen like any other pattern (no updates, no optimizer state)
   freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.init.lock_towers)
   if freeze:
-    tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
-                               frozen_labels(params, freeze))
+    tx = optax.multi_transform(
+      {"trainable": tx, "frozen": optax.set_to_zero()}, frozen_labels(params, freeze)
+    )
   return tx
-

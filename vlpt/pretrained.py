@@ -51,8 +51,10 @@ class Pretrained:
   def tokenizer(self):
     if self._tokenizer is None:
       if not self.bundle.tokenizer:
-        raise WeightsError(f"this {self.bundle.source} checkpoint ships no tokenizer; pass "
-                           "vlpt.load(..., tokenizer={'name': ..., ...})")
+        raise WeightsError(
+          f"this {self.bundle.source} checkpoint ships no tokenizer; pass "
+          "vlpt.load(..., tokenizer={'name': ..., ...})"
+        )
       self._tokenizer = build_tokenizer(self.bundle.tokenizer)
     return self._tokenizer
 
@@ -77,13 +79,20 @@ class Pretrained:
     write_bundle(self.bundle, dst, to)
 
 
-def load(path: str, *, image_size: int | None = None, context_length: int | None = None,
-         tokenizer: dict | None = None, dtype: str = "float32") -> Pretrained:
+def load(
+  path: str,
+  *,
+  image_size: int | None = None,
+  context_length: int | None = None,
+  tokenizer: dict | None = None,
+  dtype: str = "float32",
+) -> Pretrained:
   """Loads any supported source (see the module docstring); optionally resizes positions."""
   bundle = read_checkpoint(path)
   if image_size or context_length:
-    model, params = resize_model(bundle.model, bundle.params, image_size=image_size,
-                                 context_length=context_length)
+    model, params = resize_model(
+      bundle.model, bundle.params, image_size=image_size, context_length=context_length
+    )
     pre = bundle.preprocess
     if image_size:
       pre = dataclasses.replace(pre, image_size=image_size)

@@ -12,6 +12,7 @@ from __future__ import annotations
 def import_torch_reference():
   """-> (torch, open_clip), importable on CPU torch with the CUDA torchvision wheel."""
   import torch
+
   lib = torch.library.Library("torchvision", "FRAGMENT")
   for op in ("nms", "qnms"):
     try:
@@ -19,4 +20,5 @@ def import_torch_reference():
     except RuntimeError:  # already defined (a real torchvision build, or a second call)
       pass
   import open_clip
+
   return torch, open_clip

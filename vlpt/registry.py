@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from vlpt.errors import ConfigError
 
@@ -30,8 +31,7 @@ class Registry(Generic[T]):
     if name not in self._entries:
       close = difflib.get_close_matches(name, self._entries, n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
-      raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known: "
-                        f"{', '.join(sorted(self._entries))}")
+      raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}")
     return self._entries[name]
 
   def __contains__(self, name: str) -> bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the global batch is split over both
@@ -26,25 +28,25 @@ LogicalRules = tuple[tuple[str, Any], ...]
 # tensor. Activations keep the batch over (data, fsdp) and heads/mlp over tensor. With fsdp=1 and
 # tensor=1 (the default mesh) this is plain data parallelism.
 DEFAULT_RULES: LogicalRules = (
-    ("activation_batch", BATCH_AXES),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_mlp", "tensor"),
-    ("activation_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("length", None),
-    ("patch", None),
-    ("channels", None),
-    ("norm", None),
-    ("proj", None),
-    ("layers", None),  # the stacked-layer axis of scanned towers
-    ("queries", None),  # attention-pooler queries
+  ("activation_batch", BATCH_AXES),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_heads", "tensor"),
+  ("activation_kv", None),
+  ("activation_mlp", "tensor"),
+  ("activation_vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv", None),
+  ("vocab", "tensor"),
+  ("length", None),
+  ("patch", None),
+  ("channels", None),
+  ("norm", None),
+  ("proj", None),
+  ("layers", None),  # the stacked-layer axis of scanned towers
+  ("queries", None),  # attention-pooler queries
 )
 
 
@@ -71,14 +73,16 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ..
   if unknown:
     if num_devices % known:
       raise ValueError(
-          f"mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices "
-          f"({num_devices} is not divisible by {known}); set config.mesh to sizes whose product is "
-          f"{num_devices}")
+        f"mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices "
+        f"({num_devices} is not divisible by {known}); set config.mesh to sizes whose product is "
+        f"{num_devices}"
+      )
     sizes[unknown[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
-        f"mesh: {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} "
-        f"are available; set config.mesh so the product is {num_devices} (or use -1 for one axis)")
+      f"mesh: {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} "
+      f"are available; set config.mesh so the product is {num_devices} (or use -1 for one axis)"
+    )
   return tuple(sizes)
 
 
@@ -108,8 +112,7 @@ def param_shardings(abstract_state: Any, mesh: Mesh, rules: LogicalRules) -> Any
   """NamedShardings for an nnx.State of annotated variables (partition metadata -> mesh axes)."""
   with nnx.logical_axis_rules(rules):
     specs = nnx.get_partition_spec(abstract_state)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 @contextlib.contextmanager

@@ -6,30 +6,31 @@ import time
 
 import pytest
 
-from conftest import PYTHON, REPO
 from vlpt.config import default_config
 from vlpt.errors import ConfigError
 from vlpt.train.validation import validate
 
+from conftest import PYTHON, REPO
+
 # (overrides of configs/demo.py, the message's fragment): checked in-process, as validate() sees
 # them; the command-line path (one line on stderr, exit 2, nothing started) is tested below
 CASES = [
-    ({"batch_size": 30}, "not divisible by the data-parallel size 8"),
-    ({"mesh.data": 3}, "mesh"),
-    ({"total_steps": 0}, "config.total_steps must be a positive integer"),
-    ({"total_steps": -5}, "config.total_steps must be a positive integer"),
-    ({"data.train.source": "wds:/no/such/shards.tar"}, "does not exist"),
-    ({"model.image.variant": "B/7"}, "not divisible by the patch size"),
-    ({"loss.name": "softmaxx"}, "config.loss.name='softmaxx' is not one of"),
-    ({"loss.impl": "ring", "loss.label_smoothing": 0.1}, "needs impl='gather'"),
-    ({"loss.matryoshka_dims": (8, 1024)}, "exceeds config.model.embed_dim=128"),
-    ({"loss.name": "sigmoid"}, "needs a logit bias"),
-    ({"optimizer.name": "sgd"}, "config.optimizer.name='sgd' is not one of"),
-    ({"data.normalization": "imagenet"}, "config.data.normalization must be one of"),
-    ({"init.lock_towers": ("image",)}, "would freeze the randomly initialized image tower"),
-    ({"model.text.widht": 96}, "did you mean config.model.text.width?"),
-    ({"eval.datasets.heldout.caption_method": "topk"}, "must be greedy or beam"),
-    ({"eval.datasets.heldout.num_exmples": 5}, "did you mean num_examples?"),
+  ({"batch_size": 30}, "not divisible by the data-parallel size 8"),
+  ({"mesh.data": 3}, "mesh"),
+  ({"total_steps": 0}, "config.total_steps must be a positive integer"),
+  ({"total_steps": -5}, "config.total_steps must be a positive integer"),
+  ({"data.train.source": "wds:/no/such/shards.tar"}, "does not exist"),
+  ({"model.image.variant": "B/7"}, "not divisible by the patch size"),
+  ({"loss.name": "softmaxx"}, "config.loss.name='softmaxx' is not one of"),
+  ({"loss.impl": "ring", "loss.label_smoothing": 0.1}, "needs impl='gather'"),
+  ({"loss.matryoshka_dims": (8, 1024)}, "exceeds config.model.embed_dim=128"),
+  ({"loss.name": "sigmoid"}, "needs a logit bias"),
+  ({"optimizer.name": "sgd"}, "config.optimizer.name='sgd' is not one of"),
+  ({"data.normalization": "imagenet"}, "config.data.normalization must be one of"),
+  ({"init.lock_towers": ("image",)}, "would freeze the randomly initialized image tower"),
+  ({"model.text.widht": 96}, "did you mean config.model.text.width?"),
+  ({"eval.datasets.heldout.caption_method": "topk"}, "must be greedy or beam"),
+  ({"eval.datasets.heldout.num_exmples": 5}, "did you mean num_examples?"),
 ]
 
 
@@ -37,6 +38,7 @@ def _demo():
   import ml_collections
 
   from vlpt.config import load_config
+
   return load_config(f"{REPO}/configs/demo.py"), ml_collections
 
 
@@ -55,19 +57,33 @@ def test_config_errors_name_the_fix(overrides, message):
 
 
 CLI_CASES = [
-    (["--config.batch_size=30"], "not divisible by the data-parallel size 8"),
-    (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
-    # evaluation-dataset settings the entry leaves to the defaults can be overridden (and checked)
-    (["--config.eval.datasets.extra.split=test"], "source is required"),  # a new, incomplete entry
+  (["--config.batch_size=30"], "not divisible by the data-parallel size 8"),
+  (["--config.batch_sise=8"], "batch_sise"),  # unknown override key: absl rejects it
+  # evaluation-dataset settings the entry leaves to the defaults can be overridden (and checked)
+  (["--config.eval.datasets.extra.split=test"], "source is required"),  # a new, incomplete entry
 ]
 
 
 @pytest.mark.parametrize("overrides,message", CLI_CASES)
 def test_cli_config_errors(tmp_path, cli_env, overrides, message):
   start = time.perf_counter()
-  proc = subprocess.run([PYTHON, "-m", "vlpt.cli.train", "--config", f"{REPO}/configs/demo.py",
-                         "--workdir", str(tmp_path / "w"), *overrides],
-                        capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
+  proc = subprocess.run(
+    [
+      PYTHON,
+      "-m",
+      "vlpt.cli.train",
+      "--config",
+      f"{REPO}/configs/demo.py",
+      "--workdir",
+      str(tmp_path / "w"),
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    env=cli_env,
+    timeout=120,
+    cwd=tmp_path,
+  )
   assert proc.returncode == 2
   err = [line for line in proc.stderr.splitlines() if line.strip()]
   assert any(message in line and line.startswith("vlpt: error: ") for line in err), proc.stderr
@@ -80,8 +96,11 @@ def test_unknown_key_in_config_file_is_named():
   c = default_config()
   with c.unlocked():
     c.optimizer.weight_decy = 1e-3
-  with pytest.raises(ConfigError, match=r"'config.optimizer.weight_decy' \(did you mean "
-                                        r"config.optimizer.weight_decay\?\)"):
+  with pytest.raises(
+    ConfigError,
+    match=r"'config.optimizer.weight_decy' \(did you mean "
+    r"config.optimizer.weight_decay\?\)",
+  ):
     validate(c, num_devices=8)
 
 
@@ -107,14 +126,17 @@ def test_moved_keys_keep_working_for_one_release(capsys):
   assert "image_size" not in c.model.image and "caption_weight" not in c.model
   notes = capsys.readouterr().err.splitlines()
   assert len(notes) == 4
-  assert ("[vlpt] note: config.model.caption_weight is now config.loss.caption_weight (the old "
-          "key is accepted until vlpt 0.3)") in notes
+  assert (
+    "[vlpt] note: config.model.caption_weight is now config.loss.caption_weight (the old "
+    "key is accepted until vlpt 0.3)"
+  ) in notes
   c = default_config()
   c.data.image_size = 64
   with c.unlocked():
     c.model.image.image_size = 32
-  with pytest.raises(ConfigError, match="config.model.image.image_size=32 differs from "
-                                        "config.data.image_size=64"):
+  with pytest.raises(
+    ConfigError, match="config.model.image.image_size=32 differs from config.data.image_size=64"
+  ):
     validate(c, num_devices=8)
   c = default_config()
   c.init.checkpoint = "builtin:demo"
@@ -125,13 +147,29 @@ def test_moved_keys_keep_working_for_one_release(capsys):
 
 
 def test_moved_key_on_the_command_line(tmp_path, cli_env):
-  proc = subprocess.run([PYTHON, "-m", "vlpt.cli.train", "--config", f"{REPO}/configs/demo.py",
-                         "--workdir", str(tmp_path / "w"), "--config.model.init_from=/no/such",
-                         "--config.total_steps=0"],
-                        capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
+  proc = subprocess.run(
+    [
+      PYTHON,
+      "-m",
+      "vlpt.cli.train",
+      "--config",
+      f"{REPO}/configs/demo.py",
+      "--workdir",
+      str(tmp_path / "w"),
+      "--config.model.init_from=/no/such",
+      "--config.total_steps=0",
+    ],
+    capture_output=True,
+    text=True,
+    env=cli_env,
+    timeout=120,
+    cwd=tmp_path,
+  )
   assert proc.returncode == 2, proc.stderr
-  assert ("[vlpt] note: --config.model.init_from is now --config.init.checkpoint (the old flag is "
-          "accepted until vlpt 0.3)") in proc.stderr
+  assert (
+    "[vlpt] note: --config.model.init_from is now --config.init.checkpoint (the old flag is "
+    "accepted until vlpt 0.3)"
+  ) in proc.stderr
   assert "vlpt: error: config.total_steps must be a positive integer" in proc.stderr
 
 
@@ -139,15 +177,23 @@ def test_eval_dataset_settings_from_the_command_line():
   """--config.eval.datasets.NAME.KEY sets a default-valued setting, or adds a dataset."""
   from vlpt.cli.common import _apply_dataset_settings, _split_dataset_settings
   from vlpt.config import load_config
+
   config = load_config(f"{REPO}/configs/demo.py:coca")
   config.lock()
-  argv = ["vlpt-eval", "--config", "x.py", "--config.eval.datasets.heldout.caption_method=beam",
-          "--config.eval.datasets.heldout.num_beams=3", "--config.eval.datasets.heldout.split=test",
-          "--config.eval.datasets.heldout.tasks=('captioning',)", "--config.total_steps=5",
-          "--config.eval.datasets.pets.source=tfds:oxford_iiit_pet",
-          "--config.eval.datasets.pets.templates=None",
-          "--config.eval.datasets.extra.source=synthetic",
-          "--config.eval.datasets.extra.tasks=zeroshot,retrieval"]
+  argv = [
+    "vlpt-eval",
+    "--config",
+    "x.py",
+    "--config.eval.datasets.heldout.caption_method=beam",
+    "--config.eval.datasets.heldout.num_beams=3",
+    "--config.eval.datasets.heldout.split=test",
+    "--config.eval.datasets.heldout.tasks=('captioning',)",
+    "--config.total_steps=5",
+    "--config.eval.datasets.pets.source=tfds:oxford_iiit_pet",
+    "--config.eval.datasets.pets.templates=None",
+    "--config.eval.datasets.extra.source=synthetic",
+    "--config.eval.datasets.extra.tasks=zeroshot,retrieval",
+  ]
   rest, held = _split_dataset_settings(argv)
   assert rest == ["vlpt-eval", "--config", "x.py", "--config.total_steps=5"]
   _apply_dataset_settings(config, held)

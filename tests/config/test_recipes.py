@@ -14,20 +14,20 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import REPO
-from e2e_utils import cli, env_with_devices, eval_rows, resolved_model_config, run
 from vlpt.config import default_config, load_config
-from vlpt.errors import ConfigError
-from vlpt.train.validation import validate
 from vlpt.data.preprocess import Preprocess
+from vlpt.errors import ConfigError, WeightsError
 from vlpt.models import build_model
 from vlpt.optim import FactoredMomentsState, build_optimizer
 from vlpt.train.initialization import read_checkpoint as read_bundle
 from vlpt.train.setup import build, initial_state
+from vlpt.train.validation import validate
 from vlpt.weights.builtin import BUILTINS
 from vlpt.weights.formats import Bundle, detect_format, write_bundle
-from vlpt.errors import WeightsError
 from vlpt.weights.state import flat_params
+
+from conftest import REPO
+from e2e_utils import cli, env_with_devices, eval_rows, resolved_model_config, run
 
 RECIPES = ("clip", "align", "siglip", "coca", "lit")
 DOCS = os.path.join(REPO, "docs", "recipes.md")
@@ -56,12 +56,24 @@ def point_at_local_files(config, tmp_path):
     config.data.tokenizer.vocab_path = str(path)
   if "model_path" in config.data.tokenizer:  # a SentencePiece model (SigLIP's)
     import sentencepiece as spm
+
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"a photo of a {c} {s}" for c in ("red", "green", "blue")
-                                for s in ("circle", "square", "cross")) * 20)
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"),
-                                   vocab_size=24, pad_id=3, bos_id=-1, eos_id=1, unk_id=0,
-                                   minloglevel=2)
+    corpus.write_text(
+      "\n".join(
+        f"a photo of a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "cross")
+      )
+      * 20
+    )
+    spm.SentencePieceTrainer.train(
+      input=str(corpus),
+      model_prefix=str(tmp_path / "m"),
+      vocab_size=24,
+      pad_id=3,
+      bos_id=-1,
+      eos_id=1,
+      unk_id=0,
+      minloglevel=2,
+    )
     config.data.tokenizer.model_path = str(tmp_path / "m.model")
   if config.init.checkpoint and not config.init.checkpoint.startswith("builtin:"):
     ckpt = tmp_path / "checkpoint"
@@ -84,8 +96,9 @@ def test_every_variant_builds_and_validates(name, tmp_path):
     # unset placeholders fail validation naming themselves
     with pytest.raises(ConfigError) as e:
       validate(config, num_devices=8)
-    assert any(str(v).removeprefix("wds:").split("{")[0] in str(e.value)
-               for v in holders.values()), str(e.value)
+    assert any(str(v).removeprefix("wds:").split("{")[0] in str(e.value) for v in holders.values()), str(
+      e.value
+    )
     point_at_local_files(config, tmp_path)
     validate(config, num_devices=8)
   with pytest.raises(ValueError, match="unknown"):
@@ -99,11 +112,13 @@ def test_recipe_settings_follow_the_papers():
   assert math.isclose(math.exp(clip.model.init_logit_scale), 1 / 0.07)
 
   align = recipe("align").get_config(None)
-  assert (align.optimizer.name, align.optimizer.lr, align.optimizer.weight_decay) == (
-      "lamb", 1e-3, 1e-5)
+  assert (align.optimizer.name, align.optimizer.lr, align.optimizer.weight_decay) == ("lamb", 1e-3, 1e-5)
   assert align.loss.label_smoothing == 0.1 and align.model.init_logit_scale == 0.0
   assert (align.model.text.causal, align.model.text.pool, align.model.text.mask_padding) == (
-      False, "first", True)
+    False,
+    "first",
+    True,
+  )
   assert recipe("align").get_config("adamw").optimizer.name == "adamw"
 
   siglip = recipe("siglip").get_config("So400m14")
@@ -124,8 +139,7 @@ def test_recipe_settings_follow_the_papers():
 def docs_section(name):
   with open(DOCS) as f:
     text = f.read()
-  match = re.search(rf"^## [^\n]*`configs/{name}\.py`[^\n]*\n(.*?)(?=^## |\Z)", text,
-                    re.M | re.S)
+  match = re.search(rf"^## [^\n]*`configs/{name}\.py`[^\n]*\n(.*?)(?=^## |\Z)", text, re.M | re.S)
   assert match, f"docs/recipes.md has no section for configs/{name}.py"
   return match.group(1)
 
@@ -149,11 +163,14 @@ def test_docstring_citation_and_numbers_match_docs(name):
   table = section.split("### Reported numbers", 1)[1].split("\n## ", 1)[0]
   documented = set(RESULT.findall(table))
   assert reported, "no reported numbers parsed from the docstring"
-  assert reported == documented, (f"docstring only: {sorted(reported - documented)}; "
-                                  f"docs/recipes.md only: {sorted(documented - reported)}")
+  assert reported == documented, (
+    f"docstring only: {sorted(reported - documented)}; "
+    f"docs/recipes.md only: {sorted(documented - reported)}"
+  )
 
 
 # ---- optimizers -------------------------------------------------------------------------------
+
 
 def _opt_config(name, **optimizer):
   c = default_config()
@@ -173,8 +190,11 @@ def test_adafactor_first_step_is_the_sign_of_a_rank_one_gradient():
   grads = {"w": np.outer(a, b).astype(np.float32), "v": np.array([1, -2, 3, -4, 5], np.float32)}
   tx = build_optimizer(_opt_config("adafactor", lr=0.1, b1=0.0, weight_decay=0.0), params)
   state = tx.init(params)
-  factored = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
-      x, FactoredMomentsState)) if isinstance(s, FactoredMomentsState)][0]
+  factored = [
+    s
+    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, FactoredMomentsState))
+    if isinstance(s, FactoredMomentsState)
+  ][0]
   assert {factored.v_row["w"].shape, factored.v_col["w"].shape} == {(64,), (48,)}
   assert factored.v["w"].shape == (1,) and factored.v["v"].shape == (5,)
   updates, _ = tx.update(grads, state, params)
@@ -184,8 +204,10 @@ def test_adafactor_first_step_is_the_sign_of_a_rank_one_gradient():
 
 @pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
 def test_weight_decay_mask_and_freezing_hold_for_every_optimizer(name):
-  params = {"image": {"kernel": np.ones((4, 4), np.float32)},
-            "text": {"kernel": np.ones((4, 4), np.float32), "bias": np.ones((4,), np.float32)}}
+  params = {
+    "image": {"kernel": np.ones((4, 4), np.float32)},
+    "text": {"kernel": np.ones((4, 4), np.float32), "bias": np.ones((4,), np.float32)},
+  }
   config = _opt_config(name, lr=0.1, weight_decay=0.5)
   config.init.lock_towers = ("image",)
   tx = build_optimizer(config, params)
@@ -197,8 +219,9 @@ def test_weight_decay_mask_and_freezing_hold_for_every_optimizer(name):
   np.testing.assert_array_equal(new["text"]["bias"], 1.0)  # no_decay: "bias"
   np.testing.assert_array_equal(new["image"]["kernel"], 1.0)  # locked
   masked = optax.MaskedNode
-  frozen_state = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, masked))
-                  if isinstance(x, masked)]
+  frozen_state = [
+    x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, masked)) if isinstance(x, masked)
+  ]
   assert frozen_state, "the locked tower should hold no optimizer state"
 
 
@@ -222,11 +245,20 @@ def test_adafactor_state_on_an_fsdp_mesh_replicates_only_factored_statistics():
 
 # ---- LiT: init_towers, lock validation, builtin source -------------------------------------------
 
+
 def _export_random_model(config, dst, seed=7):
   model_cfg = resolved_model_config(config)
   flat = flat_params(build_model(model_cfg, nnx.Rngs(seed)))
-  write_bundle(Bundle(model_cfg, flat, config.data.tokenizer.to_dict(),
-                      Preprocess(image_size=config.data.image_size), "test"), str(dst))
+  write_bundle(
+    Bundle(
+      model_cfg,
+      flat,
+      config.data.tokenizer.to_dict(),
+      Preprocess(image_size=config.data.image_size),
+      "test",
+    ),
+    str(dst),
+  )
   return flat
 
 
@@ -246,8 +278,7 @@ def test_init_towers_loads_only_the_image_tower(tmp_path):
     np.testing.assert_array_equal(value, flat[key])
   # the rest is the random init a run without init_from draws (initial_state's key split)
   init_key, _ = jax.random.split(jax.random.key(config.seed))
-  plain = nnx.state(build_model(setup.model_config, nnx.Rngs(params=init_key)),
-                    nnx.Param).to_pure_dict()
+  plain = nnx.state(build_model(setup.model_config, nnx.Rngs(params=init_key)), nnx.Param).to_pure_dict()
   for a, b in zip(jax.tree.leaves(params["text"]), jax.tree.leaves(plain["text"])):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(params["logit_scale"], plain["logit_scale"])
@@ -296,15 +327,18 @@ def test_builtin_source_is_validated_by_name_without_training(tmp_path, monkeypa
 
 # ---- slow: every :smoke variant through the CLI -------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_smoke_variant_trains_and_evaluates(name, tmp_path, cli_env, monkeypatch):
   env = env_with_devices(cli_env, 8)
   env["VLPT_CACHE"] = str(tmp_path / "cache")  # LiT: builtin:demo is trained here, from scratch
   workdir = tmp_path / "run"
-  proc = run(cli("vlpt.cli.train", workdir, config=os.path.join(REPO, "configs",
-                                                                f"{name}.py:smoke")),
-             env, timeout=600)
+  proc = run(
+    cli("vlpt.cli.train", workdir, config=os.path.join(REPO, "configs", f"{name}.py:smoke")),
+    env,
+    timeout=600,
+  )
   assert "step     20/20" in proc.stdout
   rows = eval_rows(workdir)
   assert rows and rows[-1]["step"] == 20
@@ -326,6 +360,10 @@ def test_smoke_variant_trains_and_evaluates(name, tmp_path, cli_env, monkeypatch
     np.testing.assert_array_equal(tuned.params[key], pretrained.params[key])
   # the text tower is the recipe's own (demo-sized), not the checkpoint's (micro)
   assert tuned.model["text"]["variant"] == "demo" and pretrained.model["text"]["variant"] == "micro"
-  assert not any(k.startswith("text.") and k in tuned.params and
-                 tuned.params[k].shape == pretrained.params[k].shape and
-                 np.array_equal(tuned.params[k], pretrained.params[k]) for k in pretrained.params)
+  assert not any(
+    k.startswith("text.")
+    and k in tuned.params
+    and tuned.params[k].shape == pretrained.params[k].shape
+    and np.array_equal(tuned.params[k], pretrained.params[k])
+    for k in pretrained.params
+  )

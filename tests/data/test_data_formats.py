@@ -10,8 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlpt.config import default_config
-from vlpt.errors import ConfigError
-from vlpt.train.validation import validate
 from vlpt.data.arrayrecord import ArrayRecordSource, encode_record
 from vlpt.data.parquet import ParquetSource
 from vlpt.data.pipeline import SkipCounter, TrainTransform, train_dataset
@@ -19,7 +17,8 @@ from vlpt.data.shards import encode_image, make_writer
 from vlpt.data.sources import build_source, file_source_options
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.data.transforms import augment, color_jitter
-from vlpt.errors import DataError
+from vlpt.errors import ConfigError, DataError
+from vlpt.train.validation import validate
 
 FORMATS = ("wds", "arrayrecord", "parquet")
 SUFFIX = {"wds": "tar", "arrayrecord": "array_record", "parquet": "parquet"}
@@ -40,8 +39,11 @@ def write_set(fmt, out, n, shard_size, *, bad=None, size=32, row_group_size=4):
         data = b"this is not an image"
       elif bad.get(k) == "empty":
         caption = "  "
-      meta = ({"caption": caption, "captions": [caption, f"{caption} again"]}
-              if k % 2 and caption.strip() else None)
+      meta = (
+        {"caption": caption, "captions": [caption, f"{caption} again"]}
+        if k % 2 and caption.strip()
+        else None
+      )
       writer.write(data, "png", caption, meta)
   return f"{fmt}:{writer.close()}"
 
@@ -89,21 +91,31 @@ def test_written_records_read_back(tmp_path, fmt):
 def test_parquet_columns_found_by_name_or_configured(tmp_path):
   png = [encode_image(np.full((32, 32, 3), k, np.uint8), "png") for k in range(6)]
   # img2dataset-like names
-  pq.write_table(pa.table({"jpg": png, "txt": [f"t{k}" for k in range(6)]}), tmp_path / "a.parquet",
-                 row_group_size=2)
+  pq.write_table(
+    pa.table({"jpg": png, "txt": [f"t{k}" for k in range(6)]}), tmp_path / "a.parquet", row_group_size=2
+  )
   source = _source(f"parquet:{tmp_path}/a.parquet")
   assert (source.image_field, source.caption_field) == ("jpg", "txt")
   assert [source[k]["caption"] for k in range(6)] == [f"t{k}" for k in range(6)]
   # Hugging Face datasets: image struct {bytes, path}, a list of captions
   images = [{"bytes": b, "path": f"{k}.png"} for k, b in enumerate(png)]
-  pq.write_table(pa.table({"image": images, "sentences": [[f"s{k}", f"r{k}"] for k in range(6)],
-                           "caption": [""] * 6}), tmp_path / "hf.parquet")
+  pq.write_table(
+    pa.table(
+      {"image": images, "sentences": [[f"s{k}", f"r{k}"] for k in range(6)], "caption": [""] * 6}
+    ),
+    tmp_path / "hf.parquet",
+  )
   with pytest.raises(ValueError, match="no caption field 'nope'"):
     _source(f"parquet:{tmp_path}/hf.parquet", caption_field="nope")
   c = _config(f"parquet:{tmp_path}/hf.parquet")
   c.data.caption_field = "sentences"
-  source = build_source(c.data.train.source, split="train", image_size=32, seed=0,
-                        options=file_source_options(c.data, train=False))
+  source = build_source(
+    c.data.train.source,
+    split="train",
+    image_size=32,
+    seed=0,
+    options=file_source_options(c.data, train=False),
+  )
   ex = source[4]
   assert _value(ex) == 4 and ex["caption"] == "s4" and ex["captions"] == ["s4", "r4"]
   pq.write_table(pa.table({"pixels": png, "caption": ["c"] * 6}), tmp_path / "x.parquet")
@@ -113,14 +125,23 @@ def test_parquet_columns_found_by_name_or_configured(tmp_path):
 
 def test_arrayrecord_other_field_names(tmp_path):
   from array_record.python.array_record_module import ArrayRecordWriter
+
   writer = ArrayRecordWriter(str(tmp_path / "a.array_record"), "group_size:1")
   for k in range(4):
-    writer.write(msgpack.packb({"jpg": encode_image(np.full((32, 32, 3), k, np.uint8), "png"),
-                                "txt": f"t{k}", "alt": f"alt {k}"}))
+    writer.write(
+      msgpack.packb(
+        {
+          "jpg": encode_image(np.full((32, 32, 3), k, np.uint8), "png"),
+          "txt": f"t{k}",
+          "alt": f"alt {k}",
+        }
+      )
+    )
   writer.close()
   source = _source(f"arrayrecord:{tmp_path}/a.array_record")
   assert [(_value(source[k]), source[k]["caption"]) for k in range(4)] == [
-      (k, f"t{k}") for k in range(4)]
+    (k, f"t{k}") for k in range(4)
+  ]
   source = _source(f"arrayrecord:{tmp_path}/a.array_record", caption_field="alt")
   assert source[2]["caption"] == "alt 2"
 
@@ -137,13 +158,19 @@ def test_broken_arrayrecord_set(tmp_path):
   bad = {3: "garbage", 7: "empty", 8: "empty"}
   write_set("arrayrecord", tmp_path, 40, 10, bad=bad)
   # record 12: its chunk is damaged; record 15: not MessagePack
-  _corrupt_array_record_chunk(tmp_path / "00001.array_record",
-                              encode_image(np.full((32, 32 + 8 * (12 % 3), 3), 12, np.uint8), "png"))
+  _corrupt_array_record_chunk(
+    tmp_path / "00001.array_record",
+    encode_image(np.full((32, 32 + 8 * (12 % 3), 3), 12, np.uint8), "png"),
+  )
   from array_record.python.array_record_module import ArrayRecordWriter
+
   writer = ArrayRecordWriter(str(tmp_path / "00004.array_record"), "group_size:1,uncompressed")
   writer.write(b"\xc1 not msgpack")
-  writer.write(encode_record({"image": encode_image(np.full((32, 32, 3), 41, np.uint8), "png"),
-                              "caption": "sample 41"}))
+  writer.write(
+    encode_record(
+      {"image": encode_image(np.full((32, 32, 3), 41, np.uint8), "png"), "caption": "sample 41"}
+    )
+  )
   writer.close()
   full = (tmp_path / "00003.array_record").read_bytes()
   (tmp_path / "00005.array_record").write_bytes(full[: len(full) - 100])  # cut short: unreadable
@@ -157,8 +184,7 @@ def test_broken_arrayrecord_set(tmp_path):
   # too many unreadable files, or too many bad examples: a clear error naming the file
   with pytest.raises(DataError, match=r"1 of 6 arrayrecord file\(s\).*00005.array_record"):
     _source(spec, max_bad_fraction=0.1)
-  strict = _source(f"arrayrecord:{tmp_path}/00000.array_record", max_bad_fraction=0.05,
-                   min_reads=5)
+  strict = _source(f"arrayrecord:{tmp_path}/00000.array_record", max_bad_fraction=0.05, min_reads=5)
   with pytest.raises(DataError, match=r"worst shard: .*00000.array_record"):
     for i in range(10):
       strict[i]
@@ -177,19 +203,42 @@ def test_broken_parquet_set(tmp_path):
 @pytest.mark.parametrize("fmt", ["arrayrecord", "parquet"])
 def test_inspect_and_build_cli(tmp_path, fmt, capsys):
   from vlpt.cli.data import main
+
   write_set(fmt, tmp_path / "s", 12, 5, bad={1: "garbage", 4: "empty", 6: "empty"})
   assert main(["inspect", f"{tmp_path}/s/*.{SUFFIX[fmt]}"]) == 0
   assert main(["inspect", f"{fmt}:{tmp_path}/s/shards.txt"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines == ["samples 12", "undecodable_images 1", "empty_captions 2",
-                   "truncated_shards 0"] * 2
-  assert main(["build", "--from", "synthetic", "--num", "7", "--image-size", "32", "--format",
-               fmt, "--image-format", "png", "--shard-size", "3", "--out", str(tmp_path / "b")]) == 0
+  assert lines == ["samples 12", "undecodable_images 1", "empty_captions 2", "truncated_shards 0"] * 2
+  assert (
+    main(
+      [
+        "build",
+        "--from",
+        "synthetic",
+        "--num",
+        "7",
+        "--image-size",
+        "32",
+        "--format",
+        fmt,
+        "--image-format",
+        "png",
+        "--shard-size",
+        "3",
+        "--out",
+        str(tmp_path / "b"),
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out.splitlines()
   pattern = f"{tmp_path}/b/{{00000..00002}}.{SUFFIX[fmt]}"
-  assert out == [f"wrote 7 samples in 3 shard(s): {pattern}",
-                 f"train with --config.data.train.source={fmt}:{pattern}"]
+  assert out == [
+    f"wrote 7 samples in 3 shard(s): {pattern}",
+    f"train with --config.data.train.source={fmt}:{pattern}",
+  ]
   from vlpt.data.synthetic import SyntheticCaptions
+
   want = SyntheticCaptions("train", image_size=32, seed=0, num_examples=7)
   got = _source(f"{fmt}:{pattern}")
   for k in range(7):  # lossless: the in-memory examples, bit for bit
@@ -199,27 +248,54 @@ def test_inspect_and_build_cli(tmp_path, fmt, capsys):
 
 def test_build_from_parquet_of_image_bytes(tmp_path):
   from vlpt.cli.data import main
+
   png = [encode_image(np.full((32, 32, 3), k, np.uint8), "png") for k in range(5)]
-  pq.write_table(pa.table({"image": png, "text": [f"t{k}" for k in range(5)]}),
-                 tmp_path / "in.parquet")
+  pq.write_table(pa.table({"image": png, "text": [f"t{k}" for k in range(5)]}), tmp_path / "in.parquet")
   for fmt in FORMATS:
-    assert main(["build", "--from", "csv", str(tmp_path / "in.parquet"), "--format", fmt,
-                 "--out", str(tmp_path / fmt)]) == 0
+    assert (
+      main(
+        [
+          "build",
+          "--from",
+          "csv",
+          str(tmp_path / "in.parquet"),
+          "--format",
+          fmt,
+          "--out",
+          str(tmp_path / fmt),
+        ]
+      )
+      == 0
+    )
     source = _source(f"{fmt}:{tmp_path}/{fmt}/00000.{SUFFIX[fmt]}")
     assert [(_value(source[k]), source[k]["caption"]) for k in range(5)] == [
-        (k, f"t{k}") for k in range(5)]
+      (k, f"t{k}") for k in range(5)
+    ]
   with pytest.raises(SystemExit, match="--row-group-size applies to --format parquet only"):
     main(["build", "--from", "synthetic", "--out", str(tmp_path / "x"), "--row-group-size", "4"])
 
 
 def test_png_format_flag_still_means_wds(tmp_path, capsys):
   from vlpt.cli.data import main
-  assert main(["build", "--from", "synthetic", "--num", "3", "--format", "png", "--out",
-               str(tmp_path)]) == 0
+
+  assert (
+    main(["build", "--from", "synthetic", "--num", "3", "--format", "png", "--out", str(tmp_path)]) == 0
+  )
   assert capsys.readouterr().out.splitlines()[-1].endswith(f"wds:{tmp_path}/00000.tar")
   with pytest.raises(SystemExit, match="disagree"):
-    main(["build", "--from", "synthetic", "--format", "png", "--image-format", "jpg", "--out",
-          str(tmp_path)])
+    main(
+      [
+        "build",
+        "--from",
+        "synthetic",
+        "--format",
+        "png",
+        "--image-format",
+        "jpg",
+        "--out",
+        str(tmp_path),
+      ]
+    )
 
 
 def test_config_accepts_new_sources_and_checks_files(tmp_path):
@@ -268,11 +344,13 @@ def test_train_transform_flip_and_jitter_by_position():
   c = _config("synthetic", shuffle=False)
   c.data.train.flip, c.data.train.color_jitter = True, 0.2
   tok = build_tokenizer(c.data.tokenizer)
-  batch = next(iter(train_dataset(c.data, tokenizer=tok, global_batch=4, seed=0, process_index=0,
-                                  process_count=1)))
+  batch = next(
+    iter(train_dataset(c.data, tokenizer=tok, global_batch=4, seed=0, process_index=0, process_count=1))
+  )
   c.data.train.flip, c.data.train.color_jitter = False, 0.0
-  base = next(iter(train_dataset(c.data, tokenizer=tok, global_batch=4, seed=0, process_index=0,
-                                 process_count=1)))
+  base = next(
+    iter(train_dataset(c.data, tokenizer=tok, global_batch=4, seed=0, process_index=0, process_count=1))
+  )
   assert batch["image"].shape == base["image"].shape
   assert not np.array_equal(batch["image"], base["image"])
   np.testing.assert_array_equal(batch["text"], base["text"])
@@ -284,8 +362,9 @@ def test_train_transform_flip_and_jitter_by_position():
 
 def _skip_iterator(c):
   tok = build_tokenizer(c.data.tokenizer)
-  return SkipCounter(iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0,
-                                        process_index=0, process_count=1)))
+  return SkipCounter(
+    iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0, process_count=1))
+  )
 
 
 def test_skip_counts_survive_a_restore(tmp_path):
@@ -318,9 +397,11 @@ def test_device_loader_reports_counts_of_consumed_batches(tmp_path):
   import jax
 
   from vlpt.data.loader import DeviceLoader
+
   c = _config(write_set("parquet", tmp_path, 24, 8, bad={1: "garbage", 9: "empty"}))
   c.data.max_bad_fraction = 0.5
   from vlpt.sharding import make_mesh
+
   mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   loader = DeviceLoader(lambda: _skip_iterator(c), mesh, 1)
   assert loader.skipped == {}
@@ -345,13 +426,36 @@ def test_lossless_shards_stream_like_the_in_memory_source(tmp_path, fmt):
   """PNG shards of the synthetic set written by `vlpt-data build --format FMT` give the training
   stream of the in-memory source, batch for batch (images, chosen captions)."""
   from vlpt.cli.data import main
-  assert main(["build", "--from", "synthetic", "--num", "24", "--image-size", "32", "--format",
-               fmt, "--image-format", "png", "--shard-size", "10", "--out", str(tmp_path)]) == 0
+
+  assert (
+    main(
+      [
+        "build",
+        "--from",
+        "synthetic",
+        "--num",
+        "24",
+        "--image-size",
+        "32",
+        "--format",
+        fmt,
+        "--image-format",
+        "png",
+        "--shard-size",
+        "10",
+        "--out",
+        str(tmp_path),
+      ]
+    )
+    == 0
+  )
   memory = _config("synthetic", shuffle=False)
   files = _config(f"{fmt}:{tmp_path}/shards.txt", shuffle=False)
   tok = build_tokenizer(memory.data.tokenizer)
-  streams = [iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0,
-                                process_count=1)) for c in (memory, files)]
+  streams = [
+    iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0, process_count=1))
+    for c in (memory, files)
+  ]
   for _ in range(3):
     want, got = (next(s) for s in streams)
     np.testing.assert_array_equal(got["image"], want["image"])

@@ -19,18 +19,30 @@ class VlptResumeCaptions(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3)),
-        "captions": tfds.features.Sequence(tfds.features.Text())}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "captions": tfds.features.Sequence(tfds.features.Text()),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
     from PIL import Image
+
     for k in range(20):
-      yield k, {"image": Image.fromarray(np.full((32, 36 + 4 * (k % 3), 3), k, np.uint8)),
-                "captions": [f"sample {k}", f"photo {k}"]}
+      yield (
+        k,
+        {
+          "image": Image.fromarray(np.full((32, 36 + 4 * (k % 3), 3), k, np.uint8)),
+          "captions": [f"sample {k}", f"photo {k}"],
+        },
+      )
 
 
 def _config(kind, tmp_path, workers):
@@ -54,8 +66,16 @@ def _config(kind, tmp_path, workers):
 
 def _iterator(c, process_index=0, process_count=1, batch=8):
   tok = build_tokenizer(c.data.tokenizer)
-  return iter(train_dataset(c.data, tokenizer=tok, global_batch=batch, seed=0,
-                            process_index=process_index, process_count=process_count))
+  return iter(
+    train_dataset(
+      c.data,
+      tokenizer=tok,
+      global_batch=batch,
+      seed=0,
+      process_index=process_index,
+      process_count=process_count,
+    )
+  )
 
 
 @pytest.mark.parametrize("kind", SOURCES)

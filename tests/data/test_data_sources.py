@@ -8,20 +8,20 @@ import tarfile
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from e2e_utils import cli, metrics, run, train_losses
 
-from conftest import PYTHON, require
 from vlpt.config import default_config
-from vlpt.errors import ConfigError
-from vlpt.train.validation import validate
+from vlpt.data.files import expand_shards
 from vlpt.data.pipeline import train_dataset
-from vlpt.data.sources import build_source, file_source_options
 from vlpt.data.shards import ShardWriter, encode_image
+from vlpt.data.sources import build_source, file_source_options
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.data.transforms import CenterCrop, RandomResizedCrop, decode_image
-from vlpt.data.files import expand_shards
 from vlpt.data.webdataset import WebDatasetSource
-from vlpt.errors import DataError
+from vlpt.errors import ConfigError, DataError
+from vlpt.train.validation import validate
+
+from conftest import PYTHON, require
+from e2e_utils import cli, metrics, run, train_losses
 
 
 def _write(out, n, shard_size, *, fmt="png", size=32, bad=None):
@@ -57,8 +57,16 @@ def _config(source, workers=0, shuffle=True, crop_scale=(1.0, 1.0)):
 
 def _iterator(c, process_index=0, process_count=1, batch=8):
   tok = build_tokenizer(c.data.tokenizer)
-  return iter(train_dataset(c.data, tokenizer=tok, global_batch=batch, seed=0,
-                            process_index=process_index, process_count=process_count))
+  return iter(
+    train_dataset(
+      c.data,
+      tokenizer=tok,
+      global_batch=batch,
+      seed=0,
+      process_index=process_index,
+      process_count=process_count,
+    )
+  )
 
 
 def test_shard_patterns(tmp_path):
@@ -68,7 +76,10 @@ def test_shard_patterns(tmp_path):
   assert expand_shards(pattern) == paths
   assert expand_shards(str(tmp_path / "shards.txt")) == paths
   assert expand_shards(f"{tmp_path}/0000{{0,2}}.tar::{tmp_path}/00001.tar") == [
-      paths[0], paths[2], paths[1]]
+    paths[0],
+    paths[2],
+    paths[1],
+  ]
   assert expand_shards(f"{tmp_path}/*.tar") == paths
   source = WebDatasetSource(pattern, image_size=32)
   assert len(source) == 25
@@ -131,14 +142,17 @@ def test_inspect_cli(tmp_path, cli_env):
   pattern = _broken_set(tmp_path)
   out = run([PYTHON, "-m", "vlpt.cli.data", "inspect", pattern], cli_env).stdout.splitlines()
   samples = len(WebDatasetSource(pattern, image_size=32))
-  assert out == [f"samples {samples}", "undecodable_images 3", "empty_captions 2",
-                 "truncated_shards 1"]
+  assert out == [f"samples {samples}", "undecodable_images 3", "empty_captions 2", "truncated_shards 1"]
 
 
 def _broken_run_flags(pattern):
-  return [f"--config.data.train.source=wds:{pattern}", "--config.data.train.shuffle=True",
-          "--config.data.num_workers=2", "--config.checkpoint_every_steps=5",
-          "--config.eval.at_end=False"]
+  return [
+    f"--config.data.train.source=wds:{pattern}",
+    "--config.data.train.shuffle=True",
+    "--config.data.num_workers=2",
+    "--config.checkpoint_every_steps=5",
+    "--config.eval.at_end=False",
+  ]
 
 
 def test_train_on_broken_shards_reports_skips(tmp_path, cli_env):
@@ -160,24 +174,32 @@ def test_train_on_broken_shards_resumes_exactly(tmp_path, cli_env):
   # interrupted at step 5 (mid-epoch: 160 of 91 examples), resumed from the checkpoint
   parts = tmp_path / "parts"
   run(cli("vlpt.cli.train", parts, *common, "--config.total_steps=5"), cli_env)
-  run(cli("vlpt.cli.train", parts, *common, "--config.total_steps=8", "--allow_config_change"),
-      cli_env)
+  run(cli("vlpt.cli.train", parts, *common, "--config.total_steps=8", "--allow_config_change"), cli_env)
   assert train_losses(parts) == train_losses(tmp_path / "work")
   # the skip counts are checkpointed with the data iterator: the resumed run goes on from them
   last = [r for r in metrics(parts) if "data/skipped_truncated" in r][-1]
   want = [r for r in metrics(tmp_path / "work") if "data/skipped_truncated" in r][-1]
   assert last["step"] == want["step"] == 8
   assert {k: v for k, v in last.items() if k.startswith("data/")} == {
-      k: v for k, v in want.items() if k.startswith("data/")}
+    k: v for k, v in want.items() if k.startswith("data/")
+  }
 
 
 def test_too_many_bad_examples_stop_training_naming_the_shard(tmp_path, cli_env):
   pattern = _broken_set(tmp_path / "shards")
-  proc = subprocess.run(cli("vlpt.cli.train", tmp_path / "work",
-                            f"--config.data.train.source=wds:{pattern}",
-                            "--config.data.max_bad_fraction=0.01",
-                            "--config.data.bad_fraction_min_reads=20"),
-                        env=cli_env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    cli(
+      "vlpt.cli.train",
+      tmp_path / "work",
+      f"--config.data.train.source=wds:{pattern}",
+      "--config.data.max_bad_fraction=0.01",
+      "--config.data.bad_fraction_min_reads=20",
+    ),
+    env=cli_env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 1
   assert "vlpt: error:" in proc.stderr and "config.data.max_bad_fraction=0.01" in proc.stderr
   assert "worst shard:" in proc.stderr and "vlpt-data inspect" in proc.stderr
@@ -186,15 +208,43 @@ def test_too_many_bad_examples_stop_training_naming_the_shard(tmp_path, cli_env)
 def test_demo_from_png_shards_matches_in_memory(tmp_path, cli_env):
   steps = 6
   out = tmp_path / "shards"
-  proc = subprocess.run([PYTHON, "-m", "vlpt.cli.data", "build", "--from", "synthetic", "--num",
-                         str(steps * 32), "--out", str(out), "--image-size", "32", "--format", "png",
-                         "--shard-size", "50"], env=cli_env, capture_output=True, text=True,
-                        check=True)
+  proc = subprocess.run(
+    [
+      PYTHON,
+      "-m",
+      "vlpt.cli.data",
+      "build",
+      "--from",
+      "synthetic",
+      "--num",
+      str(steps * 32),
+      "--out",
+      str(out),
+      "--image-size",
+      "32",
+      "--format",
+      "png",
+      "--shard-size",
+      "50",
+    ],
+    env=cli_env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   pattern = proc.stdout.split(": ")[1].split()[0]
   common = [f"--config.total_steps={steps}", "--config.eval.at_end=False"]
   run(cli("vlpt.cli.train", tmp_path / "mem", *common), cli_env)
-  run(cli("vlpt.cli.train", tmp_path / "wds", *common, f"--config.data.train.source=wds:{pattern}",
-          "--config.data.train.crop_scale=(1.0, 1.0)"), cli_env)
+  run(
+    cli(
+      "vlpt.cli.train",
+      tmp_path / "wds",
+      *common,
+      f"--config.data.train.source=wds:{pattern}",
+      "--config.data.train.crop_scale=(1.0, 1.0)",
+    ),
+    cli_env,
+  )
   want, got = train_losses(tmp_path / "mem"), train_losses(tmp_path / "wds")
   assert len(want) == steps and got == want
 
@@ -208,8 +258,10 @@ def test_truncated_tar_header_only(tmp_path):
     WebDatasetSource(str(path), image_size=32)
   buf = io.BytesIO()  # a tar cut at a member boundary (no end-of-archive blocks)
   with tarfile.open(fileobj=buf, mode="w") as tf:
-    for name, data in (("a.png", encode_image(np.zeros((32, 32, 3), np.uint8), "png")),
-                       ("a.txt", b"a caption")):
+    for name, data in (
+      ("a.png", encode_image(np.zeros((32, 32, 3), np.uint8), "png")),
+      ("a.txt", b"a caption"),
+    ):
       info = tarfile.TarInfo(name)
       info.size = len(data)
       tf.addfile(info, io.BytesIO(data))
@@ -225,25 +277,40 @@ class VlptTestCaptions(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3)), "caption": tfds.features.Text()}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {"image": tfds.features.Image(shape=(None, None, 3)), "caption": tfds.features.Text()}
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
     from PIL import Image
+
     for k in range(12):
-      yield k, {"image": Image.fromarray(np.full((40, 48, 3), k, np.uint8)),
-                "caption": "" if k == 5 else f"sample {k}"}
+      yield (
+        k,
+        {
+          "image": Image.fromarray(np.full((40, 48, 3), k, np.uint8)),
+          "caption": "" if k == 5 else f"sample {k}",
+        },
+      )
 
 
 def test_tfds_source_without_tensorflow(tmp_path):
   VlptTestCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
   c = _config("tfds:vlpt_test_captions", shuffle=False)
   c.data.tfds_data_dir = str(tmp_path)
-  source = build_source(c.data.train.source, split="train", image_size=32, seed=0,
-                        options=file_source_options(c.data, train=False))
+  source = build_source(
+    c.data.train.source,
+    split="train",
+    image_size=32,
+    seed=0,
+    options=file_source_options(c.data, train=False),
+  )
   assert len(source) == 12
   examples = [source[i] for i in range(12)]
   for ex in examples:
@@ -256,27 +323,43 @@ def test_tfds_source_without_tensorflow(tmp_path):
 
 def test_build_from_folder_csv_and_parquet(tmp_path, capsys):
   from vlpt.cli.data import main
+
   photos = tmp_path / "photos"
   (photos / "sub").mkdir(parents=True)
   for k, name in enumerate(("a.jpg", "b.png", "sub/c.jpg")):
-    (photos / name).write_bytes(encode_image(np.full((40, 30, 3), 10 * k, np.uint8),
-                                             name.rsplit(".", 1)[1]))
+    (photos / name).write_bytes(
+      encode_image(np.full((40, 30, 3), 10 * k, np.uint8), name.rsplit(".", 1)[1])
+    )
     (photos / name).with_suffix(".txt").write_text(f"photo {k}\n")
   assert main(["build", "--from", "folder", str(photos), "--out", str(tmp_path / "f")]) == 0
   source = WebDatasetSource(str(tmp_path / "f" / "00000.tar"), image_size=32)
   assert [source[i]["caption"] for i in range(3)] == ["photo 0", "photo 1", "photo 2"]
   (tmp_path / "t.tsv").write_text("path\tcaption\nphotos/a.jpg\tfirst\nphotos/b.png\tsecond\n")
-  assert main(["build", "--from", "csv", str(tmp_path / "t.tsv"), "--out", str(tmp_path / "c"),
-               "--shard-size", "1"]) == 0
+  assert (
+    main(
+      [
+        "build",
+        "--from",
+        "csv",
+        str(tmp_path / "t.tsv"),
+        "--out",
+        str(tmp_path / "c"),
+        "--shard-size",
+        "1",
+      ]
+    )
+    == 0
+  )
   assert "{00000..00001}.tar" in capsys.readouterr().out
   source = WebDatasetSource(str(tmp_path / "c" / "shards.txt"), image_size=32)
   assert [source[i]["caption"] for i in range(2)] == ["first", "second"]
   pq = require("pyarrow.parquet")
   import pyarrow as pa
-  pq.write_table(pa.table({"path": [str(photos / "sub" / "c.jpg")], "caption": ["third"]}),
-                 tmp_path / "t.parquet")
-  assert main(["build", "--from", "csv", str(tmp_path / "t.parquet"), "--out",
-               str(tmp_path / "p")]) == 0
+
+  pq.write_table(
+    pa.table({"path": [str(photos / "sub" / "c.jpg")], "caption": ["third"]}), tmp_path / "t.parquet"
+  )
+  assert main(["build", "--from", "csv", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "p")]) == 0
   assert WebDatasetSource(str(tmp_path / "p" / "00000.tar"), image_size=32)[0]["caption"] == "third"
 
 

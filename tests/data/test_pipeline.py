@@ -13,9 +13,17 @@ def _batches(process_index, process_count, start_batch=0, n=3, workers=0):
   c.data.image_size = 32
   c.data.num_workers = workers
   tok = build_tokenizer(c.data.tokenizer)
-  it = iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0,
-                          process_index=process_index, process_count=process_count,
-                          start_batch=start_batch))
+  it = iter(
+    train_dataset(
+      c.data,
+      tokenizer=tok,
+      global_batch=8,
+      seed=0,
+      process_index=process_index,
+      process_count=process_count,
+      start_batch=start_batch,
+    )
+  )
   return [next(it) for _ in range(n)]
 
 
@@ -34,17 +42,20 @@ def test_start_batch_and_iterator_state_resume():
   c = default_config()
   c.data.image_size = 32
   tok = build_tokenizer(c.data.tokenizer)
-  it = iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0,
-                          process_count=1))
+  it = iter(
+    train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0, process_count=1)
+  )
   next(it)
   state = it.get_state()
   want = next(it)
-  fresh = iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0,
-                             process_count=1))
+  fresh = iter(
+    train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0, process_count=1)
+  )
   fresh.set_state(state)
   assert np.array_equal(next(fresh)["text"], want["text"])
 
 
 def test_worker_processes_give_the_same_stream():
-  assert all(np.array_equal(a["image"], b["image"])
-             for a, b in zip(_batches(0, 1, workers=2), _batches(0, 1)))
+  assert all(
+    np.array_equal(a["image"], b["image"]) for a, b in zip(_batches(0, 1, workers=2), _batches(0, 1))
+  )

@@ -7,32 +7,101 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import require
+from vlpt.data.tokenizers import (
+  ClipBpeTokenizer,
+  HFTokenizer,
+  SentencePieceTokenizer,
+  WordPieceTokenizer,
+  WordTokenizer,
+  build_tokenizer,
+  write_hf_clip_vocab,
+)
 from vlpt.errors import ConfigError
 
-from vlpt.data.tokenizers import (ClipBpeTokenizer, HFTokenizer, SentencePieceTokenizer, WordPieceTokenizer, WordTokenizer, build_tokenizer, write_hf_clip_vocab)
+from conftest import require
 
 CORPUS = [
-    "a photo of a cat", "A Photo Of A CAT!", "don't, I'll, we've, she's, they're, I'm, he'd",
-    "café naïve Ærøskøbing São Paulo façade", "東京タワーの写真", "한국어 텍스트", "Ελληνικά κείμενα",
-    "emoji 🙂👍🏽🇫🇷 and ❤️", "&amp;lt;b&amp;gt;bold&amp;lt;/b&amp;gt; &quot;quoted&quot;",
-    "mojibake: Ã©tÃ© â€œquotesâ€\x9d", "tabs\tand\nnewlines\r\n  and   spaces", "",
-    "   ", "3.14159 and 1,000,000 and 2024-11-24", "hyphen-ated, under_score, slash/path",
-    "<start_of_text> literal specials <end_of_text>", "word " * 120,
-    "a" * 300, "supercalifragilisticexpialidocious antidisestablishmentarianism",
-    "IT'S MY DOG'S BALL", "a\u0345b \u0345", "\u01c5ungla \u017fs 'ſ",
-    "nbsp\u00a0and\u3000ideo\u2028sep", "ctrl\x1cchars\x1f", "zero\u200bwidth", "ﬁne ﬂour",
-    "&amp;amp;amp;", "&#39;quoted&#39; &eacute;",
-    "\x1b[31mred\x1b[0m", "<START_OF_TEXT>shouted</end_of_text>!<start_of_text>",
+  "a photo of a cat",
+  "A Photo Of A CAT!",
+  "don't, I'll, we've, she's, they're, I'm, he'd",
+  "café naïve Ærøskøbing São Paulo façade",
+  "東京タワーの写真",
+  "한국어 텍스트",
+  "Ελληνικά κείμενα",
+  "emoji 🙂👍🏽🇫🇷 and ❤️",
+  "&amp;lt;b&amp;gt;bold&amp;lt;/b&amp;gt; &quot;quoted&quot;",
+  "mojibake: Ã©tÃ© â€œquotesâ€\x9d",
+  "tabs\tand\nnewlines\r\n  and   spaces",
+  "",
+  "   ",
+  "3.14159 and 1,000,000 and 2024-11-24",
+  "hyphen-ated, under_score, slash/path",
+  "<start_of_text> literal specials <end_of_text>",
+  "word " * 120,
+  "a" * 300,
+  "supercalifragilisticexpialidocious antidisestablishmentarianism",
+  "IT'S MY DOG'S BALL",
+  "a\u0345b \u0345",
+  "\u01c5ungla \u017fs 'ſ",
+  "nbsp\u00a0and\u3000ideo\u2028sep",
+  "ctrl\x1cchars\x1f",
+  "zero\u200bwidth",
+  "ﬁne ﬂour",
+  "&amp;amp;amp;",
+  "&#39;quoted&#39; &eacute;",
+  "\x1b[31mred\x1b[0m",
+  "<START_OF_TEXT>shouted</end_of_text>!<start_of_text>",
 ]
 
 
 def _random_corpus(n=300, seed=0):
   rng = np.random.default_rng(seed)
-  pieces = ["a", "the", "cat", "Dog", "é", "ü", "ß", "東", "🙂", "👍🏽", "&amp;", "'s", "'ll", "!",
-            "?", "...", "  ", "\t", "\n", "123", "4", "x-y", "naïve", "ÆØÅ", "ñ", "\u00a0", "中文",
-            "🇫🇷", "–", "—", "“", "”", "©", "™", "Ã©", "â€™", "&lt;", "<end_of_text>", "'T", "\u0345",
-            "\r\n", "\x00", "٣", "½"]
+  pieces = [
+    "a",
+    "the",
+    "cat",
+    "Dog",
+    "é",
+    "ü",
+    "ß",
+    "東",
+    "🙂",
+    "👍🏽",
+    "&amp;",
+    "'s",
+    "'ll",
+    "!",
+    "?",
+    "...",
+    "  ",
+    "\t",
+    "\n",
+    "123",
+    "4",
+    "x-y",
+    "naïve",
+    "ÆØÅ",
+    "ñ",
+    "\u00a0",
+    "中文",
+    "🇫🇷",
+    "–",
+    "—",
+    "“",
+    "”",
+    "©",
+    "™",
+    "Ã©",
+    "â€™",
+    "&lt;",
+    "<end_of_text>",
+    "'T",
+    "\u0345",
+    "\r\n",
+    "\x00",
+    "٣",
+    "½",
+  ]
   return ["".join(rng.choice(pieces, size=rng.integers(0, 40))) for _ in range(n)]
 
 
@@ -85,8 +154,13 @@ def test_hf_directory_from_clip_vocab_matches_open_clip(open_clip_tokenize, hf_c
 def test_hf_directory_exotic_unicode_matches_open_clip(open_clip_tokenize, hf_clip_dir):
   # code points of all planes: HF's regex engine has its own Unicode tables, CLIP's classes do not
   rng = np.random.default_rng(2)
-  cps = np.concatenate([rng.integers(0, 0x800, 4000), rng.integers(0x800, 0xD800, 4000),
-                        rng.integers(0xE000, 0x30000, 4000)])
+  cps = np.concatenate(
+    [
+      rng.integers(0, 0x800, 4000),
+      rng.integers(0x800, 0xD800, 4000),
+      rng.integers(0xE000, 0x30000, 4000),
+    ]
+  )
   texts = ["".join(map(chr, rng.choice(cps, rng.integers(1, 12)))) for _ in range(1500)]
   np.testing.assert_array_equal(HFTokenizer(hf_clip_dir)(texts), open_clip_tokenize(texts))
 
@@ -131,6 +205,7 @@ def test_clip_bpe_cache_restart_and_pickle():
 
 def _word_level_json(path, post=True):
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
   vocab = {"[PAD]": 0, "<unk>": 1, "</s>": 2, "hello": 3, "world": 4, "big": 5}
   t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   t.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -144,8 +219,10 @@ def _word_level_json(path, post=True):
 
 def test_tokenizer_json_file(tmp_path):
   tok = HFTokenizer(_word_level_json(tmp_path / "tokenizer.json"), context_length=4)
-  np.testing.assert_array_equal(tok(["hello world", "big big big big big", "nope", "Hello"]),
-                                [[3, 4, 2, 0], [5, 5, 5, 2], [1, 2, 0, 0], [1, 2, 0, 0]])
+  np.testing.assert_array_equal(
+    tok(["hello world", "big big big big big", "nope", "Hello"]),
+    [[3, 4, 2, 0], [5, 5, 5, 2], [1, 2, 0, 0], [1, 2, 0, 0]],
+  )
   assert (tok.sot_id, tok.eot_id, tok.pad_id, tok.vocab_size) == (None, 2, 0, 6)
   lower = HFTokenizer(str(tmp_path), context_length=4, lower_case=True, pad_id=5)  # the directory
   np.testing.assert_array_equal(lower(["Hello WORLD"]), [[3, 4, 2, 5]])
@@ -160,6 +237,7 @@ def test_tokenizer_json_without_closing_token_truncates_plainly(tmp_path):
 
 def test_tokenizer_json_pad_token_from_tokenizer_config(tmp_path):
   from tokenizers import Tokenizer, models, pre_tokenizers
+
   t = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hi": 2}, unk_token="<unk>"))
   t.pre_tokenizer = pre_tokenizers.Whitespace()
   t.save(str(tmp_path / "tokenizer.json"))
@@ -182,11 +260,22 @@ def test_hf_clip_tokenizer_json_from_transformers(torch_reference, hf_clip_dir, 
 
 def _train_sentencepiece(spm, tmp_path):
   corpus = tmp_path / "corpus.txt"
-  corpus.write_text("\n".join(f"a photo of a {c} {s}" for c in ("red", "green", "blue")
-                              for s in ("circle", "square", "cross")) * 20)
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"),
-                                 vocab_size=24, pad_id=3, bos_id=-1, eos_id=1, unk_id=0,
-                                 minloglevel=2)
+  corpus.write_text(
+    "\n".join(
+      f"a photo of a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "cross")
+    )
+    * 20
+  )
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(tmp_path / "m"),
+    vocab_size=24,
+    pad_id=3,
+    bos_id=-1,
+    eos_id=1,
+    unk_id=0,
+    minloglevel=2,
+  )
   return str(tmp_path / "m.model")
 
 
@@ -221,18 +310,53 @@ def test_sentencepiece_options(tmp_path):
   assert list(lower("RED Circle")[0]) == list(lower("red circle")[0])
   accent = sp.encode("É") + [1]
   assert list(lower("É")[0][: len(accent)]) == accent  # ASCII letters only, as tf.strings.lower
-  spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "n"),
-                                 vocab_size=22, eos_id=-1, bos_id=-1, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    input=str(tmp_path / "corpus.txt"),
+    model_prefix=str(tmp_path / "n"),
+    vocab_size=22,
+    eos_id=-1,
+    bos_id=-1,
+    minloglevel=2,
+  )
   with pytest.raises(ValueError, match="EOS"):
     SentencePieceTokenizer(str(tmp_path / "n.model"))
   with pytest.raises(FileNotFoundError, match="nowhere.model"):
     SentencePieceTokenizer(str(tmp_path / "nowhere.model"))
 
 
-WORDPIECE = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "red", "circle", "##s",
-             "cat", "un", "##believ", "##able", ",", "!", "cafe", "東", "京", "'", "t", "don"]
-WORDPIECE_TEXTS = ["A photo of red circles!", "unbelievable cats, zebra", "", "Café  東京\tdon't",
-                   "a " * 40, "\x00ctrl\u200b a"]
+WORDPIECE = [
+  "[PAD]",
+  "[UNK]",
+  "[CLS]",
+  "[SEP]",
+  "[MASK]",
+  "a",
+  "photo",
+  "of",
+  "red",
+  "circle",
+  "##s",
+  "cat",
+  "un",
+  "##believ",
+  "##able",
+  ",",
+  "!",
+  "cafe",
+  "東",
+  "京",
+  "'",
+  "t",
+  "don",
+]
+WORDPIECE_TEXTS = [
+  "A photo of red circles!",
+  "unbelievable cats, zebra",
+  "",
+  "Café  東京\tdon't",
+  "a " * 40,
+  "\x00ctrl\u200b a",
+]
 
 
 def _bert_tokenizers(transformers, directory, **kwargs):
@@ -242,15 +366,18 @@ def _bert_tokenizers(transformers, directory, **kwargs):
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
   except ImportError:
     Slow = transformers.BertTokenizer
-  return (Slow(vocab_file=os.path.join(directory, "vocab.txt"), **kwargs),
-          transformers.BertTokenizerFast.from_pretrained(directory, **kwargs))
+  return (
+    Slow(vocab_file=os.path.join(directory, "vocab.txt"), **kwargs),
+    transformers.BertTokenizerFast.from_pretrained(directory, **kwargs),
+  )
 
 
 def test_wordpiece_matches_bert_tokenizer(torch_reference, tmp_path):
   transformers = require("transformers")
   (tmp_path / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n", encoding="utf-8")
-  ours = build_tokenizer({"name": "wordpiece", "vocab_path": str(tmp_path / "vocab.txt"),
-                          "context_length": 12})
+  ours = build_tokenizer(
+    {"name": "wordpiece", "vocab_path": str(tmp_path / "vocab.txt"), "context_length": 12}
+  )
   assert (ours.sot_id, ours.eot_id, ours.pad_id, ours.vocab_size) == (2, 3, 0, len(WORDPIECE))
   rows = ours(WORDPIECE_TEXTS)
   for bert in _bert_tokenizers(transformers, str(tmp_path)):
@@ -286,8 +413,13 @@ def test_missing_files_and_tokens_are_named(tmp_path):
 
 def test_registry_names():
   from vlpt.data.tokenizers import TOKENIZERS
-  for name, cls in (("clip_bpe", ClipBpeTokenizer), ("hf", HFTokenizer),
-                    ("sentencepiece", SentencePieceTokenizer), ("wordpiece", WordPieceTokenizer)):
+
+  for name, cls in (
+    ("clip_bpe", ClipBpeTokenizer),
+    ("hf", HFTokenizer),
+    ("sentencepiece", SentencePieceTokenizer),
+    ("wordpiece", WordPieceTokenizer),
+  ):
     assert TOKENIZERS.get(name) is cls
   tok = build_tokenizer({"name": "clip_bpe", "context_length": 10})
   assert tok("a cat").shape == (1, 10) and tok.context_length == 10

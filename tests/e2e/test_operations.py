@@ -9,10 +9,19 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
-from e2e_utils import (LONG_OVERRIDES, cli, env_with_devices, launch, metrics, one_train_step,
-                       run, train_losses)
 from vlpt.config import load_config
+
+from conftest import REPO
+from e2e_utils import (
+  LONG_OVERRIDES,
+  cli,
+  env_with_devices,
+  launch,
+  metrics,
+  one_train_step,
+  run,
+  train_losses,
+)
 
 OVERRIDES = LONG_OVERRIDES  # 80 steps: the shared reference run's
 
@@ -26,8 +35,7 @@ def _logged_step(workdir):
 
 def _sigterm_at_some_step(command, env, workdir, min_step):
   """Starts training; SIGTERMs it once it logged ``min_step``; returns (proc, seconds, step)."""
-  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None and _logged_step(workdir) < min_step:
     time.sleep(0.05)
@@ -40,8 +48,7 @@ def _sigterm_at_some_step(command, env, workdir, min_step):
 
 
 @pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes,
-                                                           reference_run):
+def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes, reference_run):
   env = env_with_devices(cli_env, 8)
 
   def command_for(workdir):  # the reference runs on the same topology (bitwise comparison)
@@ -82,11 +89,16 @@ def test_nonfinite_step_is_skipped_and_counted():
 def test_consecutive_nonfinite_steps_stop_the_run_and_resume_works(tmp_path, cli_env):
   env = env_with_devices(cli_env, 8)
   workdir = tmp_path / "run"
-  poisoned = ["--config.total_steps=12", "--config.checkpoint_every_steps=4",
-              "--config.eval.at_end=False", "--config.debug_nonfinite_steps=(3,6,7,8)",
-              "--config.max_consecutive_nonfinite=3"]
-  out = subprocess.run(cli("vlpt.cli.train", workdir, *poisoned), env=env, capture_output=True,
-                       text=True, timeout=300)
+  poisoned = [
+    "--config.total_steps=12",
+    "--config.checkpoint_every_steps=4",
+    "--config.eval.at_end=False",
+    "--config.debug_nonfinite_steps=(3,6,7,8)",
+    "--config.max_consecutive_nonfinite=3",
+  ]
+  out = subprocess.run(
+    cli("vlpt.cli.train", workdir, *poisoned), env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 1, out.stderr
   assert "3 consecutive training steps" in out.stderr and "step 8" in out.stderr
   rows = {r["step"]: r for r in metrics(workdir) if "train/skipped_nonfinite" in r}
@@ -114,11 +126,18 @@ def _children(pid):
 def test_kill_9_of_one_process_fails_the_job_fast(tmp_path, cli_env):
   env = env_with_devices(cli_env, 8)
   workdir = tmp_path / "run"
-  command = launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=100000",
-                          "--config.eval.at_end=False", "--config.eval_every_steps=100000",
-                          "--config.checkpoint_every_steps=100000"))
-  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  command = launch(
+    2,
+    cli(
+      "vlpt.cli.train",
+      workdir,
+      "--config.total_steps=100000",
+      "--config.eval.at_end=False",
+      "--config.eval_every_steps=100000",
+      "--config.checkpoint_every_steps=100000",
+    ),
+  )
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and _logged_step(workdir) < 3:
     time.sleep(0.1)

@@ -10,8 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from e2e_utils import (LONG_OVERRIDES, cli, env_with_devices, eval_rows, launch, metrics, run,
-                       train_losses)
+from e2e_utils import (
+  LONG_OVERRIDES,
+  cli,
+  env_with_devices,
+  eval_rows,
+  launch,
+  metrics,
+  run,
+  train_losses,
+)
 
 
 def _copy(reference, tmp_path):
@@ -27,8 +35,15 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, ref
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 21))
   evals = eval_rows(workdir)
   assert len(evals) == 1 and evals[0]["step"] == 20
-  for key in ("zeroshot/top1", "zeroshot/top5", "zeroshot/mean_per_class_recall",
-              "retrieval/t2i_r1", "retrieval/t2i_r5", "retrieval/i2t_r1", "retrieval/i2t_r5"):
+  for key in (
+    "zeroshot/top1",
+    "zeroshot/top5",
+    "zeroshot/mean_per_class_recall",
+    "retrieval/t2i_r1",
+    "retrieval/t2i_r5",
+    "retrieval/i2t_r1",
+    "retrieval/i2t_r5",
+  ):
     assert f"heldout/{key}" in evals[0]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
@@ -47,9 +62,11 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, ref
   proc = run(cli("vlpt.cli.train", workdir), env_with_devices(cli_env, 8))
   assert "nothing to train" in proc.stdout and "ex/s" not in proc.stdout
   assert metrics(workdir) == rows + [again]
-  from e2e_utils import DEMO
   from vlpt.config import load_config
   from vlpt.train import train
+
+  from e2e_utils import DEMO
+
   returned = train(load_config(DEMO + ":tiny"), str(workdir))
   assert returned == {k: v for k, v in again.items() if k != "step"}
 
@@ -75,8 +92,9 @@ def test_exact_resume_after_sigkill(tmp_path, cli_env, reference_run):
   want = train_losses(reference_run("long"))
 
   interrupted = tmp_path / "interrupted"
-  proc = _kill_after_checkpoint(cli("vlpt.cli.train", interrupted, *overrides), env, interrupted,
-                                min_step=10)
+  proc = _kill_after_checkpoint(
+    cli("vlpt.cli.train", interrupted, *overrides), env, interrupted, min_step=10
+  )
   assert proc.returncode == -signal.SIGKILL
   before = train_losses(interrupted)
   resumed_from = max(int(d) for d in os.listdir(interrupted / "checkpoints") if d.isdigit())
@@ -102,8 +120,9 @@ def test_topology_independence(tmp_path, cli_env, kind, reference_run):
     run(launch(2, command), env_with_devices(cli_env, 8))
   a, b = train_losses(eight), train_losses(other)
   assert sorted(a) == sorted(b) == list(range(1, 21))
-  np.testing.assert_allclose([b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)],
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+    [b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)], atol=1e-5, rtol=0
+  )
 
 
 def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env, reference_run):
@@ -120,12 +139,18 @@ def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env, reference_ru
         assert got[key] == pytest.approx(value, abs=1e-5), key
   # Training resumes on 2 processes x 4 devices from the 8-device checkpoint.
   # a longer schedule is a config change: refused unless allowed
-  refused = subprocess.run(cli("vlpt.cli.train", workdir, "--config.total_steps=25"),
-                           env=env_with_devices(cli_env, 8), capture_output=True, text=True,
-                           timeout=300)
+  refused = subprocess.run(
+    cli("vlpt.cli.train", workdir, "--config.total_steps=25"),
+    env=env_with_devices(cli_env, 8),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert refused.returncode == 2 and "config.total_steps: 20 -> 25" in refused.stderr
-  out = run(launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=25",
-                          "--allow_config_change")), env_with_devices(cli_env, 8)).stdout
+  out = run(
+    launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=25", "--allow_config_change")),
+    env_with_devices(cli_env, 8),
+  ).stdout
   assert "resumed from" in out and "changed config (allowed)" in out
   assert max(train_losses(workdir)) == 25
 
@@ -133,11 +158,20 @@ def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env, reference_ru
 def test_ring_loss_trains_like_the_gather_loss(tmp_path, cli_env, reference_run):
   env = env_with_devices(cli_env, 8)
   overrides = ["--config.eval.at_end=False", "--config.eval_every_steps=1000"]
-  run(cli("vlpt.cli.train", tmp_path / "ring", *overrides, "--config.loss.impl=ring",
-          "--config.loss.tile_size=2"), env)
+  run(
+    cli(
+      "vlpt.cli.train",
+      tmp_path / "ring",
+      *overrides,
+      "--config.loss.impl=ring",
+      "--config.loss.tile_size=2",
+    ),
+    env,
+  )
   a, b = train_losses(reference_run("short")), train_losses(tmp_path / "ring")
-  np.testing.assert_allclose([b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)],
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(
+    [b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)], atol=1e-5, rtol=0
+  )
 
 
 def test_restart_with_another_batch_size_is_refused(tmp_path, cli_env):
@@ -146,11 +180,29 @@ def test_restart_with_another_batch_size_is_refused(tmp_path, cli_env):
   run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False"), env)
   record = json.loads((workdir / "vlpt_run.json").read_text())
   assert record["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and record["packages"]["jax"]
-  again = subprocess.run(cli("vlpt.cli.train", workdir, "--config.total_steps=2",
-                             "--config.eval.at_end=False", "--config.batch_size=64"),
-                         env=env, capture_output=True, text=True, timeout=300)
+  again = subprocess.run(
+    cli(
+      "vlpt.cli.train",
+      workdir,
+      "--config.total_steps=2",
+      "--config.eval.at_end=False",
+      "--config.batch_size=64",
+    ),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert again.returncode == 2
   assert "config.batch_size: 32 -> 64" in again.stderr and "--allow_config_change" in again.stderr
   # operational keys may change freely
-  run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False",
-          "--config.log_every_steps=5"), env)
+  run(
+    cli(
+      "vlpt.cli.train",
+      workdir,
+      "--config.total_steps=2",
+      "--config.eval.at_end=False",
+      "--config.log_every_steps=5",
+    ),
+    env,
+  )

@@ -7,57 +7,60 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import require
+from vlpt.evaluation.captioning_metrics import (
+  bleu,
+  caption_scores,
+  cider,
+  cider_per_image,
+  tokenize_caption,
+)
 
-from vlpt.evaluation.captioning_metrics import (bleu, caption_scores, cider, cider_per_image,
-                                                tokenize_caption)
+from conftest import require
 
 # caption-like sentences with the punctuation, contractions and numbers captions contain
 CAPTIONS = [
-    "A man riding a wave on top of a surfboard.",
-    "A kitchen with stainless steel appliances and a white refrigerator .",
-    "Two dogs, a cat and a bird sitting on a couch.",
-    "The man's dog isn't happy about the bath!",
-    "A woman holding an umbrella in the rain; it's raining hard.",
-    "There's a red double-decker bus on the street.",
-    "A 4-year-old boy in a t-shirt eats a slice of pizza.",
-    "A sign that says \"STOP\" at the corner.",
-    "Giraffes (three of them) stand near a tree.",
-    "A plate of food: rice, beans, and chicken.",
-    "A clock tower reads 10:30 in the city...",
-    "People walking down the sidewalk -- it's busy.",
-    "A group of people standing around a table with 2 cakes and 1,000 candles?",
-    "A close-up of a cat's face.",
-    "Cats' toys scattered on the floor.",
-    "A man can't reach the top shelf, so he's using a ladder.",
-    "An elephant walking through tall grass in Africa.",
-    "The train is pulling into the station at 5 p.m. today.",
-    "A baseball player swinging a bat at a ball",
-    "a black and white photo of a man on a horse",
-    "A bathroom with a toilet, sink & mirror.",
-    "Someone wrote 'hello' on the whiteboard.",
-    "It costs $5 or 50% off at the U.S. store.",
-    "Mr. Smith's car is parked by the curb.",
-    "A tennis player gets ready to serve the ball!!",
-    "A zebra grazing on grass; another zebra looks on.",
-    "\u201cLook at that!\u201d says the sign \u2014 a giant kite flies over the beach.",
-    "Two people on skis going down a snowy hill.",
-    "A computer desk with a laptop, keyboard and a mouse.",
-    "A woman's hand holding a smartphone (an iPhone).",
-    "It\u2019s a dog\u2019s toy, isn\u2019t it\u2026 \u2018quoted\u2019 word",
+  "A man riding a wave on top of a surfboard.",
+  "A kitchen with stainless steel appliances and a white refrigerator .",
+  "Two dogs, a cat and a bird sitting on a couch.",
+  "The man's dog isn't happy about the bath!",
+  "A woman holding an umbrella in the rain; it's raining hard.",
+  "There's a red double-decker bus on the street.",
+  "A 4-year-old boy in a t-shirt eats a slice of pizza.",
+  'A sign that says "STOP" at the corner.',
+  "Giraffes (three of them) stand near a tree.",
+  "A plate of food: rice, beans, and chicken.",
+  "A clock tower reads 10:30 in the city...",
+  "People walking down the sidewalk -- it's busy.",
+  "A group of people standing around a table with 2 cakes and 1,000 candles?",
+  "A close-up of a cat's face.",
+  "Cats' toys scattered on the floor.",
+  "A man can't reach the top shelf, so he's using a ladder.",
+  "An elephant walking through tall grass in Africa.",
+  "The train is pulling into the station at 5 p.m. today.",
+  "A baseball player swinging a bat at a ball",
+  "a black and white photo of a man on a horse",
+  "A bathroom with a toilet, sink & mirror.",
+  "Someone wrote 'hello' on the whiteboard.",
+  "It costs $5 or 50% off at the U.S. store.",
+  "Mr. Smith's car is parked by the curb.",
+  "A tennis player gets ready to serve the ball!!",
+  "A zebra grazing on grass; another zebra looks on.",
+  "\u201cLook at that!\u201d says the sign \u2014 a giant kite flies over the beach.",
+  "Two people on skis going down a snowy hill.",
+  "A computer desk with a laptop, keyboard and a mouse.",
+  "A woman's hand holding a smartphone (an iPhone).",
+  "It\u2019s a dog\u2019s toy, isn\u2019t it\u2026 \u2018quoted\u2019 word",
 ]
 
 EXPECTED_TOKENS = {
-    "A man riding a wave on top of a surfboard.":
-        "a man riding a wave on top of a surfboard",
-    "The man's dog isn't happy about the bath!": "the man 's dog is n't happy about the bath",
-    "A sign that says \"STOP\" at the corner.": "a sign that says stop at the corner",
-    "Giraffes (three of them) stand near a tree.":
-        "giraffes -lrb- three of them -rrb- stand near a tree",
-    "It costs $5 or 50% off at the U.S. store.": "it costs $ 5 or 50 % off at the u.s. store",
-    "A clock tower reads 10:30 in the city...": "a clock tower reads 10:30 in the city",
-    "I cannot believe we're gonna win": "i can not believe we 're gon na win",
-    "a dog 's toy , a cat": "a dog 's toy a cat",
+  "A man riding a wave on top of a surfboard.": "a man riding a wave on top of a surfboard",
+  "The man's dog isn't happy about the bath!": "the man 's dog is n't happy about the bath",
+  'A sign that says "STOP" at the corner.': "a sign that says stop at the corner",
+  "Giraffes (three of them) stand near a tree.": "giraffes -lrb- three of them -rrb- stand near a tree",
+  "It costs $5 or 50% off at the U.S. store.": "it costs $ 5 or 50 % off at the u.s. store",
+  "A clock tower reads 10:30 in the city...": "a clock tower reads 10:30 in the city",
+  "I cannot believe we're gonna win": "i can not believe we 're gon na win",
+  "a dog 's toy , a cat": "a dog 's toy a cat",
 }
 
 
@@ -65,15 +68,16 @@ def test_tokenize_caption_hand_made():
   for text, tokens in EXPECTED_TOKENS.items():
     assert " ".join(tokenize_caption(text)) == tokens, text
   assert tokenize_caption("") == []
-  assert tokenize_caption("... , ; -- \"\" ``") == []
+  assert tokenize_caption('... , ; -- "" ``') == []
 
 
 def _java_ptb(sentences):
   """coco-caption's own tokenization (Stanford PTBTokenizer in Java + punctuation filter)."""
   ptb = require("pycocoevalcap.tokenizer.ptbtokenizer")
   if shutil.which("java") is None:
-    pytest.fail("coco-caption's PTBTokenizer needs Java: apt-get install default-jre-headless",
-                pytrace=False)
+    pytest.fail(
+      "coco-caption's PTBTokenizer needs Java: apt-get install default-jre-headless", pytrace=False
+    )
   jar = os.path.join(os.path.dirname(ptb.__file__), ptb.STANFORD_CORENLP_3_4_1_JAR)
   if not os.path.exists(jar):
     pytest.fail(f"pycocoevalcap's Stanford CoreNLP jar is missing: {jar}", pytrace=False)
@@ -83,12 +87,41 @@ def _java_ptb(sentences):
 
 def _fuzz_captions(seed, count):
   rng = random.Random(seed)
-  vocab = ("a man woman dog cat sitting on the table with two people standing near street pizza "
-           "plate of food bus train red white kitchen giraffe field sky kite beach clock tower "
-           "city large small young old it is are there that in at and").split()
-  special = ["isn't", "it's", "there's", "man's", "dogs'", "don't", "can't", "won't", "they're",
-             "i'm", "cannot", "black-and-white", "t-shirt", "3.5", "1,000", "10:30", "$5", "50%",
-             "U.S.", "Mr.", "e.g.", "2", "1990s", "&", "and/or", "o'clock", "5th", "café"]
+  vocab = (
+    "a man woman dog cat sitting on the table with two people standing near street pizza "
+    "plate of food bus train red white kitchen giraffe field sky kite beach clock tower "
+    "city large small young old it is are there that in at and"
+  ).split()
+  special = [
+    "isn't",
+    "it's",
+    "there's",
+    "man's",
+    "dogs'",
+    "don't",
+    "can't",
+    "won't",
+    "they're",
+    "i'm",
+    "cannot",
+    "black-and-white",
+    "t-shirt",
+    "3.5",
+    "1,000",
+    "10:30",
+    "$5",
+    "50%",
+    "U.S.",
+    "Mr.",
+    "e.g.",
+    "2",
+    "1990s",
+    "&",
+    "and/or",
+    "o'clock",
+    "5th",
+    "café",
+  ]
   punct = [".", ",", "!", "?", ";", ":", "...", " .", " ,"] + [""] * 8
   lines = []
   for _ in range(count):
@@ -135,17 +168,27 @@ def _max_diff(candidates, references):
 
 def test_bleu_cider_equal_pycocoevalcap_hand_made():
   cases = [
-      # identical, partial overlap, clipping (repeated words), a length mismatch
-      (["a man riding a horse", "the the the the", "a dog", "two cats on a red couch"],
-       [["a man riding a horse", "a person on a horse"], ["the cat is on the mat"],
-        ["a dog running in the park", "a brown dog plays"], ["a cat", "two cats sleep"]]),
-      # an empty candidate and a reference set with an empty reference
-      (["", "a kite in the sky"], [["a boy flies a kite"], ["", "a kite flying in the blue sky"]]),
-      # a single image (CIDEr's idf is log(1) = 0)
-      (["a bus on the street"], [["a red bus on a city street", "a bus parked"]]),
-      # the candidate longer than every reference (no brevity penalty)
-      (["a very long caption about a small dog sitting on a big green chair"],
-       [["a dog on a chair"], ]),
+    # identical, partial overlap, clipping (repeated words), a length mismatch
+    (
+      ["a man riding a horse", "the the the the", "a dog", "two cats on a red couch"],
+      [
+        ["a man riding a horse", "a person on a horse"],
+        ["the cat is on the mat"],
+        ["a dog running in the park", "a brown dog plays"],
+        ["a cat", "two cats sleep"],
+      ],
+    ),
+    # an empty candidate and a reference set with an empty reference
+    (["", "a kite in the sky"], [["a boy flies a kite"], ["", "a kite flying in the blue sky"]]),
+    # a single image (CIDEr's idf is log(1) = 0)
+    (["a bus on the street"], [["a red bus on a city street", "a bus parked"]]),
+    # the candidate longer than every reference (no brevity penalty)
+    (
+      ["a very long caption about a small dog sitting on a big green chair"],
+      [
+        ["a dog on a chair"],
+      ],
+    ),
   ]
   worst = max(_max_diff(c, r) for c, r in cases)
   assert worst < 1e-6, worst
@@ -167,11 +210,11 @@ def test_bleu_cider_equal_pycocoevalcap_random():
 def test_caption_scores_equal_clip_benchmarks_pipeline():
   """Raw captions: ours (tokenize_caption) vs coco-caption (Java PTB tokenizer) + its scorers."""
   rng = random.Random(1)
-  refs = [CAPTIONS[i:i + 3] for i in range(0, 27, 3)]
+  refs = [CAPTIONS[i : i + 3] for i in range(0, 27, 3)]
   cands = [rng.choice(CAPTIONS) for _ in refs]
   java = _java_ptb(cands + [r for rs in refs for r in rs])
-  java_cands, flat = java[:len(cands)], java[len(cands):]
-  java_refs = [flat[3 * i:3 * i + 3] for i in range(len(refs))]
+  java_cands, flat = java[: len(cands)], java[len(cands) :]
+  java_refs = [flat[3 * i : 3 * i + 3] for i in range(len(refs))]
   b, c, _ = _pycoco(java_cands, java_refs)
   ours = caption_scores(cands, refs)
   assert set(ours) == {"bleu4", "cider"}
@@ -186,8 +229,14 @@ def _paraphrase_corpus(num_images, seed=0):
   animals = "dog cat horse bird cow sheep zebra giraffe elephant bear".split()
   actions = ["running", "sleeping", "eating", "standing", "jumping", "sitting"]
   places = ["in a field", "on a beach", "near a river", "in the snow", "on a road", "in a barn"]
-  forms = ["a {c} {a} {v} {p}.", "A {a} that is {c} {v} {p}", "there is a {c} {a} {v} {p}",
-           "a {c} {a} is {v} {p}", "{c} {a} {v} {p}", "the {a} is {c} and {v} {p}"]
+  forms = [
+    "a {c} {a} {v} {p}.",
+    "A {a} that is {c} {v} {p}",
+    "there is a {c} {a} {v} {p}",
+    "a {c} {a} is {v} {p}",
+    "{c} {a} {v} {p}",
+    "the {a} is {c} and {v} {p}",
+  ]
   corpus = []
   for _ in range(num_images):
     c, a, v, p = (rng.choice(colors), rng.choice(animals), rng.choice(actions), rng.choice(places))

@@ -4,9 +4,9 @@ else a plain numpy transcription of its definitions)."""
 import numpy as np
 import pytest
 
-from conftest import require
-
 from vlpt.evaluation import metrics as M
+
+from conftest import require
 
 
 def _norm(x):
@@ -16,8 +16,9 @@ def _norm(x):
 def make_case(seed, n_img=37, n_cls=7, n_tmpl=3, d=16, per_image=(3, 5)):
   rng = np.random.default_rng(seed)
   prompts = rng.standard_normal((n_cls, n_tmpl, d)).astype(np.float32)
-  labels = rng.choice(n_cls - 1, size=n_img, p=np.linspace(1, 3, n_cls - 1) / np.linspace(
-      1, 3, n_cls - 1).sum())  # imbalanced; the last class has no examples
+  labels = rng.choice(
+    n_cls - 1, size=n_img, p=np.linspace(1, 3, n_cls - 1) / np.linspace(1, 3, n_cls - 1).sum()
+  )  # imbalanced; the last class has no examples
   images = _norm(prompts[labels].mean(1) + 1.5 * rng.standard_normal((n_img, d))).astype(np.float32)
   counts = rng.integers(per_image[0], per_image[1] + 1, size=n_img)
   owner = np.repeat(np.arange(n_img), counts)
@@ -61,8 +62,9 @@ def test_matches_numpy_transcription(seed, block):
 
 def test_fewer_than_five_classes_and_perfect_embeddings():
   prompts, images, labels, texts, owner = make_case(3, n_cls=4)
-  assert np.isnan(M.zeroshot_metrics(images @ np.asarray(M.zeroshot_classifier(prompts)).T,
-                                     labels)["top5"])
+  assert np.isnan(
+    M.zeroshot_metrics(images @ np.asarray(M.zeroshot_classifier(prompts)).T, labels)["top5"]
+  )
   eye = np.eye(8, dtype=np.float32)
   perfect = M.retrieval_metrics(eye, eye[np.repeat(np.arange(8), 2)], np.repeat(np.arange(8), 2))
   assert all(v == 1.0 for v in perfect.values())
@@ -108,14 +110,17 @@ def test_matches_clip_benchmark_code(torch_reference):
   # rejects; so its classifier and logits are used as they are, then its two metric
   # expressions (top-k over topk() indices, sklearn's balanced accuracy) are applied here.
   from sklearn.metrics import balanced_accuracy_score
+
   classifier = zc.zero_shot_classifier(Stub(), tokenizer, classnames, templates, "cpu", amp=False)
   logits, target = zc.run_classification(
-      Stub(), classifier, torch.utils.data.DataLoader(Classification(), batch_size=9), "cpu",
-      amp=False)
+    Stub(), classifier, torch.utils.data.DataLoader(Classification(), batch_size=9), "cpu", amp=False
+  )
   top = logits.topk(5, 1, True, True)[1]
-  ref = {"acc1": (top[:, :1] == target[:, None]).any(1).float().mean().item(),
-         "acc5": (top == target[:, None]).any(1).float().mean().item(),
-         "mean_per_class_recall": balanced_accuracy_score(target, logits.argmax(axis=1))}
+  ref = {
+    "acc1": (top[:, :1] == target[:, None]).any(1).float().mean().item(),
+    "acc5": (top == target[:, None]).any(1).float().mean().item(),
+    "mean_per_class_recall": balanced_accuracy_score(target, logits.argmax(axis=1)),
+  }
   got = vlpt_metrics(prompts, images, labels, texts, owner)
   assert got["top1"] == pytest.approx(ref["acc1"], abs=1e-6)
   assert got["top5"] == pytest.approx(ref["acc5"], abs=1e-6)
@@ -130,9 +135,9 @@ def test_matches_clip_benchmark_code(torch_reference):
     def __getitem__(self, i):
       return torch.tensor(i), captions_of[i]
 
-  loader = torch.utils.data.DataLoader(Retrieval(), batch_size=7,
-                                       collate_fn=lambda b: (torch.stack([x for x, _ in b]),
-                                                             [y for _, y in b]))
+  loader = torch.utils.data.DataLoader(
+    Retrieval(), batch_size=7, collate_fn=lambda b: (torch.stack([x for x, _ in b]), [y for _, y in b])
+  )
   ref = zr.evaluate(Stub(), loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
   for k in (1, 5, 10):
     assert got[f"t2i_r{k}"] == pytest.approx(ref[f"image_retrieval_recall@{k}"], abs=1e-6)

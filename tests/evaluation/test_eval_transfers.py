@@ -5,11 +5,12 @@ import os
 import jax
 import numpy as np
 
-from conftest import REPO
 from vlpt.config import load_config
 from vlpt.evaluation.datasets import stream_images
 from vlpt.train.evaluation import eval_suite
 from vlpt.train.setup import build, initial_state
+
+from conftest import REPO
 
 
 def test_image_embeddings_are_fetched_once_per_set(monkeypatch):
@@ -36,8 +37,9 @@ def test_image_embeddings_are_fetched_once_per_set(monkeypatch):
   got, got_labels = enc.read_images(params, heldout.reader, n, batch, with_labels=True)
   # the same numbers as fetching every batch and keeping its valid rows
   expected, expected_labels = [], []
-  for images, batch_labels, valid in stream_images(heldout.reader, n, mesh=setup.mesh,
-                                                   global_batch=batch, with_labels=True):
+  for images, batch_labels, valid in stream_images(
+    heldout.reader, n, mesh=setup.mesh, global_batch=batch, with_labels=True
+  ):
     expected.append(np.asarray(enc._image(params, images))[:valid])
     expected_labels.append(np.asarray(batch_labels)[:valid])
   np.testing.assert_array_equal(got, np.concatenate(expected))

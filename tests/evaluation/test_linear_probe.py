@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import require
-
 from vlpt.evaluation.linear_probe import WEIGHT_DECAYS, linear_probe, search_weight_decay
+
+from conftest import require
 
 
 def gaussian_classes(seed, n, dim, num_classes, noise, label_noise=0.0, means=None):
@@ -60,8 +60,9 @@ def clip_benchmark_linear_probe(monkeypatch):
   monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
   monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
   to = torch.Tensor.to
-  monkeypatch.setattr(torch.Tensor, "to",
-                      lambda self, *a, **k: to(self, *("cpu" if v == "cuda" else v for v in a), **k))
+  monkeypatch.setattr(
+    torch.Tensor, "to", lambda self, *a, **k: to(self, *("cpu" if v == "cuda" else v for v in a), **k)
+  )
 
   def accuracy(output, target, topk=(1,)):
     pred = output.topk(max(topk), 1, True, True)[1].t()
@@ -84,13 +85,26 @@ def run_clip_benchmark(torch, lp, tmp_path, splits, seed=0):
     torch.save(torch.from_numpy(np.asarray(y, np.int64)), feature_dir / f"targets_{split}.pt")
   torch.manual_seed(seed)
   with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-    return lp.evaluate(None, None, None, fewshot_k=-1, batch_size=64, num_workers=0, lr=0.1,
-                       epochs=10, model_id="model", seed=seed, feature_root=str(tmp_path),
-                       device="cuda", val_dataloader=[], normalize=True, amp=False)
+    return lp.evaluate(
+      None,
+      None,
+      None,
+      fewshot_k=-1,
+      batch_size=64,
+      num_workers=0,
+      lr=0.1,
+      epochs=10,
+      model_id="model",
+      seed=seed,
+      feature_root=str(tmp_path),
+      device="cuda",
+      val_dataloader=[],
+      normalize=True,
+      amp=False,
+    )
 
 
-def test_search_equals_clip_benchmarks_on_the_same_accuracies(clip_benchmark_linear_probe,
-                                                               tmp_path):
+def test_search_equals_clip_benchmarks_on_the_same_accuracies(clip_benchmark_linear_probe, tmp_path):
   """Same validation accuracies (plateaus and ties included) -> the same chosen decay."""
   torch, lp = clip_benchmark_linear_probe
   n_val = 50
@@ -125,11 +139,8 @@ def test_search_equals_clip_benchmarks_on_the_same_accuracies(clip_benchmark_lin
       mp.setattr(lp, "infer", fake_infer)
       run_dir = tmp_path / str(trial)
       run_dir.mkdir()
-      ref = run_clip_benchmark(torch, lp, run_dir, {"train": (x, y), "val": (x, y),
-                                                    "test": (x, y)})
+      ref = run_clip_benchmark(torch, lp, run_dir, {"train": (x, y), "val": (x, y), "test": (x, y)})
     ours = search_weight_decay(len(WEIGHT_DECAYS), lambda idx, table=table: [table[i] for i in idx])
     assert WEIGHT_DECAYS[ours] == ref["weight_decay"], trial
     chosen.append(ours)
   assert len(set(chosen)) >= 6, chosen  # the cases exercise different paths
-
-

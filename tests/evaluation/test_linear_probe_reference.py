@@ -34,8 +34,11 @@ def gaussian_classes(seed, n, means, noise=4.0, label_noise=0.5):
 @pytest.fixture(scope="module")
 def features():
   means = np.random.default_rng(100).normal(size=(NUM_CLASSES, 128))
-  return {"train": gaussian_classes(0, 3000, means), "val": gaussian_classes(1, 500, means),
-          "test": gaussian_classes(2, 1000, means)}
+  return {
+    "train": gaussian_classes(0, 3000, means),
+    "val": gaussian_classes(1, 500, means),
+    "test": gaussian_classes(2, 1000, means),
+  }
 
 
 def _topk_accuracy(output, target, topk=(1,)):
@@ -62,17 +65,31 @@ def clip_benchmark(torch_reference, features, tmp_path_factory):
     warnings.simplefilter("ignore")  # pin_memory without an accelerator, autocast("cuda") on CPU
     mp.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     mp.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
-    mp.setattr(torch.Tensor, "to",
-               lambda self, *a, **k: to(self, *("cpu" if v == "cuda" else v for v in a), **k))
+    mp.setattr(
+      torch.Tensor, "to", lambda self, *a, **k: to(self, *("cpu" if v == "cuda" else v for v in a), **k)
+    )
     mp.setattr(lp, "accuracy", _topk_accuracy)
     torch.set_num_threads(1)  # tiny matmuls: more threads only contend on a busy machine
     try:
       torch.manual_seed(SEED)  # as its command line does before evaluating
       with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = lp.evaluate(None, None, None, fewshot_k=-1, batch_size=64, num_workers=0,
-                             lr=0.1, epochs=10, model_id="model", seed=SEED,
-                             feature_root=str(root), device="cuda", val_dataloader=[],
-                             normalize=True, amp=False)
+        result = lp.evaluate(
+          None,
+          None,
+          None,
+          fewshot_k=-1,
+          batch_size=64,
+          num_workers=0,
+          lr=0.1,
+          epochs=10,
+          model_id="model",
+          seed=SEED,
+          feature_root=str(root),
+          device="cuda",
+          val_dataloader=[],
+          normalize=True,
+          amp=False,
+        )
     finally:
       torch.set_num_threads(threads)
   torch.manual_seed(SEED)
@@ -84,8 +101,9 @@ def _grid_step(weight_decay):
   return int(np.argmin(np.abs(np.log(vlpt_probe.WEIGHT_DECAYS) - np.log(weight_decay))))
 
 
-def test_same_random_draws_give_clip_benchmarks_result(torch_reference, clip_benchmark, features,
-                                                       monkeypatch):
+def test_same_random_draws_give_clip_benchmarks_result(
+  torch_reference, clip_benchmark, features, monkeypatch
+):
   """Given torch's random draws, vlpt reproduces CLIP_benchmark's probe exactly.
 
   vlpt draws the classifier initialization and the per-epoch shuffles with numpy; here they come
@@ -108,21 +126,30 @@ def test_same_random_draws_give_clip_benchmarks_result(torch_reference, clip_ben
     valid = np.zeros(order.shape, bool)
     for epoch in range(epochs):
       for step, idx in enumerate(batches):
-        order[epoch, step, :len(idx)] = idx.numpy()
-        valid[epoch, step, :len(idx)] = True
+        order[epoch, step, : len(idx)] = idx.numpy()
+        valid[epoch, step, : len(idx)] = True
     params = {"w": layer.weight.detach().numpy().T.copy(), "b": layer.bias.detach().numpy().copy()}
     return params, order, valid
 
   monkeypatch.setattr(vlpt_probe, "_run_randomness", torch_draws)
   (x, y), (xv, yv), (xt, yt) = features["train"], features["val"], features["test"]
-  ours = vlpt_probe.linear_probe(x[train_order], y[train_order], xt, yt, num_classes=NUM_CLASSES,
-                                 val_features=xv, val_labels=yv, seed=SEED)
+  ours = vlpt_probe.linear_probe(
+    x[train_order],
+    y[train_order],
+    xt,
+    yt,
+    num_classes=NUM_CLASSES,
+    val_features=xv,
+    val_labels=yv,
+    seed=SEED,
+  )
   assert ours["weight_decay"] == reference["weight_decay"]
   one_example = 1.0 / len(yt) + 1e-12
   assert ours["top1"] == pytest.approx(reference["lp_acc1"], abs=one_example)
   assert ours["top5"] == pytest.approx(reference["lp_acc5"], abs=one_example)
-  assert ours["mean_per_class_recall"] == pytest.approx(reference["lp_mean_per_class_recall"],
-                                                        abs=one_example)
+  assert ours["mean_per_class_recall"] == pytest.approx(
+    reference["lp_mean_per_class_recall"], abs=one_example
+  )
 
 
 def test_own_random_draws_agree_within_clip_benchmarks_seed_spread(clip_benchmark, features):
@@ -137,10 +164,10 @@ def test_own_random_draws_agree_within_clip_benchmarks_seed_spread(clip_benchmar
   """
   reference, _ = clip_benchmark
   (x, y), (xv, yv), (xt, yt) = features["train"], features["val"], features["test"]
-  ours = vlpt_probe.linear_probe(x, y, xt, yt, num_classes=NUM_CLASSES, val_features=xv,
-                                 val_labels=yv, seed=SEED)
+  ours = vlpt_probe.linear_probe(
+    x, y, xt, yt, num_classes=NUM_CLASSES, val_features=xv, val_labels=yv, seed=SEED
+  )
   assert ours["top1"] == pytest.approx(reference["lp_acc1"], abs=0.03)
   assert ours["top5"] == pytest.approx(reference["lp_acc5"], abs=0.03)
-  assert ours["mean_per_class_recall"] == pytest.approx(reference["lp_mean_per_class_recall"],
-                                                        abs=0.03)
+  assert ours["mean_per_class_recall"] == pytest.approx(reference["lp_mean_per_class_recall"], abs=0.03)
   assert abs(_grid_step(ours["weight_decay"]) - _grid_step(reference["weight_decay"])) <= 16

@@ -5,14 +5,27 @@ import os
 
 import pytest
 
-from conftest import require
-
 from vlpt.evaluation import prompts
 
-COUNTS = {"imagenet2012": 1000, "cifar10": 10, "cifar100": 100, "food101": 101,
-          "oxford_iiit_pet": 37, "oxford_flowers102": 102, "dtd": 47, "stl10": 10,
-          "caltech101": 102, "eurosat": 10, "svhn_cropped": 10, "patch_camelyon": 2, "mnist": 10,
-          "imagenet_v2": 1000, "imagenet_sketch": 1000}
+from conftest import require
+
+COUNTS = {
+  "imagenet2012": 1000,
+  "cifar10": 10,
+  "cifar100": 100,
+  "food101": 101,
+  "oxford_iiit_pet": 37,
+  "oxford_flowers102": 102,
+  "dtd": 47,
+  "stl10": 10,
+  "caltech101": 102,
+  "eurosat": 10,
+  "svhn_cropped": 10,
+  "patch_camelyon": 2,
+  "mnist": 10,
+  "imagenet_v2": 1000,
+  "imagenet_sketch": 1000,
+}
 
 
 @pytest.mark.parametrize("dataset", sorted(COUNTS))
@@ -32,8 +45,18 @@ def test_counts_and_templates(dataset):
 def test_known_values_and_aliases():
   assert prompts.class_names("imagenet2012")[0] == "tench"
   assert prompts.class_names("imagenet2012")[207] == "Golden Retriever"
-  assert prompts.class_names("cifar10") == ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                            "frog", "horse", "ship", "truck"]
+  assert prompts.class_names("cifar10") == [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+  ]
   assert prompts.class_names("food101")[0] == "apple pie"  # underscores replaced, as CLIP_benchmark
   assert len(prompts.templates("imagenet2012")) == 80
   assert prompts.templates("cifar10")[0] == "a photo of a {}."
@@ -82,10 +105,13 @@ def test_order_matches_tfds_label_features(tmp_path):
   assert [_norm(n) for n in label_names("food101")] == prompts.class_names("food101")
   assert label_names("dtd") == prompts.class_names("dtd")
   assert [_norm(n) for n in label_names("oxford_iiit_pet")] == [
-      n.lower() for n in prompts.class_names("oxford_iiit_pet")]
+    n.lower() for n in prompts.class_names("oxford_iiit_pet")
+  ]
   # CLIP's flower names differ in wording in three places (globe flower, ...), not in order
-  same = sum(_norm(a).replace("-", " ") == _norm(b).replace("-", " ")
-             for a, b in zip(label_names("oxford_flowers102"), prompts.class_names("flowers")))
+  same = sum(
+    _norm(a).replace("-", " ") == _norm(b).replace("-", " ")
+    for a, b in zip(label_names("oxford_flowers102"), prompts.class_names("flowers"))
+  )
   assert same >= 99
   wnids = label_names("imagenet2012")
   assert wnids == sorted(wnids) and wnids[0] == "n01440764"

@@ -12,9 +12,24 @@ COMMAND = ["vlpt-train", "--config", "configs/demo.py", "--workdir", "/runs/a b;
 
 
 def dry_run(*args):
-  out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "tpu.py"), "--name", "clip",
-                        "--zone", "z", "--reuse", *args, "--dry-run", "--", *COMMAND],
-                       capture_output=True, text=True, timeout=60)
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "tpu.py"),
+      "--name",
+      "clip",
+      "--zone",
+      "z",
+      "--reuse",
+      *args,
+      "--dry-run",
+      "--",
+      *COMMAND,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert out.returncode == 0, out.stderr
   return [shlex.split(line) for line in out.stdout.splitlines()]
 
@@ -25,10 +40,17 @@ def remote(argv):
 
 def run_in_bash(command, home, cwd):
   """The remote command in a real bash whose cd/pip/nohup/tail only print their arguments."""
-  stubs = "".join(f'{name}() {{ printf "{name}:%s\\n" "$@"; }}; ' for name in
-                  ("cd", "pip", "nohup", "tail"))
-  out = subprocess.run(["bash", "-c", stubs + command + "\nwait"], capture_output=True, text=True,
-                       env={"HOME": str(home), "PATH": os.environ["PATH"]}, cwd=cwd, timeout=60)
+  stubs = "".join(
+    f'{name}() {{ printf "{name}:%s\\n" "$@"; }}; ' for name in ("cd", "pip", "nohup", "tail")
+  )
+  out = subprocess.run(
+    ["bash", "-c", stubs + command + "\nwait"],
+    capture_output=True,
+    text=True,
+    env={"HOME": str(home), "PATH": os.environ["PATH"]},
+    cwd=cwd,
+    timeout=60,
+  )
   assert out.returncode == 0, out.stderr
   return out.stdout.splitlines()
 
@@ -36,15 +58,23 @@ def run_in_bash(command, home, cwd):
 def test_paths_with_a_space_and_a_semicolon_stay_one_argument(tmp_path):
   remote_dir = "/srv/my dir;touch pwned"
   log = "~/logs/run 1;touch pwned.log"
-  scp, install, run, tail = dry_run("--remote_dir", remote_dir, "--log", log,
-                                    "--env", "NOTE=a b;c")
-  assert scp[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "--worker=all",
-                     REPO]
+  scp, install, run, tail = dry_run("--remote_dir", remote_dir, "--log", log, "--env", "NOTE=a b;c")
+  assert scp[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "--worker=all", REPO]
   assert scp[8] == f"clip:{remote_dir}"  # an argument, not a shell command
-  assert shlex.split(remote(install)) == ["cd", remote_dir, "&&", "pip", "install", "-q", "-e",
-                                          ".[tpu]"]
-  assert shlex.split(remote(run)) == ["cd", remote_dir, "&&", "VLPT_DISTRIBUTED=auto",
-                                      "NOTE=a b;c", "nohup", *COMMAND, ">", log, "2>&1", "&"]
+  assert shlex.split(remote(install)) == ["cd", remote_dir, "&&", "pip", "install", "-q", "-e", ".[tpu]"]
+  assert shlex.split(remote(run)) == [
+    "cd",
+    remote_dir,
+    "&&",
+    "VLPT_DISTRIBUTED=auto",
+    "NOTE=a b;c",
+    "nohup",
+    *COMMAND,
+    ">",
+    log,
+    "2>&1",
+    "&",
+  ]
   assert shlex.split(remote(tail)) == ["tail", "-n", "+1", "-F", log]
   assert "--worker=0" in tail and all("--worker=all" in step for step in (install, run))
 
@@ -53,11 +83,20 @@ def test_paths_with_a_space_and_a_semicolon_stay_one_argument(tmp_path):
   (home / "logs").mkdir(parents=True)
   expanded_log = home / "logs" / "run 1;touch pwned.log"
   assert run_in_bash(remote(install), home, tmp_path) == [
-      f"cd:{remote_dir}", "pip:install", "pip:-q", "pip:-e", "pip:.[tpu]"]
+    f"cd:{remote_dir}",
+    "pip:install",
+    "pip:-q",
+    "pip:-e",
+    "pip:.[tpu]",
+  ]
   assert run_in_bash(remote(run), home, tmp_path) == [f"cd:{remote_dir}"]
   assert expanded_log.read_text().splitlines() == [f"nohup:{arg}" for arg in COMMAND]
   assert run_in_bash(remote(tail), home, tmp_path) == [
-      "tail:-n", "tail:+1", "tail:-F", f"tail:{expanded_log}"]
+    "tail:-n",
+    "tail:+1",
+    "tail:-F",
+    f"tail:{expanded_log}",
+  ]
   assert not list(tmp_path.glob("pwned*")) and not list(home.glob("pwned*"))
 
 

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vlpt import sharding as S
-from vlpt.losses import (sigmoid_contrastive, softmax_contrastive)
+from vlpt.losses import sigmoid_contrastive, softmax_contrastive
 from vlpt.losses.contrastive import sigmoid_contrastive_sharded, softmax_contrastive_sharded
 
 
@@ -24,10 +24,10 @@ def reference_inputs(b, d, dtype=np.float64):
 
 # Public float64 reference values (shared/notes/reference-semantics.md).
 TABLE = [
-    ("softmax", 1 / 0.07, None, 0.5320747820584042, 0.7321850312531764),
-    ("softmax", 100.0, None, 1.2668613918378517, 0.30398244781991957),
-    ("sigmoid", 10.0, -10.0, 1.3051445556776058, 1.7740640219390398),
-    ("sigmoid", 1 / 0.07, 0.0, 13.149731681830902, 33.728099710573645),
+  ("softmax", 1 / 0.07, None, 0.5320747820584042, 0.7321850312531764),
+  ("softmax", 100.0, None, 1.2668613918378517, 0.30398244781991957),
+  ("sigmoid", 10.0, -10.0, 1.3051445556776058, 1.7740640219390398),
+  ("sigmoid", 1 / 0.07, 0.0, 13.149731681830902, 33.728099710573645),
 ]
 
 
@@ -54,6 +54,7 @@ def random_embeddings(b, d, seed=0):
 def test_open_clip_parity(torch_reference):
   torch, open_clip = torch_reference
   from open_clip.loss import ClipLoss, SigLipLoss
+
   img, txt = random_embeddings(16, 32)
   for scale, bias in ((14.3, None), (10.0, -10.0)):
     ti = torch.tensor(img, requires_grad=True)
@@ -78,8 +79,9 @@ def test_open_clip_parity(torch_reference):
       np.testing.assert_allclose(float(grads[3]), tb.grad.item(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mesh_shape", [dict(data=8), dict(data=2, fsdp=4),
-                                        dict(data=2, fsdp=2, tensor=2)])
+@pytest.mark.parametrize(
+  "mesh_shape", [dict(data=8), dict(data=2, fsdp=4), dict(data=2, fsdp=2, tensor=2)]
+)
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_sharded_loss_equals_whole_batch(mesh_shape, loss):
   """Value and gradient of the sharded global loss equal the single-device whole-batch ones."""
@@ -93,11 +95,11 @@ def test_sharded_loss_equals_whole_batch(mesh_shape, loss):
     plain = sigmoid_contrastive
     local = functools.partial(sigmoid_contrastive_sharded, axes=S.BATCH_AXES)
   spec = P(S.BATCH_AXES)
-  sharded = jax.shard_map(lambda i, t, s, b: local(i, t, s, b)[0], mesh=mesh,
-                          in_specs=(spec, spec, P(), P()), out_specs=P())
+  sharded = jax.shard_map(
+    lambda i, t, s, b: local(i, t, s, b)[0], mesh=mesh, in_specs=(spec, spec, P(), P()), out_specs=P()
+  )
   want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2, 3))(img, txt, scale, bias)
-  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(img, txt, scale,
-                                                                            bias)
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2, 3)))(img, txt, scale, bias)
   np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
@@ -111,8 +113,12 @@ def test_sharded_in_batch_accuracy():
   txt = img.copy()
   txt[[0, 1]] = txt[[1, 0]]  # two swapped pairs: 14/16 correct
   spec = P(S.BATCH_AXES)
-  f = jax.shard_map(lambda i, t: softmax_contrastive_sharded(i, t, 10.0, None, S.BATCH_AXES)[1],
-                    mesh=mesh, in_specs=(spec, spec), out_specs=P())
+  f = jax.shard_map(
+    lambda i, t: softmax_contrastive_sharded(i, t, 10.0, None, S.BATCH_AXES)[1],
+    mesh=mesh,
+    in_specs=(spec, spec),
+    out_specs=P(),
+  )
   m = jax.jit(f)(img, txt)
   assert float(m["i2t_acc"]) == pytest.approx(14 / 16)
   assert float(m["t2i_acc"]) == pytest.approx(14 / 16)
@@ -124,8 +130,10 @@ from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded  # noqa:
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("mesh_shape,tile", [(dict(data=8), 4), (dict(data=2, fsdp=4), 2),
-                                             (dict(data=2, fsdp=4), 8), (dict(data=8), 100)])
+@pytest.mark.parametrize(
+  "mesh_shape,tile",
+  [(dict(data=8), 4), (dict(data=2, fsdp=4), 2), (dict(data=2, fsdp=4), 8), (dict(data=8), 100)],
+)
 def test_ring_loss_equals_whole_batch(loss, mesh_shape, tile):
   mesh = S.make_mesh(mesh_shape)
   img, txt = random_embeddings(64, 16, seed=2)
@@ -138,8 +146,12 @@ def test_ring_loss_equals_whole_batch(loss, mesh_shape, tile):
   spec = P(S.BATCH_AXES)
 
   def wrap(fn, out):
-    return jax.shard_map(lambda i, t, s, b: out(fn(i, t, s, b, S.BATCH_AXES)), mesh=mesh,
-                         in_specs=(spec, spec, P(), P()), out_specs=P())
+    return jax.shard_map(
+      lambda i, t, s, b: out(fn(i, t, s, b, S.BATCH_AXES)),
+      mesh=mesh,
+      in_specs=(spec, spec, P(), P()),
+      out_specs=P(),
+    )
 
   ring_fn = functools.partial(ring, tile_size=tile)
   value = wrap(ring_fn, lambda r: r[0])
@@ -160,9 +172,12 @@ def test_ring_tile_must_divide_local_batch():
   mesh = S.make_mesh(dict(data=8))
   img, txt = random_embeddings(48, 8)  # 6 rows per device
   spec = P(S.BATCH_AXES)
-  f = jax.shard_map(lambda i, t: softmax_ring_sharded(i, t, 10.0, None, S.BATCH_AXES,
-                                                      tile_size=4)[0],
-                    mesh=mesh, in_specs=(spec, spec), out_specs=P())
+  f = jax.shard_map(
+    lambda i, t: softmax_ring_sharded(i, t, 10.0, None, S.BATCH_AXES, tile_size=4)[0],
+    mesh=mesh,
+    in_specs=(spec, spec),
+    out_specs=P(),
+  )
   with pytest.raises(ValueError, match="tile size 4 must divide the per-device batch 6"):
     jax.jit(f)(img, txt)
 
@@ -172,9 +187,11 @@ def test_sharded_label_smoothing_equals_whole_batch():
   img, txt = random_embeddings(32, 16, seed=5)
   spec = P(S.BATCH_AXES)
   sharded = jax.shard_map(
-      lambda i, t, s: softmax_contrastive_sharded(i, t, s, None, S.BATCH_AXES,
-                                                  label_smoothing=0.1)[0],
-      mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+    lambda i, t, s: softmax_contrastive_sharded(i, t, s, None, S.BATCH_AXES, label_smoothing=0.1)[0],
+    mesh=mesh,
+    in_specs=(spec, spec, P()),
+    out_specs=P(),
+  )
   plain = functools.partial(softmax_contrastive, label_smoothing=0.1)
   want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2))(img, txt, jnp.float32(9.0))
   got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt, jnp.float32(9.0))
@@ -210,13 +227,15 @@ def test_leave_one_out_matches_equation_and_shards_exactly(mesh_shape):
   mesh = S.make_mesh(mesh_shape)
   spec = P(S.BATCH_AXES)
   sharded = jax.shard_map(
-      lambda i, t, s: softmax_contrastive_sharded(i, t, s, None, S.BATCH_AXES,
-                                                  leave_one_out=True)[0],
-      mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+    lambda i, t, s: softmax_contrastive_sharded(i, t, s, None, S.BATCH_AXES, leave_one_out=True)[0],
+    mesh=mesh,
+    in_specs=(spec, spec, P()),
+    out_specs=P(),
+  )
   want_v, want_g = jax.value_and_grad(leave_one_out_contrastive, argnums=(0, 1, 2))(
-      img, txt, jnp.float32(scale))
-  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt,
-                                                                          jnp.float32(scale))
+    img, txt, jnp.float32(scale)
+  )
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt, jnp.float32(scale))
   np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
@@ -224,13 +243,25 @@ def test_leave_one_out_matches_equation_and_shards_exactly(mesh_shape):
 
 def test_matryoshka_sums_the_loss_over_renormalized_prefixes():
   from vlpt.losses import build_loss
+
   img, txt = random_embeddings(32, 16, seed=9)
   mesh = S.make_mesh(dict(data=8))
   spec = P(S.BATCH_AXES)
-  fn = build_loss({"name": "softmax", "impl": "gather", "tile_size": 4, "label_smoothing": 0.0,
-                   "matryoshka_dims": (4, 8, 16)})
-  sharded = jax.shard_map(lambda i, t, s: fn(i, t, s, jnp.float32(0.0), S.BATCH_AXES)[0],
-                          mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+  fn = build_loss(
+    {
+      "name": "softmax",
+      "impl": "gather",
+      "tile_size": 4,
+      "label_smoothing": 0.0,
+      "matryoshka_dims": (4, 8, 16),
+    }
+  )
+  sharded = jax.shard_map(
+    lambda i, t, s: fn(i, t, s, jnp.float32(0.0), S.BATCH_AXES)[0],
+    mesh=mesh,
+    in_specs=(spec, spec, P()),
+    out_specs=P(),
+  )
 
   def plain(i, t, s):
     unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
@@ -249,6 +280,7 @@ def test_caption_loss_matches_open_clip_coca(torch_reference):
   from open_clip.loss import CoCaLoss
 
   from vlpt.losses.captioning import caption_loss
+
   rng = np.random.default_rng(11)
   logits = rng.standard_normal((4, 7, 30)).astype(np.float32)
   labels = rng.integers(1, 30, (4, 7))
@@ -256,8 +288,8 @@ def test_caption_loss_matches_open_clip_coca(torch_reference):
   labels[2, 1:] = 0
   img, txt = random_embeddings(4, 8, seed=12)
   ref_clip, ref_cap = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)(
-      torch.tensor(img), torch.tensor(txt), torch.tensor(logits), torch.tensor(labels),
-      torch.tensor(10.0))
+    torch.tensor(img), torch.tensor(txt), torch.tensor(logits), torch.tensor(labels), torch.tensor(10.0)
+  )
   got = caption_loss(jnp.asarray(logits), jnp.asarray(labels), pad_id=0)
   np.testing.assert_allclose(2.0 * float(got), ref_cap.item(), rtol=1e-6)
   total = softmax_contrastive(img, txt, 10.0) + 2.0 * got  # CoCa's Eq. 3 weights
@@ -275,30 +307,36 @@ def numpy_align_uniform(img, txt, t=2.0):
     d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     off = ~np.eye(len(x), dtype=bool)
     return np.log(np.mean(np.exp(-t * d[off])))
+
   return align, (uniformity(img) + uniformity(txt)) / 2
 
 
 def test_uniformity_alignment_matches_definition_and_shards_exactly():
   from vlpt.losses import build_loss, uniformity_alignment
+
   img, txt = random_embeddings(32, 16, seed=13)
   want_align, want_unif = numpy_align_uniform(img, txt)
   align, unif = uniformity_alignment(img, txt)
   assert float(align) == pytest.approx(want_align, rel=1e-5)
   assert float(unif) == pytest.approx(want_unif, rel=1e-5)
-  fn = build_loss({"name": "clip_align_uniform", "impl": "gather", "align_weight": 0.5,
-                   "uniform_weight": 2.0})
+  fn = build_loss(
+    {"name": "clip_align_uniform", "impl": "gather", "align_weight": 0.5, "uniform_weight": 2.0}
+  )
   mesh = S.make_mesh(dict(data=4, fsdp=2))
   spec = P(S.BATCH_AXES)
-  sharded = jax.shard_map(lambda i, t, s: fn(i, t, s, jnp.float32(0.0), S.BATCH_AXES)[0],
-                          mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())
+  sharded = jax.shard_map(
+    lambda i, t, s: fn(i, t, s, jnp.float32(0.0), S.BATCH_AXES)[0],
+    mesh=mesh,
+    in_specs=(spec, spec, P()),
+    out_specs=P(),
+  )
 
   def plain(i, t, s):
     a, u = uniformity_alignment(i, t)
     return softmax_contrastive(i, t, s) + 0.5 * a + 2.0 * u
 
   want_v, want_g = jax.value_and_grad(plain, argnums=(0, 1, 2))(img, txt, jnp.float32(10.0))
-  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt,
-                                                                          jnp.float32(10.0))
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1, 2)))(img, txt, jnp.float32(10.0))
   np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
   for g, w in zip(got_g, want_g):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
@@ -306,6 +344,7 @@ def test_uniformity_alignment_matches_definition_and_shards_exactly():
 
 def test_loss_keys_that_do_not_apply_are_refused():
   from vlpt.losses import build_loss
+
   with pytest.raises(ValueError, match="config.loss.align_weight does not apply"):
     build_loss({"name": "softmax", "align_weight": 3.0})
   with pytest.raises(ValueError, match="config.loss.label_smoothing does not apply"):
@@ -318,11 +357,13 @@ def test_distillation_matches_open_clip(torch_reference):
   from open_clip.loss import DistillClipLoss
 
   from vlpt.losses.teacher import distillation_loss
+
   img, txt = random_embeddings(12, 8, seed=21)
   t_img, t_txt = random_embeddings(12, 8, seed=22)
   ti, tt = torch.tensor(img, requires_grad=True), torch.tensor(txt, requires_grad=True)
-  ref_c, ref_d = DistillClipLoss()(ti, tt, torch.tensor(14.0), torch.tensor(t_img),
-                                   torch.tensor(t_txt), torch.tensor(30.0))
+  ref_c, ref_d = DistillClipLoss()(
+    ti, tt, torch.tensor(14.0), torch.tensor(t_img), torch.tensor(t_txt), torch.tensor(30.0)
+  )
   (ref_c + ref_d).backward()
 
   def total(i, t):
@@ -338,6 +379,7 @@ def test_distillation_matches_open_clip(torch_reference):
 
 def test_cwcl_matches_equation_and_reduces_to_clip_with_one_hot_weights():
   from vlpt.losses.teacher import cwcl_loss
+
   img, txt = random_embeddings(10, 8, seed=31)
   q_img, q_txt = random_embeddings(10, 8, seed=32)
   z = 9.0 * img.astype(np.float64) @ txt.astype(np.float64).T

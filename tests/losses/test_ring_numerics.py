@@ -18,11 +18,14 @@ from vlpt.losses import sigmoid_contrastive, softmax_contrastive
 from vlpt.losses.contrastive import sigmoid_contrastive_sharded, softmax_contrastive_sharded
 from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 
-BF16_U = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits, ~2.4 decimal digits)
+BF16_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, ~2.4 decimal digits)
 LOSSES = {  # name -> (whole-batch reference, ring, gather), all with the (img, txt, s, b) signature
-    "softmax": (lambda i, t, s, b: softmax_contrastive(i, t, s), softmax_ring_sharded,
-                softmax_contrastive_sharded),
-    "sigmoid": (sigmoid_contrastive, sigmoid_ring_sharded, sigmoid_contrastive_sharded),
+  "softmax": (
+    lambda i, t, s, b: softmax_contrastive(i, t, s),
+    softmax_ring_sharded,
+    softmax_contrastive_sharded,
+  ),
+  "sigmoid": (sigmoid_contrastive, sigmoid_ring_sharded, sigmoid_contrastive_sharded),
 }
 BIAS = {"softmax": 0.0, "sigmoid": -10.0}
 NUM_GRADS = {"softmax": 3, "sigmoid": 4}  # the softmax ignores the bias: no gradient to compare
@@ -35,8 +38,12 @@ def _normalize(x):
 def sharded_value_and_grad(fn, mesh):
   """jit(value_and_grad) of the global loss computed by ``fn`` inside shard_map over the batch."""
   spec = P(S.BATCH_AXES)
-  loss = jax.shard_map(lambda i, t, s, b: fn(i, t, s, b, S.BATCH_AXES)[0], mesh=mesh,
-                       in_specs=(spec, spec, P(), P()), out_specs=P())
+  loss = jax.shard_map(
+    lambda i, t, s, b: fn(i, t, s, b, S.BATCH_AXES)[0],
+    mesh=mesh,
+    in_specs=(spec, spec, P(), P()),
+    out_specs=P(),
+  )
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
 
 
@@ -71,7 +78,8 @@ def test_bf16_embeddings_match_fp32_reference(name, scale):
   img16, txt16 = jnp.asarray(img, jnp.bfloat16), jnp.asarray(txt, jnp.bfloat16)
   mesh = S.make_mesh(dict(data=2, fsdp=4))
   got_v, got_g = sharded_value_and_grad(functools.partial(ring, tile_size=4), mesh)(
-      img16, txt16, scale, bias)
+    img16, txt16, scale, bias
+  )
   assert got_g[0].dtype == jnp.bfloat16 and got_g[1].dtype == jnp.bfloat16
 
   grad = jax.value_and_grad(plain, argnums=(0, 1, 2, 3))
@@ -79,8 +87,7 @@ def test_bf16_embeddings_match_fp32_reference(name, scale):
   np.testing.assert_allclose(float(got_v), float(rounded_v), rtol=1e-6)
   for g, w in zip(got_g[:2], rounded_g[:2]):
     w = np.asarray(w)
-    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=BF16_U,
-                               atol=3e-5 * np.abs(w).max())
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=BF16_U, atol=3e-5 * np.abs(w).max())
   for g, w in zip(got_g[2:k], rounded_g[2:k]):
     np.testing.assert_allclose(float(g), float(w), rtol=1e-5)
 
@@ -129,8 +136,12 @@ def float64_loss(name, img, txt, s, bias):
     value = np.sum(np.logaddexp(0.0, -y * z)) / b
     g = -y / (1 + np.exp(y * z)) / b
   grads = (s * g @ t, s * g.T @ x, np.sum(g * dots), np.sum(g))
-  terms = (s * np.abs(g) @ np.abs(t), s * np.abs(g).T @ np.abs(x), np.sum(np.abs(g * dots)),
-           np.sum(np.abs(g)))
+  terms = (
+    s * np.abs(g) @ np.abs(t),
+    s * np.abs(g).T @ np.abs(x),
+    np.sum(np.abs(g * dots)),
+    np.sum(np.abs(g)),
+  )
   return value, grads, terms
 
 
@@ -156,9 +167,11 @@ def test_saturated_scale_with_near_duplicates_matches_float64(name):
   want_v, want_g, terms = float64_loss(name, img, txt, scale, bias)
   mesh = S.make_mesh(dict(data=2, fsdp=4))
   ring_v, ring_g = sharded_value_and_grad(functools.partial(ring, tile_size=4), mesh)(
-      img, txt, jnp.float32(scale), jnp.float32(bias))
+    img, txt, jnp.float32(scale), jnp.float32(bias)
+  )
   plain_v, plain_g = jax.value_and_grad(plain, argnums=(0, 1, 2, 3))(
-      img, txt, jnp.float32(scale), jnp.float32(bias))
+    img, txt, jnp.float32(scale), jnp.float32(bias)
+  )
   for label, v, grads in [("ring", ring_v, ring_g), ("whole batch", plain_v, plain_g)]:
     assert abs(float(v) - want_v) <= 2e-5 * abs(want_v), label
     assert np.isfinite(float(v)), label
@@ -169,8 +182,10 @@ def test_saturated_scale_with_near_duplicates_matches_float64(name):
 
 def _shapes(hlo_text):
   """Every array shape that appears in an HLO module's text, as tuples of ints."""
-  return {tuple(int(d) for d in dims.split(",")) for dims in
-          re.findall(r"\b[a-z]+[0-9]*\[([0-9]+(?:,[0-9]+)*)\]", hlo_text)}
+  return {
+    tuple(int(d) for d in dims.split(","))
+    for dims in re.findall(r"\b[a-z]+[0-9]*\[([0-9]+(?:,[0-9]+)*)\]", hlo_text)
+  }
 
 
 @pytest.mark.parametrize("name", ["softmax", "sigmoid"])

@@ -7,19 +7,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
-from e2e_utils import one_train_step, resolved_model_config
 from vlpt.config import load_config
-from vlpt.errors import ConfigError
+from vlpt.data.normalization import normalize_images
 from vlpt.data.preprocess import Preprocess
 from vlpt.data.tokenizers import build_tokenizer
-from vlpt.data.normalization import normalize_images
+from vlpt.errors import ConfigError
 from vlpt.losses import cwcl_loss, distillation_loss
 from vlpt.models import build_model
-from vlpt.weights.formats import Bundle, write_bundle
 from vlpt.train.objectives.distillation import load_teacher
 from vlpt.train.setup import build
+from vlpt.weights.formats import Bundle, write_bundle
 from vlpt.weights.state import flat_params
+
+from conftest import REPO
+from e2e_utils import one_train_step, resolved_model_config
 
 
 def demo_config():
@@ -31,8 +32,16 @@ def _export_teacher(config, dst, *, tokenizer=None, embed_dim=48, seed=11):
   model_cfg = resolved_model_config(config, tok)
   model_cfg = dict(model_cfg, embed_dim=embed_dim)  # a teacher may embed differently
   model = build_model(model_cfg, nnx.Rngs(seed))
-  write_bundle(Bundle(model_cfg, flat_params(model), tokenizer or config.data.tokenizer.to_dict(),
-                      Preprocess(image_size=config.data.image_size), "test"), str(dst))
+  write_bundle(
+    Bundle(
+      model_cfg,
+      flat_params(model),
+      tokenizer or config.data.tokenizer.to_dict(),
+      Preprocess(image_size=config.data.image_size),
+      "test",
+    ),
+    str(dst),
+  )
   return model
 
 
@@ -51,8 +60,9 @@ def test_teacher_loss_step_matches_the_dense_reference(name, tmp_path):
   t_img, t_txt = teacher.encode_image(images), teacher.encode_text(host["text"])
   scale = jnp.exp(params["logit_scale"])
   if name == "distill":
-    contrastive, distill = distillation_loss(s_img, s_txt, scale, t_img, t_txt,
-                                             jnp.exp(teacher.logit_scale[...]))
+    contrastive, distill = distillation_loss(
+      s_img, s_txt, scale, t_img, t_txt, jnp.exp(teacher.logit_scale[...])
+    )
     assert m["contrastive_loss"] == pytest.approx(float(contrastive), abs=1e-5)
     assert m["distill_loss"] == pytest.approx(float(distill), abs=1e-5)
     expected = contrastive + distill

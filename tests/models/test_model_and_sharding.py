@@ -12,8 +12,12 @@ from vlpt import sharding as S
 from vlpt.models import build_model
 from vlpt.models.layers import LayerNorm, quick_gelu
 
-TINY = dict(name="clip", embed_dim=32, image=dict(variant="micro/8", image_size=32),
-            text=dict(variant="micro", vocab_size=50, context_length=8))
+TINY = dict(
+  name="clip",
+  embed_dim=32,
+  image=dict(variant="micro/8", image_size=32),
+  text=dict(variant="micro", vocab_size=50, context_length=8),
+)
 
 
 def test_sharded_forward_equals_single_device():
@@ -27,16 +31,20 @@ def test_sharded_forward_equals_single_device():
   rules = S.DEFAULT_RULES
   shardings = S.param_shardings(params, mesh, rules).to_pure_dict()
   params = jax.device_put(params.to_pure_dict(), shardings)
-  assert len(params["image"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
-             .sharding.device_set) == 8
+  assert (
+    len(params["image"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"].sharding.device_set) == 8
+  )
 
   @jax.jit
   def forward(p, x, t):
     return nnx.merge(graphdef, p)(x, t)
 
   with S.activate(mesh, rules):
-    got = forward(params, jax.device_put(images, S.batch_sharding(mesh, 4)),
-                  jax.device_put(ids, S.batch_sharding(mesh, 2)))
+    got = forward(
+      params,
+      jax.device_put(images, S.batch_sharding(mesh, 4)),
+      jax.device_put(ids, S.batch_sharding(mesh, 2)),
+    )
   for key in ("image_emb", "text_emb"):
     np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), atol=2e-6)
 
@@ -66,8 +74,9 @@ def test_layer_pieces_match_torch_semantics():
   ln = LayerNorm(16)
   ref = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)
   np.testing.assert_allclose(np.asarray(ln(x)), np.asarray(ref), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(quick_gelu(x)), np.asarray(x / (1 + jnp.exp(-1.702 * x))),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(quick_gelu(x)), np.asarray(x / (1 + jnp.exp(-1.702 * x))), atol=1e-6
+  )
 
 
 def test_bf16_compute_keeps_fp32_params():

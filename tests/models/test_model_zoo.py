@@ -8,23 +8,27 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
-from e2e_utils import cli, env_with_devices, metrics, one_train_step, resolved_model_config, run
 from vlpt.config import load_config
-from vlpt.errors import ConfigError
+from vlpt.data.preprocess import Preprocess
 from vlpt.data.tokenizers import build_tokenizer
+from vlpt.errors import ConfigError
 from vlpt.models import build_model
 from vlpt.models.generation import _filter_logits, generate
-from vlpt.weights.formats import Bundle, write_bundle
-from vlpt.data.preprocess import Preprocess
 from vlpt.train.evaluation import restore
 from vlpt.train.setup import build, initial_state
+from vlpt.weights.formats import Bundle, write_bundle
 from vlpt.weights.state import flat_params
 
-COCA = dict(name="coca", embed_dim=32,
-            image=dict(variant="micro/8", image_size=32, pooler_queries=5, pooler_heads=2),
-            text=dict(variant="micro", vocab_size=50, context_length=12, width=32, heads=2),
-            decoder=dict(width=32, heads=2, depth=2, vocab_size=50, context_length=12))
+from conftest import REPO
+from e2e_utils import cli, env_with_devices, metrics, one_train_step, resolved_model_config, run
+
+COCA = dict(
+  name="coca",
+  embed_dim=32,
+  image=dict(variant="micro/8", image_size=32, pooler_queries=5, pooler_heads=2),
+  text=dict(variant="micro", vocab_size=50, context_length=12, width=32, heads=2),
+  decoder=dict(width=32, heads=2, depth=2, vocab_size=50, context_length=12),
+)
 IMAGES = np.random.RandomState(0).randn(3, 32, 32, 3).astype(np.float32)
 SOT, EOT = 48, 49
 
@@ -67,29 +71,49 @@ def test_kv_cache_greedy_equals_recomputation(coca):
 
 def test_beam_and_sampling_against_greedy(coca):
   greedy = np.asarray(generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT))
-  one_beam = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="beam",
-                      num_beams=1, length_penalty=0.0)
+  one_beam = generate(
+    coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="beam", num_beams=1, length_penalty=0.0
+  )
   np.testing.assert_array_equal(one_beam, greedy)
-  top1 = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample", top_k=1,
-                  rng=jax.random.key(3))
+  top1 = generate(
+    coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample", top_k=1, rng=jax.random.key(3)
+  )
   np.testing.assert_array_equal(top1, greedy)
   # with as many beams as the vocabulary, two decoding steps are searched exhaustively
-  beam = np.asarray(generate(coca, IMAGES, max_len=3, sot_id=SOT, eot_id=EOT, method="beam",
-                             num_beams=50, length_penalty=0.0))
+  beam = np.asarray(
+    generate(
+      coca, IMAGES, max_len=3, sot_id=SOT, eot_id=EOT, method="beam", num_beams=50, length_penalty=0.0
+    )
+  )
   _, tokens = coca.image_features(IMAGES)
   for i in range(len(IMAGES)):
     prefixes = jnp.stack([jnp.full((50,), SOT), jnp.arange(50), jnp.zeros(50, int)], 1)
-    _, logits, _ = coca.caption_logits(prefixes.astype(jnp.int32),
-                                       jnp.repeat(tokens[i:i + 1], 50, 0))
+    _, logits, _ = coca.caption_logits(prefixes.astype(jnp.int32), jnp.repeat(tokens[i : i + 1], 50, 0))
     logp = np.asarray(jax.nn.log_softmax(logits, -1))  # [first token, position, vocab]
     total = logp[:, 0, :][0][:, None] + logp[:, 1, :]  # [t1, t2]
     total[EOT, :] = logp[0, 0, EOT]  # a caption ending at once scores its EOT alone
     t1, t2 = np.unravel_index(np.argmax(total), total.shape)
     assert tuple(beam[i]) == (SOT, t1, 0 if t1 == EOT else t2)
-  a = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample",
-               temperature=2.0, rng=jax.random.key(1))
-  b = generate(coca, IMAGES, max_len=10, sot_id=SOT, eot_id=EOT, method="sample",
-               temperature=2.0, rng=jax.random.key(1))
+  a = generate(
+    coca,
+    IMAGES,
+    max_len=10,
+    sot_id=SOT,
+    eot_id=EOT,
+    method="sample",
+    temperature=2.0,
+    rng=jax.random.key(1),
+  )
+  b = generate(
+    coca,
+    IMAGES,
+    max_len=10,
+    sot_id=SOT,
+    eot_id=EOT,
+    method="sample",
+    temperature=2.0,
+    rng=jax.random.key(1),
+  )
   np.testing.assert_array_equal(a, b)  # deterministic given the key
   with pytest.raises(ValueError, match="rng"):
     generate(coca, IMAGES, max_len=4, sot_id=SOT, eot_id=EOT, method="sample")
@@ -106,10 +130,17 @@ def test_top_k_top_p_filtering():
 
 def test_coca_trains_both_loss_terms_fall(tmp_path, cli_env):
   workdir = tmp_path / "coca"
-  run(cli("vlpt.cli.train", workdir, "--config.total_steps=40", "--config.optimizer.lr=1e-3",
-          "--config.checkpoint_every_steps=40", config=os.path.join(REPO, "configs",
-                                                                   "demo.py:coca,tiny")),
-      env_with_devices(cli_env, 8))
+  run(
+    cli(
+      "vlpt.cli.train",
+      workdir,
+      "--config.total_steps=40",
+      "--config.optimizer.lr=1e-3",
+      "--config.checkpoint_every_steps=40",
+      config=os.path.join(REPO, "configs", "demo.py:coca,tiny"),
+    ),
+    env_with_devices(cli_env, 8),
+  )
   rows = [r for r in metrics(workdir) if "train/caption_loss" in r]
   first, last = rows[:5], rows[-5:]
   for key in ("train/caption_loss", "train/contrastive_loss"):
@@ -117,8 +148,10 @@ def test_coca_trains_both_loss_terms_fall(tmp_path, cli_env):
     assert after < 0.8 * before, (key, before, after)
   final = [r for r in metrics(workdir) if "heldout/zeroshot/top1" in r][-1]
   assert final["step"] == 40  # the demo's CoCa evaluation also scores greedy captions
-  assert all(np.isfinite(final[f"heldout/captioning/{k}"])
-             for k in ("cider", "bleu4", "cider_shuffled", "bleu4_shuffled"))
+  assert all(
+    np.isfinite(final[f"heldout/captioning/{k}"])
+    for k in ("cider", "bleu4", "cider_shuffled", "bleu4_shuffled")
+  )
 
 
 def _one_step(config):
@@ -134,8 +167,10 @@ def test_lit_locked_tower_has_no_updates_and_no_optimizer_state():
   _, before, after, m = _one_step(config)
   for a, b in zip(jax.tree.leaves(after.params["image"]), jax.tree.leaves(before["image"])):
     np.testing.assert_array_equal(a, b)
-  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params["text"]),
-                                                    jax.tree.leaves(before["text"]))]
+  moved = [
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(after.params["text"]), jax.tree.leaves(before["text"]))
+  ]
   assert all(moved)
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
   moments = sum(x.size for x in jax.tree.leaves(after.opt_state) if x.dtype == np.float32)
@@ -146,10 +181,15 @@ def test_lit_locked_tower_has_no_updates_and_no_optimizer_state():
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_patch_dropout_trains_and_is_keyed(k):
-  model = build_model(dict(name="clip", embed_dim=32,
-                           image=dict(variant="micro/8", image_size=32, patch_dropout=0.5),
-                           text=dict(variant="micro", vocab_size=50, context_length=8)),
-                      nnx.Rngs(0))
+  model = build_model(
+    dict(
+      name="clip",
+      embed_dim=32,
+      image=dict(variant="micro/8", image_size=32, patch_dropout=0.5),
+      text=dict(variant="micro", vocab_size=50, context_length=8),
+    ),
+    nnx.Rngs(0),
+  )
   key = jax.random.key(0)
   a, b = model.encode_image(IMAGES, dropout_rng=key), model.encode_image(IMAGES, dropout_rng=key)
   np.testing.assert_array_equal(a, b)
@@ -168,8 +208,16 @@ def _export_random_model(config, dst, seed=7):
   model_cfg = resolved_model_config(config, tokenizer)
   model = build_model(model_cfg, nnx.Rngs(seed))
   flat = flat_params(model)
-  write_bundle(Bundle(model_cfg, flat, config.data.tokenizer.to_dict(),
-                      Preprocess(image_size=config.data.image_size), "test"), str(dst))
+  write_bundle(
+    Bundle(
+      model_cfg,
+      flat,
+      config.data.tokenizer.to_dict(),
+      Preprocess(image_size=config.data.image_size),
+      "test",
+    ),
+    str(dst),
+  )
   return flat
 
 
@@ -180,22 +228,27 @@ def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
   setup = build(config)
   params = jax.device_get(initial_state(setup).params)
   np.testing.assert_array_equal(params["text"]["token_embedding"], flat["text.token_embedding"])
-  np.testing.assert_array_equal(params["image"]["positional_embedding"],
-                                flat["image.positional_embedding"])
+  np.testing.assert_array_equal(
+    params["image"]["positional_embedding"], flat["image.positional_embedding"]
+  )
   # a higher training resolution: the image position grid is resampled (4x4 -> 6x6)
   config.data.image_size = 48
   setup = build(config)
   params = jax.device_get(initial_state(setup).params)
   assert params["image"]["positional_embedding"].shape == (1 + 36, 64)
-  np.testing.assert_array_equal(params["image"]["transformer"]["blocks"][0]["attn"]["query"],
-                                flat["image.transformer.blocks.0.attn.query"])
+  np.testing.assert_array_equal(
+    params["image"]["transformer"]["blocks"][0]["attn"]["query"],
+    flat["image.transformer.blocks.0.attn.query"],
+  )
 
 
 def test_vlpt_eval_runs_the_evaluators_on_pretrained_weights(tmp_path, cli_env):
   _export_random_model(demo_config(), tmp_path / "pre")
   workdir = tmp_path / "eval"
-  run(cli("vlpt.cli.eval", workdir, f"--config.init.checkpoint={tmp_path / 'pre'}"),
-      env_with_devices(cli_env, 8))
+  run(
+    cli("vlpt.cli.eval", workdir, f"--config.init.checkpoint={tmp_path / 'pre'}"),
+    env_with_devices(cli_env, 8),
+  )
   rows = [r for r in metrics(workdir) if "heldout/zeroshot/top1" in r]
   assert len(rows) == 1 and rows[0]["step"] == 0
 
@@ -233,14 +286,24 @@ def test_model_config_errors():
 
 def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
   import vlpt
+
   workdir = tmp_path / "run"
-  run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False",
-          "--config.checkpoint_every_steps=2"), env_with_devices(cli_env, 8))
+  run(
+    cli(
+      "vlpt.cli.train",
+      workdir,
+      "--config.total_steps=2",
+      "--config.eval.at_end=False",
+      "--config.checkpoint_every_steps=2",
+    ),
+    env_with_devices(cli_env, 8),
+  )
   loaded = vlpt.load(str(workdir))
   # the parameters alone, read to the host, equal the trainer's restore of the whole state
   import json
 
   import ml_collections
+
   config = ml_collections.ConfigDict(json.loads((workdir / "vlpt_config.json").read_text()))
   setup, state = restore(config, str(workdir))
   want = flat_params(nnx.merge(setup.graphdef, jax.device_get(state.params)))
@@ -253,6 +316,7 @@ def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
   images = np.zeros((2, 32, 32, 3), np.float32)
   assert loaded.encode_image(images).shape == (2, emb.shape[1])
   from PIL import Image
+
   assert loaded.preprocess(Image.new("RGB", (50, 40))).shape == (32, 32, 3)
   assert loaded.logit_scale > 1.0 and loaded.logit_bias is None
 
@@ -260,9 +324,17 @@ def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
 @pytest.mark.parametrize("pool", ["first", "map"])
 def test_bidirectional_text_tower_with_padding_mask(pool):
   """BERT/ALIGN-style: every token sees every other; padding changes nothing."""
-  model = build_model(dict(name="clip", embed_dim=32, image=dict(variant="micro/8", image_size=32),
-                           text=dict(variant="micro", vocab_size=50, context_length=12,
-                                     causal=False, pool=pool, mask_padding=True)), nnx.Rngs(0))
+  model = build_model(
+    dict(
+      name="clip",
+      embed_dim=32,
+      image=dict(variant="micro/8", image_size=32),
+      text=dict(
+        variant="micro", vocab_size=50, context_length=12, causal=False, pool=pool, mask_padding=True
+      ),
+    ),
+    nnx.Rngs(0),
+  )
   ids = np.array([[48, 5, 6, 7, 49, 0, 0, 0]])
   longer = np.concatenate([ids, np.zeros((1, 4), int)], axis=1)
   np.testing.assert_allclose(model.encode_text(ids), model.encode_text(longer), atol=1e-6)
@@ -277,9 +349,18 @@ def test_coca_demo_captions_beat_the_shuffled_baseline(tmp_path, cli_env):
   """Issue 9: greedy captions of held-out demo images score a CIDEr far above the same captions
   scored against other images' references (an image-blind captioner's level)."""
   workdir = tmp_path / "coca"
-  run(cli("vlpt.cli.train", workdir, "--config.total_steps=500", "--config.eval_every_steps=500",
-          "--config.checkpoint_every_steps=500", "--config.eval.datasets.heldout.num_examples=512",
-          config=os.path.join(REPO, "configs", "demo.py:coca")), env_with_devices(cli_env, 8))
+  run(
+    cli(
+      "vlpt.cli.train",
+      workdir,
+      "--config.total_steps=500",
+      "--config.eval_every_steps=500",
+      "--config.checkpoint_every_steps=500",
+      "--config.eval.datasets.heldout.num_examples=512",
+      config=os.path.join(REPO, "configs", "demo.py:coca"),
+    ),
+    env_with_devices(cli_env, 8),
+  )
   final = [r for r in metrics(workdir) if "heldout/captioning/cider" in r][-1]
   assert final["step"] == 500
   cider, shuffled = final["heldout/captioning/cider"], final["heldout/captioning/cider_shuffled"]

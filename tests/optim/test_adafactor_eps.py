@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from vlpt.config import default_config, load_config
 from vlpt import optim
+from vlpt.config import default_config, load_config
 from vlpt.optim import build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,8 +17,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _config(eps, lr=0.1):
   c = default_config()
   c.total_steps = 10
-  c.optimizer.update(name="adafactor", lr=lr, warmup_steps=0, schedule="linear", end_lr_factor=1.0,
-                     b1=0.0, b2=0.999, eps=eps, weight_decay=0.0, grad_clip_norm=0.0)
+  c.optimizer.update(
+    name="adafactor",
+    lr=lr,
+    warmup_steps=0,
+    schedule="linear",
+    end_lr_factor=1.0,
+    b1=0.0,
+    b2=0.999,
+    eps=eps,
+    weight_decay=0.0,
+    grad_clip_norm=0.0,
+  )
   return c
 
 
@@ -38,11 +48,18 @@ def test_adafactor_eps_is_epsilon1_as_in_optax(eps):
   hard-wired 1e-30, so ignoring eps shows."""
   rng = np.random.default_rng(0)
   params = {"w": np.zeros((64, 48), np.float32), "v": np.zeros((5,), np.float32)}
-  grads = [{"w": (rng.normal(size=(64, 48)) * 0.03).astype(np.float32),
-            "v": (rng.normal(size=(5,)) * 0.03).astype(np.float32)} for _ in range(2)]
+  grads = [
+    {
+      "w": (rng.normal(size=(64, 48)) * 0.03).astype(np.float32),
+      "v": (rng.normal(size=(5,)) * 0.03).astype(np.float32),
+    }
+    for _ in range(2)
+  ]
   got = _two_steps(build_optimizer(_config(eps), params), params, grads)
-  reference = optax.chain(optax.scale_by_factored_rms(decay_rate=0.8, min_dim_size_to_factor=32,
-                                                      epsilon=eps), optax.scale(-0.1))
+  reference = optax.chain(
+    optax.scale_by_factored_rms(decay_rate=0.8, min_dim_size_to_factor=32, epsilon=eps),
+    optax.scale(-0.1),
+  )
   want = _two_steps(reference, params, grads)
   for g, w in zip(got, want):
     for key in ("w", "v"):

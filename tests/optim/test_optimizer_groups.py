@@ -7,9 +7,11 @@ from vlpt.optim import decay_mask
 
 
 def toy_params():
-  return {"image": {"proj": {"kernel": jnp.ones((4, 3))}, "ln_post": {"scale": jnp.ones(4)}},
-          "text": {"token_embedding": jnp.ones((5, 4)), "proj": {"kernel": jnp.ones((4, 3))}},
-          "logit_scale": jnp.asarray(2.0)}
+  return {
+    "image": {"proj": {"kernel": jnp.ones((4, 3))}, "ln_post": {"scale": jnp.ones(4)}},
+    "text": {"token_embedding": jnp.ones((5, 4)), "proj": {"kernel": jnp.ones((4, 3))}},
+    "logit_scale": jnp.asarray(2.0),
+  }
 
 
 def test_decay_mask_skips_vectors_scalars_and_patterns():

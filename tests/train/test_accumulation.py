@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
 from vlpt import sharding as S
 from vlpt.config import load_config
+from vlpt.train.accumulation import merge_micro_batches, split_micro_batches
 from vlpt.train.loop import make_loader
 from vlpt.train.objectives import objective_class
 from vlpt.train.setup import build, initial_state
 from vlpt.train.step import make_train_step
-from vlpt.train.accumulation import merge_micro_batches, split_micro_batches
+
+from conftest import REPO
 
 
 def demo_config(variant="tiny"):
@@ -61,12 +62,14 @@ def test_four_micro_batches_equal_one_full_batch(loss, bias):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
   # The temperature (and bias) moved, by the same amount: their gradient is counted once.
   assert acc_state.params["logit_scale"] != state.params["logit_scale"]
-  np.testing.assert_allclose(acc_state.params["logit_scale"], full_state.params["logit_scale"],
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    acc_state.params["logit_scale"], full_state.params["logit_scale"], atol=1e-7
+  )
   if bias is not None:
     assert acc_state.params["logit_bias"] != state.params["logit_bias"]
-    np.testing.assert_allclose(acc_state.params["logit_bias"], full_state.params["logit_bias"],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+      acc_state.params["logit_bias"], full_state.params["logit_bias"], atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("loss,bias", [("softmax", None), ("sigmoid", -10.0)])
@@ -90,11 +93,9 @@ def test_accumulated_gradient_is_the_full_batch_gradient(loss, bias):
   for a, b in zip(leaves4, leaves1):  # fp32 sums in another order: a few ulps apart
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=1e-5)
   assert abs(float(grads[1]["logit_scale"])) > 1e-3  # a real gradient, compared exactly
-  np.testing.assert_allclose(float(grads[4]["logit_scale"]), float(grads[1]["logit_scale"]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(float(grads[4]["logit_scale"]), float(grads[1]["logit_scale"]), rtol=1e-5)
   if bias is not None:
-    np.testing.assert_allclose(float(grads[4]["logit_bias"]), float(grads[1]["logit_bias"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(float(grads[4]["logit_bias"]), float(grads[1]["logit_bias"]), rtol=1e-5)
 
 
 def test_patch_dropout_with_two_micro_batches_equals_one_batch():

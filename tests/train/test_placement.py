@@ -13,8 +13,12 @@ from flax import nnx
 from vlpt import sharding as S
 from vlpt.models import build_model
 
-TINY = dict(name="clip", embed_dim=32, image=dict(variant="micro/8", image_size=32),
-            text=dict(variant="micro", vocab_size=50, context_length=8))
+TINY = dict(
+  name="clip",
+  embed_dim=32,
+  image=dict(variant="micro/8", image_size=32),
+  text=dict(variant="micro", vocab_size=50, context_length=8),
+)
 WIDTH = 64  # the towers' width (the 'embed' axis), as built from TINY
 
 
@@ -80,8 +84,9 @@ def _leaves(tree):
 
 
 def _device_bytes(params, device):
-  return sum(s.data.nbytes for x in jax.tree.leaves(params) for s in x.addressable_shards
-             if s.device == device)
+  return sum(
+    s.data.nbytes for x in jax.tree.leaves(params) for s in x.addressable_shards if s.device == device
+  )
 
 
 def test_data_parallel_holds_identical_full_copies(single_device):
@@ -104,21 +109,26 @@ def test_fsdp_splits_the_embed_axis_four_ways(single_device):
   """
   mesh, params = materialize(dict(data=2, fsdp=4))
   p, want = params, single_device
-  block = lambda tower, i: (p[tower]["transformer"]["blocks"][i],  # noqa: E731
-                            want[tower]["transformer"]["blocks"][i])
+  block = lambda tower, i: (
+    p[tower]["transformer"]["blocks"][i],  # noqa: E731
+    want[tower]["transformer"]["blocks"][i],
+  )
   for tower in ("image", "text"):
     for i in (0, 1):
       got_b, want_b = block(tower, i)
-      assert_placed(got_b["mlp"]["fc1"]["kernel"], want_b["mlp"]["fc1"]["kernel"], mesh,
-                    {0: "fsdp"})  # [embed, mlp]
-      assert_placed(got_b["mlp"]["fc2"]["kernel"], want_b["mlp"]["fc2"]["kernel"], mesh,
-                    {1: "fsdp"})  # [mlp, embed]
+      assert_placed(
+        got_b["mlp"]["fc1"]["kernel"], want_b["mlp"]["fc1"]["kernel"], mesh, {0: "fsdp"}
+      )  # [embed, mlp]
+      assert_placed(
+        got_b["mlp"]["fc2"]["kernel"], want_b["mlp"]["fc2"]["kernel"], mesh, {1: "fsdp"}
+      )  # [mlp, embed]
       for name in ("query", "key", "value"):  # [embed, heads, head_dim]
         assert_placed(got_b["attn"][name], want_b["attn"][name], mesh, {0: "fsdp"})
       assert_placed(got_b["attn"]["out"], want_b["attn"]["out"], mesh, {2: "fsdp"})
       assert_placed(got_b["ln_1"]["scale"], want_b["ln_1"]["scale"], mesh)
-    assert_placed(p[tower]["positional_embedding"], want[tower]["positional_embedding"], mesh,
-                  {1: "fsdp"})
+    assert_placed(
+      p[tower]["positional_embedding"], want[tower]["positional_embedding"], mesh, {1: "fsdp"}
+    )
     assert_placed(p[tower]["proj"]["kernel"], want[tower]["proj"]["kernel"], mesh, {0: "fsdp"})
   assert_placed(p["text"]["token_embedding"], want["text"]["token_embedding"], mesh, {1: "fsdp"})
   assert_placed(p["image"]["patch_embed"], want["image"]["patch_embed"], mesh, {3: "fsdp"})
@@ -127,20 +137,26 @@ def test_fsdp_splits_the_embed_axis_four_ways(single_device):
   # slices whose concatenation is the whole kernel.
   kernel = p["text"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"]
   coords = _coords(mesh)
-  replica = sorted((coords[s.device]["fsdp"], np.asarray(s.data)) for s in kernel.addressable_shards
-                   if coords[s.device]["data"] == 0)
+  replica = sorted(
+    (coords[s.device]["fsdp"], np.asarray(s.data))
+    for s in kernel.addressable_shards
+    if coords[s.device]["data"] == 0
+  )
   assert [c for c, _ in replica] == [0, 1, 2, 3]
   assert all(x.shape == (WIDTH // 4, 256) for _, x in replica)
-  np.testing.assert_array_equal(np.concatenate([x for _, x in replica]),
-                                want["text"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"])
+  np.testing.assert_array_equal(
+    np.concatenate([x for _, x in replica]),
+    want["text"]["transformer"]["blocks"][0]["mlp"]["fc1"]["kernel"],
+  )
   # Each device keeps little more than a quarter of the parameters (norms and biases whole).
   total = sum(x.nbytes for x in jax.tree.leaves(want))
   for device in mesh.devices.flat:
     assert _device_bytes(params, device) < 0.3 * total
 
 
-@pytest.mark.parametrize("rules,fc1_split", [((), {0: "fsdp", 1: "tensor"}),
-                                             ((("mlp", None),), {0: "fsdp"})])
+@pytest.mark.parametrize(
+  "rules,fc1_split", [((), {0: "fsdp", 1: "tensor"}), ((("mlp", None),), {0: "fsdp"})]
+)
 def test_tensor_parallel_layout_and_a_rules_override(single_device, rules, fc1_split):
   """mesh {data: 2, fsdp: 2, tensor: 2}: MLP and heads over tensor, width over fsdp; overriding
   the 'mlp' rule puts the MLP's hidden axis back whole on every device, same model code."""
@@ -148,9 +164,14 @@ def test_tensor_parallel_layout_and_a_rules_override(single_device, rules, fc1_s
   got_b = params["image"]["transformer"]["blocks"][1]
   want_b = single_device["image"]["transformer"]["blocks"][1]
   assert_placed(got_b["mlp"]["fc1"]["kernel"], want_b["mlp"]["fc1"]["kernel"], mesh, fc1_split)
-  assert_placed(got_b["mlp"]["fc1"]["bias"], want_b["mlp"]["fc1"]["bias"], mesh,
-                {0: "tensor"} if 1 in fc1_split else {})
-  assert_placed(got_b["attn"]["out"], want_b["attn"]["out"], mesh,
-                {0: "tensor", 2: "fsdp"})  # [heads, head_dim, embed]
+  assert_placed(
+    got_b["mlp"]["fc1"]["bias"],
+    want_b["mlp"]["fc1"]["bias"],
+    mesh,
+    {0: "tensor"} if 1 in fc1_split else {},
+  )
+  assert_placed(
+    got_b["attn"]["out"], want_b["attn"]["out"], mesh, {0: "tensor", 2: "fsdp"}
+  )  # [heads, head_dim, embed]
   assert_placed(got_b["ln_2"]["bias"], want_b["ln_2"]["bias"], mesh)
   assert_placed(params["logit_scale"], single_device["logit_scale"], mesh)

@@ -43,9 +43,16 @@ def hf_resized(torch, table, new_grid, patch=4):
   """HF ``CLIPVisionEmbeddings.interpolate_pos_encoding`` for a ``new_grid``-patch image."""
   from transformers import CLIPVisionConfig
   from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
+
   grid = int(round(np.sqrt(len(table) - 1)))
-  config = CLIPVisionConfig(hidden_size=WIDTH, image_size=grid * patch, patch_size=patch,
-                            num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+  config = CLIPVisionConfig(
+    hidden_size=WIDTH,
+    image_size=grid * patch,
+    patch_size=patch,
+    num_hidden_layers=1,
+    num_attention_heads=1,
+    intermediate_size=8,
+  )
   embeddings = CLIPVisionEmbeddings(config)
   with torch.no_grad():
     embeddings.position_embedding.weight.copy_(torch.from_numpy(table))
@@ -74,17 +81,21 @@ def test_downsampling_equals_open_clip(torch_reference):
   torch, open_clip = torch_reference
   grid, new_grid = 14, 7
   table = random_table(grid)
-  np.testing.assert_allclose(resize_image_positions(table, new_grid, prefix=1),
-                             open_clip_resized(torch, open_clip, table, new_grid), atol=1e-5)
+  np.testing.assert_allclose(
+    resize_image_positions(table, new_grid, prefix=1),
+    open_clip_resized(torch, open_clip, table, new_grid),
+    atol=1e-5,
+  )
 
 
-@pytest.mark.parametrize("grid,new_grid,max_diff,rms_diff", [(7, 10, 0.06, 0.015),
-                                                            (14, 7, 0.2, 0.05)])
-def test_close_to_hf_interpolation_on_a_smooth_table(torch_reference, grid, new_grid, max_diff,
-                                                     rms_diff):
+@pytest.mark.parametrize("grid,new_grid,max_diff,rms_diff", [(7, 10, 0.06, 0.015), (14, 7, 0.2, 0.05)])
+def test_close_to_hf_interpolation_on_a_smooth_table(
+  torch_reference, grid, new_grid, max_diff, rms_diff
+):
   """Different kernels (a = -0.5 vs -0.75) and borders: close only where the table is smooth."""
   torch, open_clip = torch_reference
   from open_clip.pos_embed import get_2d_sincos_pos_embed
+
   table = get_2d_sincos_pos_embed(WIDTH, grid, cls_token=True).astype(np.float32)
   table[0] = random_table(0)[0]  # a class token that is not zero
   ours = resize_image_positions(table, new_grid, prefix=1)
@@ -93,7 +104,7 @@ def test_close_to_hf_interpolation_on_a_smooth_table(torch_reference, grid, new_
   np.testing.assert_array_equal(ours[0], want[0])
   diff = ours - want
   assert np.max(np.abs(diff)) <= max_diff
-  assert np.sqrt(np.mean(diff ** 2)) <= rms_diff
+  assert np.sqrt(np.mean(diff**2)) <= rms_diff
   # The bound is tight enough to tell the grid's axes apart (a transposed grid fails it).
   flipped = ours[1:].reshape(new_grid, new_grid, WIDTH).transpose(1, 0, 2).reshape(-1, WIDTH)
   assert np.max(np.abs(flipped - want[1:])) > 0.5

@@ -3,11 +3,10 @@ pickled code (CVE-2025-32434), so vlpt refuses with one line instead of loading.
 
 import numpy as np
 import pytest
-
-from vlpt.weights.io import read_tensors, read_torch
-from vlpt.errors import WeightsError
-
 import torch  # the reference extra; test_weights etc. fail without it too
+
+from vlpt.errors import WeightsError
+from vlpt.weights.io import read_tensors, read_torch
 
 
 @pytest.fixture
@@ -17,8 +16,9 @@ def checkpoint(tmp_path):
   return str(path)
 
 
-@pytest.mark.parametrize("version", ["2.5.1+cu121", "2.4.0", "1.13.1", "2.6.0a0", "2.6.0.dev20241112",
-                                     "garbage"])
+@pytest.mark.parametrize(
+  "version", ["2.5.1+cu121", "2.4.0", "1.13.1", "2.6.0a0", "2.6.0.dev20241112", "garbage"]
+)
 def test_old_torch_is_refused_before_anything_is_unpickled(checkpoint, monkeypatch, version):
   def never(*args, **kwargs):
     raise AssertionError("torch.load must not run on a torch without the safe weights_only")

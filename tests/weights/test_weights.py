@@ -15,13 +15,13 @@ import pytest
 from flax import nnx
 
 import vlpt
+from vlpt.errors import WeightsError
 from vlpt.models import build_model
 from vlpt.train.initialization import read_checkpoint as read_bundle
-from vlpt.weights.formats import write_bundle
 from vlpt.weights.big_vision import from_big_vision, to_big_vision
+from vlpt.weights.formats import write_bundle
 from vlpt.weights.hf import from_hf
 from vlpt.weights.io import write_safetensors
-from vlpt.errors import WeightsError
 from vlpt.weights.open_clip import from_open_clip, to_open_clip
 from vlpt.weights.state import assign_params, flat_params
 
@@ -34,7 +34,7 @@ def _ids(vocab, length, eot, n=3, seed=1):
   ids[:, 0] = eot - 1
   for row, end in enumerate((length // 2, length - 1, 3)[:n]):
     ids[row, end] = eot
-    ids[row, end + 1:] = 0
+    ids[row, end + 1 :] = 0
   return ids
 
 
@@ -62,16 +62,29 @@ def _nchw(torch, x):
   return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
-OC_CLIP = dict(embed_dim=24, quick_gelu=True,
-               vision_cfg=dict(image_size=32, layers=2, width=128, patch_size=8),
-               text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=2))
-OC_COCA = dict(embed_dim=32,
-               vision_cfg=dict(image_size=32, layers=2, width=128, patch_size=8,
-                               attentional_pool=True, attn_pooler_heads=4,
-                               attn_pooler_queries=9, output_tokens=True),
-               text_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=2,
-                             embed_cls=True, output_tokens=True),
-               multimodal_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=2))
+OC_CLIP = dict(
+  embed_dim=24,
+  quick_gelu=True,
+  vision_cfg=dict(image_size=32, layers=2, width=128, patch_size=8),
+  text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=2),
+)
+OC_COCA = dict(
+  embed_dim=32,
+  vision_cfg=dict(
+    image_size=32,
+    layers=2,
+    width=128,
+    patch_size=8,
+    attentional_pool=True,
+    attn_pooler_heads=4,
+    attn_pooler_queries=9,
+    output_tokens=True,
+  ),
+  text_cfg=dict(
+    context_length=12, vocab_size=100, width=32, heads=2, layers=2, embed_cls=True, output_tokens=True
+  ),
+  multimodal_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +96,10 @@ def oc_clip(torch_reference):
 
 def _oc_embeddings(torch, model, ids):
   with torch.no_grad():
-    return (model.encode_image(_nchw(torch, IMAGES), normalize=True).numpy(),
-            model.encode_text(torch.from_numpy(ids), normalize=True).numpy())
+    return (
+      model.encode_image(_nchw(torch, IMAGES), normalize=True).numpy(),
+      model.encode_text(torch.from_numpy(ids), normalize=True).numpy(),
+    )
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -93,8 +108,9 @@ def test_open_clip_clip_parity_and_round_trip(torch_reference, oc_clip, scan):
   sd = _sd(oc_clip)
   model_cfg, flat = from_open_clip(sd, OC_CLIP)
   assert model_cfg["image"]["act"] == "quick_gelu"
-  model = _vlpt(model_cfg, flat, image={**model_cfg["image"], "scan": scan},
-                text={**model_cfg["text"], "scan": scan})
+  model = _vlpt(
+    model_cfg, flat, image={**model_cfg["image"], "scan": scan}, text={**model_cfg["text"], "scan": scan}
+  )
   ids = _ids(100, 16, 99)
   ref_i, ref_t = _oc_embeddings(torch, oc_clip, ids)
   np.testing.assert_allclose(model.encode_image(IMAGES), ref_i, atol=TOL)
@@ -106,8 +122,7 @@ def test_open_clip_clip_parity_and_round_trip(torch_reference, oc_clip, scan):
     np.testing.assert_array_equal(sd2[key], sd[key], err_msg=key)
 
 
-def test_open_clip_directory_load_and_export_loads_in_open_clip(torch_reference, oc_clip,
-                                                               tmp_path):
+def test_open_clip_directory_load_and_export_loads_in_open_clip(torch_reference, oc_clip, tmp_path):
   torch, open_clip = torch_reference
   src = tmp_path / "oc"
   src.mkdir()
@@ -132,9 +147,12 @@ def test_open_clip_directory_load_and_export_loads_in_open_clip(torch_reference,
 def test_open_clip_preprocess_matches(torch_reference, tmp_path):
   _, open_clip = torch_reference
   from PIL import Image
+
   from vlpt.data.preprocess import Preprocess
+
   rng = np.random.RandomState(3)
   from open_clip.transform import image_transform
+
   transform = image_transform(32, is_train=False)
   for size in [(50, 40), (40, 90), (33, 32)]:
     img = Image.fromarray(rng.randint(0, 255, (*size[::-1], 3), np.uint8))
@@ -145,6 +163,7 @@ def test_open_clip_preprocess_matches(torch_reference, tmp_path):
 def test_coca_parity_including_caption_logits(torch_reference):
   torch, _ = torch_reference
   from open_clip.coca_model import CoCa
+
   torch.manual_seed(0)
   ref = _perturb(torch, CoCa(**OC_COCA))
   sd = _sd(ref)
@@ -168,16 +187,29 @@ def test_coca_parity_including_caption_logits(torch_reference):
 def _hf_models(torch_reference):
   torch, _ = torch_reference
   import transformers
-  tc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            vocab_size=100, max_position_embeddings=16)
-  vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8)
-  clip_cfg = transformers.CLIPConfig(text_config={**tc, "eos_token_id": 99}, vision_config=vc,
-                                     projection_dim=24)
+
+  tc = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    vocab_size=100,
+    max_position_embeddings=16,
+  )
+  vc = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+  )
+  clip_cfg = transformers.CLIPConfig(
+    text_config={**tc, "eos_token_id": 99}, vision_config=vc, projection_dim=24
+  )
   siglip_cfg = transformers.SiglipConfig(text_config=tc, vision_config=vc)
   torch.manual_seed(0)
-  return {"clip": (transformers.CLIPModel, clip_cfg),
-          "siglip": (transformers.SiglipModel, siglip_cfg)}
+  return {"clip": (transformers.CLIPModel, clip_cfg), "siglip": (transformers.SiglipModel, siglip_cfg)}
 
 
 def _hf_outputs(torch, ref, ids):
@@ -214,6 +246,7 @@ def test_hf_parity_and_export_round_trip(torch_reference, kind, tmp_path):
     np.testing.assert_allclose(a, b, atol=TOL * 10)
   if kind == "clip":  # the CLIP vocabulary travels as HF files and is read back from them
     from vlpt.data.tokenizers import ClipBpeTokenizer, HFTokenizer
+
     again = vlpt.load(str(tmp_path / "out"))
     assert isinstance(again.tokenizer, HFTokenizer)
     texts = ["a photo of a cat", "Ünïcode 🙂 & more"]
@@ -225,8 +258,9 @@ def test_big_vision_npz_plain_and_scanned(torch_reference, tmp_path):
   cls, cfg = _hf_models(torch_reference)["siglip"]
   ref = _perturb(torch, cls(cfg))
   model_cfg, flat = from_hf(_sd(ref), cfg.to_dict())
-  bv_model, _ = from_big_vision(to_big_vision(dict(model_cfg, image=dict(
-      model_cfg["image"]), text=dict(model_cfg["text"])), flat))
+  bv_model, _ = from_big_vision(
+    to_big_vision(dict(model_cfg, image=dict(model_cfg["image"]), text=dict(model_cfg["text"])), flat)
+  )
   npz = to_big_vision(bv_model, flat)
   np.savez(tmp_path / "plain.npz", **npz)
   # big_vision's scanned layout: one 'encoderblock' with a leading depth axis
@@ -238,8 +272,9 @@ def test_big_vision_npz_plain_and_scanned(torch_reference, tmp_path):
       scanned.setdefault(f"{head}encoderblock/{rest}", {})[int(idx)] = value
     else:
       scanned[key] = value
-  scanned = {k: (np.stack([v[i] for i in sorted(v)]) if isinstance(v, dict) else v)
-             for k, v in scanned.items()}
+  scanned = {
+    k: (np.stack([v[i] for i in sorted(v)]) if isinstance(v, dict) else v) for k, v in scanned.items()
+  }
   np.savez(tmp_path / "scanned.npz", **scanned)
   ids = _ids(100, 16, 99)
   ref_i, ref_t, _ = _hf_outputs(torch, ref, ids)
@@ -263,8 +298,9 @@ def test_position_embedding_resizing(torch_reference, oc_clip, tmp_path):
   ids = _ids(100, 16, 99)
   np.testing.assert_allclose(bigger.encode_text(ids), same.encode_text(ids), atol=1e-6)
   # a grid resized to itself is unchanged
-  np.testing.assert_array_equal(same.bundle.params["image.positional_embedding"],
-                                _sd(oc_clip)["visual.positional_embedding"])
+  np.testing.assert_array_equal(
+    same.bundle.params["image.positional_embedding"], _sd(oc_clip)["visual.positional_embedding"]
+  )
 
 
 def test_bad_checkpoints_are_refused_with_names(torch_reference, oc_clip, tmp_path):
@@ -315,8 +351,13 @@ def test_vlpt_convert_cli(torch_reference, tmp_path, cli_env):
   cls, cfg = _hf_models(torch_reference)["clip"]
   ref = _perturb(torch, cls(cfg))
   ref.save_pretrained(str(tmp_path / "hf"))
-  run = lambda *a: subprocess.run([sys.executable, "-m", "vlpt.cli.convert", *a], env=cli_env,  # noqa: E731
-                                  capture_output=True, text=True, timeout=300)
+  run = lambda *a: subprocess.run(
+    [sys.executable, "-m", "vlpt.cli.convert", *a],
+    env=cli_env,  # noqa: E731
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   out = run(str(tmp_path / "hf"), str(tmp_path / "v"))
   assert out.returncode == 0, out.stderr
   assert "hf -> vlpt" in out.stdout
@@ -334,20 +375,32 @@ def test_vlpt_convert_cli(torch_reference, tmp_path, cli_env):
 
 
 def test_scanned_and_looped_towers_agree():
-  cfg = dict(name="clip", embed_dim=32, image=dict(variant="micro/8", image_size=32),
-             text=dict(variant="micro", vocab_size=50, context_length=8))
+  cfg = dict(
+    name="clip",
+    embed_dim=32,
+    image=dict(variant="micro/8", image_size=32),
+    text=dict(variant="micro", vocab_size=50, context_length=8),
+  )
   looped = build_model(cfg, nnx.Rngs(0))
   flat = flat_params(looped)
-  scanned = build_model(dict(cfg, image=dict(cfg["image"], scan=True, remat="full"),
-                             text=dict(cfg["text"], scan=True, remat="dots")), nnx.Rngs(1))
+  scanned = build_model(
+    dict(
+      cfg,
+      image=dict(cfg["image"], scan=True, remat="full"),
+      text=dict(cfg["text"], scan=True, remat="dots"),
+    ),
+    nnx.Rngs(1),
+  )
   assign_params(scanned, flat)
   ids = _ids(50, 8, 49)
   images = IMAGES
   np.testing.assert_allclose(scanned.encode_image(images), looped.encode_image(images), atol=1e-6)
   np.testing.assert_allclose(scanned.encode_text(ids), looped.encode_text(ids), atol=1e-6)
+
   # gradients too (remat changes what is stored, not what is computed)
   def loss(m):
     return (m.encode_image(images) * m.encode_text(ids)[: len(images)]).sum()
+
   g1 = flat_params_of_grads(nnx.grad(loss)(looped), looped)
   g2 = flat_params_of_grads(nnx.grad(loss)(scanned), scanned)
   for key in g1:
@@ -384,6 +437,7 @@ def test_full_size_vit_b32_open_clip_parity(torch_reference, tmp_path):
 def test_full_size_siglip_b16_hf_parity(torch_reference, tmp_path):
   torch, _ = torch_reference
   import transformers
+
   torch.manual_seed(0)
   ref = _perturb(torch, transformers.SiglipModel(transformers.SiglipConfig()), seed=2)
   ref.save_pretrained(str(tmp_path / "hf"))

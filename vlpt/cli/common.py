@@ -6,7 +6,7 @@ import ast
 import os
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -19,8 +19,12 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/demo.py "
-                                  "(variants as configs/x.py:variant).", lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Path to a config file, e.g. configs/demo.py (variants as configs/x.py:variant).",
+    lock_config=True,
+  )
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
   flags.mark_flags_as_required(["config", "workdir"])
 
@@ -74,6 +78,7 @@ def _split_dataset_settings(argv: list[str]) -> tuple[list[str], list[tuple[str,
   them; validation then reports what the entry lacks.
   """
   from vlpt.evaluation.suite import DATASET_DEFAULTS
+
   rest, held = [], []
   for arg in argv:
     m = _DATASET_SETTING.match(arg)
@@ -110,11 +115,14 @@ def _rename_moved_keys(argv: list[str]) -> list[str]:
   out = []
   for arg in argv:
     key, eq, value = arg.partition("=")
-    old = key[len("--config."):] if key.startswith("--config.") else None
+    old = key[len("--config.") :] if key.startswith("--config.") else None
     if old in MOVED_KEYS:
       new = MOVED_KEYS[old]
-      print(f"[vlpt] note: --config.{old} is now --config.{new} (the old flag is accepted until "
-            "vlpt 0.3)", file=sys.stderr, flush=True)
+      print(
+        f"[vlpt] note: --config.{old} is now --config.{new} (the old flag is accepted until vlpt 0.3)",
+        file=sys.stderr,
+        flush=True,
+      )
       arg = f"--config.{new}{eq}{value}"
     out.append(arg)
   return out
@@ -149,5 +157,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def prepare_runtime() -> None:
   """Sets the simulated device count from the config, then joins the process group."""
   from vlpt.distributed import initialize_from_env, set_host_device_count
+
   set_host_device_count(FLAGS.config.get("host_device_count"))
   initialize_from_env()

@@ -20,29 +20,35 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="vlpt-convert", description=__doc__.splitlines()[0])
   parser.add_argument("src", help="checkpoint to read (format detected)")
   parser.add_argument("dst", nargs="?", help="output directory (must not exist or be empty)")
-  parser.add_argument("--to", choices=("vlpt", "open_clip", "hf"), default="vlpt",
-                      help="output format (default: vlpt)")
-  parser.add_argument("--image-size", type=int, default=None,
-                      help="resize image position embeddings to this resolution")
-  parser.add_argument("--context-length", type=int, default=None,
-                      help="resize text position embeddings to this length")
-  parser.add_argument("--print-config", action="store_true",
-                      help="print the matching vlpt config.model as JSON and exit")
+  parser.add_argument(
+    "--to", choices=("vlpt", "open_clip", "hf"), default="vlpt", help="output format (default: vlpt)"
+  )
+  parser.add_argument(
+    "--image-size", type=int, default=None, help="resize image position embeddings to this resolution"
+  )
+  parser.add_argument(
+    "--context-length", type=int, default=None, help="resize text position embeddings to this length"
+  )
+  parser.add_argument(
+    "--print-config", action="store_true", help="print the matching vlpt config.model as JSON and exit"
+  )
   args = parser.parse_args(argv)
   if not args.print_config and not args.dst:
     parser.error("DST is required (or use --print-config)")
   from vlpt.train.initialization import read_checkpoint
   from vlpt.weights.formats import detect_format, write_bundle
   from vlpt.weights.resize import resize_model
+
   try:
     kind = detect_format(args.src)
     bundle = read_checkpoint(args.src)
     if args.image_size or args.context_length:
-      bundle.model, bundle.params = resize_model(bundle.model, bundle.params,
-                                                 image_size=args.image_size,
-                                                 context_length=args.context_length)
+      bundle.model, bundle.params = resize_model(
+        bundle.model, bundle.params, image_size=args.image_size, context_length=args.context_length
+      )
       if args.image_size:
         import dataclasses
+
         bundle.preprocess = dataclasses.replace(bundle.preprocess, image_size=args.image_size)
       if args.context_length and bundle.tokenizer:
         bundle.tokenizer = dict(bundle.tokenizer, context_length=args.context_length)
@@ -54,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vlpt-convert: error: {e}", file=sys.stderr)
     return 2
   n = sum(v.size for v in bundle.params.values())
-  print(f"[vlpt-convert] {kind} -> {args.to}: {len(bundle.params)} tensors, {n / 1e6:.2f}M "
-        f"parameters written to {args.dst}")
+  print(
+    f"[vlpt-convert] {kind} -> {args.to}: {len(bundle.params)} tensors, {n / 1e6:.2f}M "
+    f"parameters written to {args.dst}"
+  )
   return 0
 
 

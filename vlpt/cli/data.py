@@ -26,28 +26,49 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="vlpt-data", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
   b = sub.add_parser("build", help="write WebDataset, ArrayRecord or Parquet shards")
-  b.add_argument("--from", dest="kind", nargs="+", required=True, metavar="KIND [PATH]",
-                 help="synthetic | folder DIR | csv FILE (.csv, .tsv or .parquet)")
+  b.add_argument(
+    "--from",
+    dest="kind",
+    nargs="+",
+    required=True,
+    metavar="KIND [PATH]",
+    help="synthetic | folder DIR | csv FILE (.csv, .tsv or .parquet)",
+  )
   b.add_argument("--out", required=True, help="output directory for the NNNNN.* shards")
   b.add_argument("--split", default="train", help="synthetic split (train, eval, test)")
   b.add_argument("--num", type=int, default=1000, help="synthetic: number of examples")
   b.add_argument("--seed", type=int, default=0, help="synthetic: dataset seed")
   b.add_argument("--image-size", type=int, default=64, help="synthetic: image size")
-  b.add_argument("--format", default="wds", choices=CONTAINERS + IMAGE_FORMATS,
-                 help="shard format: wds (tar), arrayrecord or parquet; jpg/png/webp: wds shards "
-                      "with that image encoding (as --image-format)")
-  b.add_argument("--image-format", default=None, choices=IMAGE_FORMATS,
-                 help="synthetic: image encoding (default jpg; png is lossless)")
+  b.add_argument(
+    "--format",
+    default="wds",
+    choices=CONTAINERS + IMAGE_FORMATS,
+    help="shard format: wds (tar), arrayrecord or parquet; jpg/png/webp: wds shards "
+    "with that image encoding (as --image-format)",
+  )
+  b.add_argument(
+    "--image-format",
+    default=None,
+    choices=IMAGE_FORMATS,
+    help="synthetic: image encoding (default jpg; png is lossless)",
+  )
   b.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
   b.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
-  b.add_argument("--row-group-size", type=int, default=None,
-                 help="parquet: rows per row group (default 16; small groups for random access)")
+  b.add_argument(
+    "--row-group-size",
+    type=int,
+    default=None,
+    help="parquet: rows per row group (default 16; small groups for random access)",
+  )
   b.add_argument("--path-column", default="path")
   b.add_argument("--caption-column", default="caption")
   i = sub.add_parser("inspect", help="count samples and problems in shards")
-  i.add_argument("pattern", help="shards: dir/{00000..00009}.tar, a glob, or a .txt list; "
-                                 "*.array_record / *.parquet files, or an arrayrecord: / parquet: "
-                                 "prefixed pattern")
+  i.add_argument(
+    "pattern",
+    help="shards: dir/{00000..00009}.tar, a glob, or a .txt list; "
+    "*.array_record / *.parquet files, or an arrayrecord: / parquet: "
+    "prefixed pattern",
+  )
   return p
 
 
@@ -64,27 +85,30 @@ def _formats(args: argparse.Namespace) -> tuple[str, str]:
 def build(args: argparse.Namespace) -> str:
   from vlpt.data import shards
   from vlpt.data.shard_writer import shard_pattern
+
   kind, *rest = args.kind
   container, image_format = _formats(args)
   if args.row_group_size is not None and container != "parquet":
     raise SystemExit("--row-group-size applies to --format parquet only")
-  writer = shards.make_writer(container, args.out, args.shard_size,
-                              row_group_size=args.row_group_size)
+  writer = shards.make_writer(container, args.out, args.shard_size, row_group_size=args.row_group_size)
   with writer:
     if kind == "synthetic":
       if rest:
         raise SystemExit("--from synthetic takes no path")
       if args.num < 1:
         raise SystemExit(f"--num must be positive, got {args.num}")
-      for image, caption, meta in shards.synthetic_samples(args.split, args.num, args.image_size,
-                                                           args.seed):
-        writer.write(shards.encode_image(image, image_format, args.quality), image_format,
-                     caption, meta)
+      for image, caption, meta in shards.synthetic_samples(
+        args.split, args.num, args.image_size, args.seed
+      ):
+        writer.write(shards.encode_image(image, image_format, args.quality), image_format, caption, meta)
     elif kind in ("folder", "csv"):
       if len(rest) != 1:
         raise SystemExit(f"--from {kind} needs one path")
-      samples = (shards.folder_samples(rest[0]) if kind == "folder" else
-                 shards.table_samples(rest[0], args.path_column, args.caption_column))
+      samples = (
+        shards.folder_samples(rest[0])
+        if kind == "folder"
+        else shards.table_samples(rest[0], args.path_column, args.caption_column)
+      )
       shards.write_files(samples, writer)
     else:
       raise SystemExit(f"unknown --from {kind!r}; use synthetic, folder or csv")
@@ -100,6 +124,7 @@ def _record_kind(pattern: str) -> tuple[str | None, str]:
   if sep and kind in ("wds", "arrayrecord", "parquet"):
     return (None if kind == "wds" else kind), rest
   from vlpt.data.files import expand_shards
+
   paths = expand_shards(pattern)
   if paths and all(p.endswith((".array_record", ".arrayrecord")) for p in paths):
     return "arrayrecord", pattern
@@ -112,12 +137,19 @@ def inspect(args: argparse.Namespace) -> dict[str, int]:
   kind, pattern = _record_kind(args.pattern)
   if kind is None:
     from vlpt.data.webdataset import inspect as scan
+
     counts = scan(pattern)
   else:
     from vlpt.data.records import inspect_records
     from vlpt.data.sources import build_source
-    source = build_source(f"{kind}:{pattern}", split="train", image_size=32, seed=0,
-                          options={"train": True, "max_bad_fraction": 1.0})
+
+    source = build_source(
+      f"{kind}:{pattern}",
+      split="train",
+      image_size=32,
+      seed=0,
+      options={"train": True, "max_bad_fraction": 1.0},
+    )
     counts = inspect_records(source)
   for key in ("samples", "undecodable_images", "empty_captions", "truncated_shards"):
     print(f"{key} {counts[key]}")
@@ -126,6 +158,7 @@ def inspect(args: argparse.Namespace) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
   from vlpt.errors import DataError
+
   args = _parser().parse_args(argv)
   try:
     if args.command == "build":

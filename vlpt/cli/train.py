@@ -16,8 +16,11 @@ def main() -> None:
 
 def run() -> None:
   define_flags()
-  flags.DEFINE_bool("allow_config_change", False,
-                    "Resume a workdir whose checkpoints were written under a different config.")
+  flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir whose checkpoints were written under a different config.",
+  )
   run_main(main)
 
 

@@ -54,6 +54,7 @@ class ArrayRecordSource(RecordSource):
 
   def _count(self, path: str) -> int:
     from array_record.python.array_record_module import ArrayRecordReader
+
     reader = ArrayRecordReader(path, READER_OPTIONS)
     try:
       if not reader.ok():  # cut short: the footer with the chunk index is gone
@@ -64,6 +65,7 @@ class ArrayRecordSource(RecordSource):
 
   def _open(self, path: str) -> Any:
     from array_record.python.array_record_module import ArrayRecordReader
+
     return ArrayRecordReader(path, READER_OPTIONS)
 
   def _read(self, handle: Any, file: int, row: int) -> dict:
@@ -78,11 +80,16 @@ class ArrayRecordShardWriter(ShardSetWriter):
 
   def _open_file(self, path: str) -> Any:
     from array_record.python.array_record_module import ArrayRecordWriter
+
     return ArrayRecordWriter(path, WRITER_OPTIONS)
 
   def _write_sample(self, key, image, ext, caption, meta) -> None:
-    record: dict[str, Any] = {"key": key, "image": image, "image_ext": ext,
-                              "caption": caption if caption is not None else ""}
+    record: dict[str, Any] = {
+      "key": key,
+      "image": image,
+      "image_ext": ext,
+      "caption": caption if caption is not None else "",
+    }
     meta = dict(meta or {})
     captions = meta.pop("captions", None)
     if captions:

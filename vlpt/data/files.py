@@ -27,13 +27,11 @@ from vlpt.errors import DataError
 SKIP_REASONS = ("undecodable_image", "empty_caption", "truncated")
 
 
-
-
 def _expand_braces(pattern: str) -> list[str]:
   m = re.search(r"\{([^{}]*)\}", pattern)
   if not m:
     return [pattern]
-  head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+  head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
   r = re.fullmatch(r"(\d+)\.\.(\d+)", body)
   if r:
     lo, hi = r.group(1), r.group(2)
@@ -64,16 +62,19 @@ def expand_shards(spec: str) -> list[str]:
   return paths
 
 
-
-
 def check_files_exist(spec: str) -> None:
   """A ``wds:`` / ``arrayrecord:`` / ``parquet:`` spec whose shards are all present."""
   paths = expand_shards(spec.partition(":")[2])
   missing = [p for p in paths if not os.path.isfile(p)]
   if not paths or missing:
-    raise ValueError(f"data source {spec!r}: " + (
+    raise ValueError(
+      f"data source {spec!r}: "
+      + (
         f"{missing[0]} does not exist ({len(missing)} of {len(paths)} shard(s) missing)"
-        if missing else "no shard matches"))
+        if missing
+        else "no shard matches"
+      )
+    )
 
 
 class RobustSource:
@@ -131,7 +132,8 @@ class RobustSource:
     if self.reads >= self.min_reads and self.bad > self.max_bad_fraction * self.reads:
       where, count = max(self.bad_by_where.items(), key=lambda kv: kv[1])
       raise DataError(
-          f"{self.bad} of {self.reads} examples read were unusable ({self.bad / self.reads:.1%} > "
-          f"config.data.max_bad_fraction={self.max_bad_fraction}); worst shard: {where} "
-          f"({count} bad); reasons: {', '.join(f'{k}={v}' for k, v in self.skipped.items() if v)}. "
-          f"Check it with `vlpt-data inspect {where}`")
+        f"{self.bad} of {self.reads} examples read were unusable ({self.bad / self.reads:.1%} > "
+        f"config.data.max_bad_fraction={self.max_bad_fraction}); worst shard: {where} "
+        f"({count} bad); reasons: {', '.join(f'{k}={v}' for k, v in self.skipped.items() if v)}. "
+        f"Check it with `vlpt-data inspect {where}`"
+      )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,16 +26,16 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh, process_count: int) -> d
   out = {}
   for key, local in batch.items():
     global_shape = (local.shape[0] * process_count, *local.shape[1:])
-    out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim), local,
-                                                      global_shape)
+    out[key] = jax.make_array_from_process_local_data(
+      batch_sharding(mesh, local.ndim), local, global_shape
+    )
   return out
 
 
 class DeviceLoader:
   """Iterates global device batches; checkpointable through grain's orbax handler."""
 
-  def __init__(self, make_iterator: Callable[[], Any], mesh: Mesh, process_count: int,
-               depth: int = 2):
+  def __init__(self, make_iterator: Callable[[], Any], mesh: Mesh, process_count: int, depth: int = 2):
     self._iterator = make_iterator()
     self._mesh = mesh
     self._process_count = process_count

@@ -19,16 +19,17 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
 NORMALIZATION = {
-    "clip": (OPENAI_MEAN, OPENAI_STD),
-    "siglip": (SIGLIP_MEAN, SIGLIP_STD),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+  "clip": (OPENAI_MEAN, OPENAI_STD),
+  "siglip": (SIGLIP_MEAN, SIGLIP_STD),
+  "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
 
 def check_normalization(name: str) -> None:
   if name not in NORMALIZATION:
-    raise ValueError(f"config.data.normalization must be one of {', '.join(NORMALIZATION)}, got "
-                     f"{name!r}")
+    raise ValueError(
+      f"config.data.normalization must be one of {', '.join(NORMALIZATION)}, got {name!r}"
+    )
 
 
 def standardize(images_uint8: jax.Array, mean, std) -> jax.Array:

@@ -47,15 +47,31 @@ class ParquetSource(RecordSource):
 
   kind = "parquet"
 
-  def __init__(self, spec: str, *, image_size: int, train: bool = False, crop: Any = None,
-               max_bad_fraction: float = 0.1, min_reads: int = 256,
-               image_field: str | None = None, caption_field: str | None = None,
-               row_group_cache: int = 4):
+  def __init__(
+    self,
+    spec: str,
+    *,
+    image_size: int,
+    train: bool = False,
+    crop: Any = None,
+    max_bad_fraction: float = 0.1,
+    min_reads: int = 256,
+    image_field: str | None = None,
+    caption_field: str | None = None,
+    row_group_cache: int = 4,
+  ):
     self._group_starts: dict[str, np.ndarray] = {}
     self._schemas: dict[str, list[str]] = {}
-    super().__init__(spec, image_size=image_size, train=train, crop=crop,
-                     max_bad_fraction=max_bad_fraction, min_reads=min_reads,
-                     image_field=image_field, caption_field=caption_field)
+    super().__init__(
+      spec,
+      image_size=image_size,
+      train=train,
+      crop=crop,
+      max_bad_fraction=max_bad_fraction,
+      min_reads=min_reads,
+      image_field=image_field,
+      caption_field=caption_field,
+    )
     names = self._schemas[self.paths[0]]
     where = f"parquet file {self.paths[0]}"
     try:
@@ -68,8 +84,10 @@ class ParquetSource(RecordSource):
     for path in self.paths[1:]:
       lacking = [c for c in columns[:2] if c not in self._schemas[path]]
       if lacking:
-        raise DataError(f"parquet file {path} lacks column(s) {lacking} that {self.paths[0]} has; "
-                        f"its columns: {self._schemas[path]}")
+        raise DataError(
+          f"parquet file {path} lacks column(s) {lacking} that {self.paths[0]} has; "
+          f"its columns: {self._schemas[path]}"
+        )
     self.columns = columns
     self._starts_by_file = [self._group_starts[p] for p in self.paths]
     self.row_group_cache = max(1, int(row_group_cache))
@@ -135,16 +153,25 @@ class ParquetShardWriter(ShardSetWriter):
     if row_group_size < 1:
       raise ValueError(f"row group size must be positive, got {row_group_size}")
     import pyarrow as pa
+
     _pq()
     super().__init__(out_dir, shard_size)
     self.row_group_size = row_group_size
     self._rows: list[dict] = []
-    self._schema = pa.schema([("key", pa.string()), ("image", pa.binary()),
-                              ("image_ext", pa.string()), ("caption", pa.string()),
-                              ("captions", pa.list_(pa.string())), ("meta", pa.string())])
+    self._schema = pa.schema(
+      [
+        ("key", pa.string()),
+        ("image", pa.binary()),
+        ("image_ext", pa.string()),
+        ("caption", pa.string()),
+        ("captions", pa.list_(pa.string())),
+        ("meta", pa.string()),
+      ]
+    )
 
   def _flush(self) -> None:
     import pyarrow as pa
+
     if self._rows:
       table = pa.Table.from_pylist(self._rows, schema=self._schema)
       self._file.write_table(table, row_group_size=self.row_group_size)
@@ -152,17 +179,33 @@ class ParquetShardWriter(ShardSetWriter):
 
   def _open_file(self, path: str) -> Any:
     return _pq().ParquetWriter(
-        path, self._schema, compression={"key": "snappy", "image": "none", "image_ext": "snappy",
-                                         "caption": "snappy", "captions": "snappy",
-                                         "meta": "snappy"},
-        use_dictionary=["image_ext"], write_statistics=False)
+      path,
+      self._schema,
+      compression={
+        "key": "snappy",
+        "image": "none",
+        "image_ext": "snappy",
+        "caption": "snappy",
+        "captions": "snappy",
+        "meta": "snappy",
+      },
+      use_dictionary=["image_ext"],
+      write_statistics=False,
+    )
 
   def _write_sample(self, key, image, ext, caption, meta) -> None:
     meta = dict(meta or {})
     captions = [str(c) for c in (meta.pop("captions", None) or [])]
-    self._rows.append({"key": key, "image": image, "image_ext": ext,
-                       "caption": caption if caption is not None else "", "captions": captions,
-                       "meta": json.dumps(meta) if meta else ""})
+    self._rows.append(
+      {
+        "key": key,
+        "image": image,
+        "image_ext": ext,
+        "caption": caption if caption is not None else "",
+        "captions": captions,
+        "meta": json.dumps(meta) if meta else "",
+      }
+    )
     if len(self._rows) >= self.row_group_size:
       self._flush()
 

@@ -29,8 +29,9 @@ class GlobalBatchShare(grain.MapDataset):
   Yields ``(position, example)``; the position keys per-example randomness downstream.
   """
 
-  def __init__(self, parent: grain.MapDataset, *, global_batch: int, process_index: int,
-               process_count: int):
+  def __init__(
+    self, parent: grain.MapDataset, *, global_batch: int, process_index: int, process_count: int
+  ):
     super().__init__(parent)
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
@@ -79,8 +80,12 @@ class TrainTransform:
       image = self.crop(image, np.random.default_rng([self.seed, 0xC209, position]))
     image = np.asarray(image, np.uint8)
     if self.flip or self.color_jitter > 0:
-      image = augment(image, np.random.default_rng([self.seed, 0xF71B, position]), flip=self.flip,
-                      jitter=self.color_jitter)
+      image = augment(
+        image,
+        np.random.default_rng([self.seed, 0xF71B, position]),
+        flip=self.flip,
+        jitter=self.color_jitter,
+      )
     out = {"image": image, "text": self.tokenizer([caption])[0]}
     if "skips" in example:
       out["skips"] = example["skips"]
@@ -89,16 +94,28 @@ class TrainTransform:
     return out
 
 
-def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: int,
-                  process_index: int, process_count: int, start_batch: int = 0
-                  ) -> grain.IterDataset:
+def train_dataset(
+  data_config: Any,
+  *,
+  tokenizer: Any,
+  global_batch: int,
+  seed: int,
+  process_index: int,
+  process_count: int,
+  start_batch: int = 0,
+) -> grain.IterDataset:
   """The unbounded training stream of this process's local batches, from ``start_batch`` on."""
   tc = data_config.train
   mixture = tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),)
   parts, crop = [], None
   for i, (spec, _) in enumerate(mixture):
-    source = build_source(spec, split=tc.split, image_size=data_config.image_size, seed=seed,
-                          options=file_source_options(data_config, train=True))
+    source = build_source(
+      spec,
+      split=tc.split,
+      image_size=data_config.image_size,
+      seed=seed,
+      options=file_source_options(data_config, train=True),
+    )
     if crop is None and getattr(source, "train", False):
       crop = getattr(source, "crop", None)
     part = grain.MapDataset.source(source)
@@ -110,16 +127,25 @@ def train_dataset(data_config: Any, *, tokenizer: Any, global_batch: int, seed: 
   # a mixture interleaves the (endless) sources deterministically in proportion to the weights,
   # so stream positions, per-process shares and resume work as for one source
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [float(w) for _, w in mixture])
-  ds = GlobalBatchShare(ds, global_batch=global_batch, process_index=process_index,
-                        process_count=process_count)
-  ds = ds.map(TrainTransform(tokenizer, seed, random_caption=tc.random_caption, crop=crop,
-                             flip=bool(tc.get("flip", False)),
-                             color_jitter=float(tc.get("color_jitter", 0.0))))
+  ds = GlobalBatchShare(
+    ds, global_batch=global_batch, process_index=process_index, process_count=process_count
+  )
+  ds = ds.map(
+    TrainTransform(
+      tokenizer,
+      seed,
+      random_caption=tc.random_caption,
+      crop=crop,
+      flip=bool(tc.get("flip", False)),
+      color_jitter=float(tc.get("color_jitter", 0.0)),
+    )
+  )
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
   if start_batch:
     ds = ds[start_batch:]
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_config.read_threads,
-                                            prefetch_buffer_size=data_config.prefetch))
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch)
+  )
   if data_config.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return it
@@ -178,10 +204,16 @@ def check_config(data_config: Any) -> None:
   tc = dc.train
   specs = [tc.source]
   for entry in tc.mixture:
-    if (len(entry) != 2 or not isinstance(entry[0], str)
-        or not isinstance(entry[1], (int, float)) or entry[1] <= 0):
-      raise ValueError(f"config.data.train.mixture entries must be (source spec, positive "
-                       f"weight) pairs, got {tuple(entry)!r}")
+    if (
+      len(entry) != 2
+      or not isinstance(entry[0], str)
+      or not isinstance(entry[1], (int, float))
+      or entry[1] <= 0
+    ):
+      raise ValueError(
+        f"config.data.train.mixture entries must be (source spec, positive "
+        f"weight) pairs, got {tuple(entry)!r}"
+      )
     specs.append(entry[0])
   for spec in specs:
     kind, _, arg = spec.partition(":")
@@ -194,17 +226,17 @@ def check_config(data_config: Any) -> None:
   for key in ("path", "model_path", "vocab_path"):
     value = tok.get(key)
     if value and not os.path.exists(os.path.expanduser(str(value))):
-      raise ValueError(f"config.data.tokenizer.{key}={value!r} does not exist (the "
-                       f"{tok.name} tokenizer's file)")
+      raise ValueError(
+        f"config.data.tokenizer.{key}={value!r} does not exist (the {tok.name} tokenizer's file)"
+      )
   if dc.interpolation not in ("bicubic", "bilinear"):
-    raise ValueError(f"config.data.interpolation must be bicubic or bilinear, got "
-                     f"{dc.interpolation!r}")
+    raise ValueError(f"config.data.interpolation must be bicubic or bilinear, got {dc.interpolation!r}")
   lo, hi = (float(x) for x in tc.crop_scale)
   if not 0 < lo <= hi <= 1:
-    raise ValueError(f"config.data.train.crop_scale={tuple(tc.crop_scale)} must satisfy "
-                     "0 < min <= max <= 1")
+    raise ValueError(
+      f"config.data.train.crop_scale={tuple(tc.crop_scale)} must satisfy 0 < min <= max <= 1"
+    )
   if not float(tc.color_jitter) >= 0:
     raise ValueError(f"config.data.train.color_jitter={tc.color_jitter} must be >= 0 (0: off)")
   if not 0 <= dc.max_bad_fraction <= 1:
     raise ValueError(f"config.data.max_bad_fraction={dc.max_bad_fraction} must be in [0, 1]")
-

@@ -10,7 +10,7 @@ Then scale to [0, 1] and standardize with the family's mean/std; output ``[H, W,
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,16 +32,17 @@ class Preprocess:
     if self.resize_mode not in RESIZE_MODES:
       raise ValueError(f"unknown resize_mode {self.resize_mode!r}; choose one of {RESIZE_MODES}")
     if self.interpolation not in INTERPOLATIONS:
-      raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of "
-                       f"{INTERPOLATIONS}")
+      raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of {INTERPOLATIONS}")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
   def __call__(self, image) -> np.ndarray:
     from PIL import Image
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
-                "nearest": Image.NEAREST}[self.interpolation]
+
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[
+      self.interpolation
+    ]
     image = image.convert("RGB")
     s = self.image_size
     if self.resize_mode == "squash":

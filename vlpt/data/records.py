@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from vlpt.data.transforms import CenterCrop, decode_image
 from vlpt.data.files import RobustSource, expand_shards
+from vlpt.data.transforms import CenterCrop, decode_image
 from vlpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ def image_bytes(value: Any) -> bytes | None:
   return None
 
 
-def pick_field(names: Sequence[str], candidates: Sequence[str], given: str | None,
-               what: str, where: str) -> str:
+def pick_field(
+  names: Sequence[str], candidates: Sequence[str], given: str | None, what: str, where: str
+) -> str:
   """The field to read: ``given`` (which must exist) or the first candidate present."""
   if given:
     if given not in names:
@@ -82,8 +84,10 @@ def pick_field(names: Sequence[str], candidates: Sequence[str], given: str | Non
   for name in candidates:
     if name in names:
       return name
-  raise ValueError(f"{where}: found no {what} field among {list(names)} (looked for "
-                   f"{', '.join(candidates)}); set config.data.{what}_field")
+  raise ValueError(
+    f"{where}: found no {what} field among {list(names)} (looked for "
+    f"{', '.join(candidates)}); set config.data.{what}_field"
+  )
 
 
 def captions_of(record: dict, caption_field: str) -> tuple[str, list[str]]:
@@ -107,9 +111,18 @@ class RecordSource(RobustSource):
 
   kind = "records"
 
-  def __init__(self, spec: str, *, image_size: int, train: bool = False, crop: Any = None,
-               max_bad_fraction: float = 0.1, min_reads: int = 256,
-               image_field: str | None = None, caption_field: str | None = None):
+  def __init__(
+    self,
+    spec: str,
+    *,
+    image_size: int,
+    train: bool = False,
+    crop: Any = None,
+    max_bad_fraction: float = 0.1,
+    min_reads: int = 256,
+    image_field: str | None = None,
+    caption_field: str | None = None,
+  ):
     super().__init__(max_bad_fraction=max_bad_fraction, min_reads=min_reads)
     self.spec = spec
     paths = expand_shards(spec)
@@ -132,11 +145,15 @@ class RecordSource(RobustSource):
     self.unreadable = [p for p, _ in unreadable]
     self.truncated_shards = len(unreadable)
     if unreadable:
-      message = (f"{len(unreadable)} of {len(paths)} {self.kind} file(s) of {spec!r} cannot be "
-                 f"read, e.g. {unreadable[0][0]} ({unreadable[0][1][:200]})")
+      message = (
+        f"{len(unreadable)} of {len(paths)} {self.kind} file(s) of {spec!r} cannot be "
+        f"read, e.g. {unreadable[0][0]} ({unreadable[0][1][:200]})"
+      )
       if len(unreadable) == len(paths) or len(unreadable) > max_bad_fraction * len(paths):
-        raise DataError(f"{message}; more than config.data.max_bad_fraction={max_bad_fraction}. "
-                        f"Check them with `vlpt-data inspect {self.kind}:{spec}`")
+        raise DataError(
+          f"{message}; more than config.data.max_bad_fraction={max_bad_fraction}. "
+          f"Check them with `vlpt-data inspect {self.kind}:{spec}`"
+        )
       log.warning("%s; leaving them out", message)
     keep = [i for i, c in enumerate(counts) if c > 0]
     self.paths = [paths[i] for i in keep]
@@ -233,9 +250,17 @@ class RecordSource(RobustSource):
       decoded = self.crop(decoded)
     key = record.get("key")
     key = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-    return {"image": decoded, "caption": caption, "captions": captions,
-            "key": str(key) if key is not None else f"{os.path.basename(where)}:{row}",
-            "url": where}, "", where
+    return (
+      {
+        "image": decoded,
+        "caption": caption,
+        "captions": captions,
+        "key": str(key) if key is not None else f"{os.path.basename(where)}:{row}",
+        "url": where,
+      },
+      "",
+      where,
+    )
 
   def close(self) -> None:
     for handle in self._handles.values():
@@ -245,9 +270,14 @@ class RecordSource(RobustSource):
 
 def inspect_records(source: RecordSource) -> dict[str, int]:
   """Full scan of a record source: the counts ``vlpt-data inspect`` prints."""
-  counts = {"samples": len(source), "undecodable_images": 0, "empty_captions": 0,
-            "truncated_shards": source.truncated_shards, "truncated_samples": 0,
-            "missing_images": 0}
+  counts = {
+    "samples": len(source),
+    "undecodable_images": 0,
+    "empty_captions": 0,
+    "truncated_shards": source.truncated_shards,
+    "truncated_samples": 0,
+    "missing_images": 0,
+  }
   for i in range(len(source)):
     try:
       record = source.read_record(i)

@@ -63,8 +63,9 @@ class ShardSetWriter:
   def _open_file(self, path: str) -> Any:
     raise NotImplementedError
 
-  def _write_sample(self, key: str, image: bytes, ext: str, caption: str | None,
-                    meta: dict | None) -> None:
+  def _write_sample(
+    self, key: str, image: bytes, ext: str, caption: str | None, meta: dict | None
+  ) -> None:
     raise NotImplementedError
 
   def _close_file(self, handle: Any) -> None:

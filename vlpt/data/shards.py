@@ -14,7 +14,7 @@ import json
 import os
 import tarfile
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 def encode_image(image: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
   """uint8 [H, W, 3] -> encoded bytes (``jpg`` or lossless ``png``)."""
   from PIL import Image
+
   buf = io.BytesIO()
   pil = Image.fromarray(np.asarray(image, np.uint8))
   if fmt in ("jpg", "jpeg"):
@@ -72,9 +73,11 @@ def make_writer(fmt: str, out_dir: str, shard_size: int = 10000, **kwargs):
     return ShardWriter(out_dir, shard_size)
   if fmt == "arrayrecord":
     from vlpt.data.arrayrecord import ArrayRecordShardWriter
+
     return ArrayRecordShardWriter(out_dir, shard_size)
   if fmt == "parquet":
     from vlpt.data.parquet import ROW_GROUP_SIZE, ParquetShardWriter
+
     return ParquetShardWriter(out_dir, shard_size, kwargs.get("row_group_size") or ROW_GROUP_SIZE)
   raise ValueError(f"unknown shard format {fmt!r}; use one of {FORMATS}")
 
@@ -88,15 +91,25 @@ def sniff_ext(data: bytes) -> str:
   return "jpg"
 
 
-def synthetic_samples(split: str, num: int, image_size: int, seed: int
-                      ) -> Iterator[tuple[np.ndarray, str, dict]]:
+def synthetic_samples(
+  split: str, num: int, image_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, str, dict]]:
   """Examples 0..num-1 of the synthetic split (image, caption, json meta with all captions)."""
   from vlpt.data.synthetic import SyntheticCaptions
+
   source = SyntheticCaptions(split, image_size=image_size, seed=seed, num_examples=num)
   for i in range(num):
     ex = source[i]
-    yield ex["image"], ex["caption"], {"caption": ex["caption"], "captions": list(ex["captions"]),
-                                      "label": int(ex["label"]), "index": i}
+    yield (
+      ex["image"],
+      ex["caption"],
+      {
+        "caption": ex["caption"],
+        "captions": list(ex["captions"]),
+        "label": int(ex["label"]),
+        "index": i,
+      },
+    )
 
 
 def folder_samples(folder: str) -> Iterator[tuple[str, str | None]]:
@@ -114,8 +127,9 @@ def folder_samples(folder: str) -> Iterator[tuple[str, str | None]]:
       yield os.path.join(root, name), caption
 
 
-def table_samples(path: str, path_column: str = "path", caption_column: str = "caption"
-                  ) -> Iterator[tuple[str | bytes, str | None]]:
+def table_samples(
+  path: str, path_column: str = "path", caption_column: str = "caption"
+) -> Iterator[tuple[str | bytes, str | None]]:
   """(image path or image bytes, caption) rows of a CSV/TSV (stdlib) or parquet (pyarrow) table.
 
   Relative image paths are resolved against the table's directory. In parquet the image column
@@ -129,13 +143,18 @@ def table_samples(path: str, path_column: str = "path", caption_column: str = "c
     except ImportError as e:
       raise SystemExit("reading parquet needs pyarrow: pip install pyarrow") from e
     from vlpt.data.records import CAPTION_FIELDS, IMAGE_FIELDS, image_bytes, pick_field
+
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     try:
-      image_col = path_column if path_column in names else pick_field(
-          names, IMAGE_FIELDS, None, "image", path)
-      caption_col = caption_column if caption_column in names else pick_field(
-          names, CAPTION_FIELDS, None, "caption", path)
+      image_col = (
+        path_column if path_column in names else pick_field(names, IMAGE_FIELDS, None, "image", path)
+      )
+      caption_col = (
+        caption_column
+        if caption_column in names
+        else pick_field(names, CAPTION_FIELDS, None, "caption", path)
+      )
     except ValueError as e:
       raise SystemExit(f"{e} (or give --path-column / --caption-column)") from None
     for batch in pf.iter_batches(batch_size=256, columns=[image_col, caption_col]):

@@ -17,22 +17,22 @@ import functools
 import numpy as np
 
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "green": (35, 165, 55),
-    "blue": (40, 75, 220),
-    "yellow": (235, 215, 35),
-    "purple": (145, 55, 190),
-    "orange": (245, 135, 25),
+  "red": (215, 35, 35),
+  "green": (35, 165, 55),
+  "blue": (40, 75, 220),
+  "yellow": (235, 215, 35),
+  "purple": (145, 55, 190),
+  "orange": (245, 135, 25),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 PROMPT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image showing a {}.",
-    "a drawing of a {}.",
-    "a {}.",
-    "a {} on a background.",
+  "a photo of a {}.",
+  "a picture of a {}.",
+  "an image showing a {}.",
+  "a drawing of a {}.",
+  "a {}.",
+  "a {} on a background.",
 )
 
 _SPLIT_IDS = {"train": 0, "eval": 1, "test": 2}
@@ -44,17 +44,17 @@ _ROWS = ("top", "middle", "bottom")
 _COLS = ("left", "center", "right")
 
 _MAIN_TEMPLATES = (
-    "a {size} {color} {shape} {pos}",
-    "a {color} {shape} {pos} on a {bg} background",
-    "there is a {size} {color} {shape} on a {bg} background",
-    "a photo of a {size} {color} {shape} {pos}",
-    "a {bg} background with a {color} {shape} {pos}",
-    "a {size} {color} {shape} on a {bg} background {pos}",
+  "a {size} {color} {shape} {pos}",
+  "a {color} {shape} {pos} on a {bg} background",
+  "there is a {size} {color} {shape} on a {bg} background",
+  "a photo of a {size} {color} {shape} {pos}",
+  "a {bg} background with a {color} {shape} {pos}",
+  "a {size} {color} {shape} on a {bg} background {pos}",
 )
 _DISTRACTOR_TEMPLATES = (
-    "a {size} {color} {shape} next to a small {dcolor} {dshape}",
-    "a {color} {shape} {pos} and a small {dcolor} {dshape}",
-    "a {size} {color} {shape} {pos} beside a small {dcolor} {dshape}",
+  "a {size} {color} {shape} next to a small {dcolor} {dshape}",
+  "a {color} {shape} {pos} and a small {dcolor} {dshape}",
+  "a {size} {color} {shape} {pos} beside a small {dcolor} {dshape}",
 )
 
 
@@ -75,10 +75,15 @@ def _words(text: str) -> list[str]:
 
 def _vocabulary() -> tuple[str, ...]:
   words: set[str] = set()
-  fills = {"color": list(COLORS), "dcolor": list(COLORS), "shape": list(SHAPES),
-           "dshape": list(SHAPES), "bg": list(BACKGROUNDS),
-           "size": [w for ws in _SIZE_WORDS.values() for w in ws],
-           "pos": [position_phrase(r, c) for r in range(3) for c in range(3)]}
+  fills = {
+    "color": list(COLORS),
+    "dcolor": list(COLORS),
+    "shape": list(SHAPES),
+    "dshape": list(SHAPES),
+    "bg": list(BACKGROUNDS),
+    "size": [w for ws in _SIZE_WORDS.values() for w in ws],
+    "pos": [position_phrase(r, c) for r in range(3) for c in range(3)],
+  }
   for template in _MAIN_TEMPLATES + _DISTRACTOR_TEMPLATES + PROMPT_TEMPLATES:
     words.update(_words(template.replace("{}", "")))
   for options in fills.values():
@@ -141,8 +146,9 @@ def _object_color(rng: np.random.Generator, name: str) -> np.ndarray:
   return np.asarray(COLORS[name], np.float32) + jitter
 
 
-def render_example(rng: np.random.Generator, image_size: int, distractor_prob: float,
-                   captions_per_image: int) -> dict:
+def render_example(
+  rng: np.random.Generator, image_size: int, distractor_prob: float, captions_per_image: int
+) -> dict:
   """Draws one image and its captions from ``rng``."""
   n = image_size
   color_i = int(rng.integers(len(COLORS)))
@@ -178,12 +184,23 @@ def render_example(rng: np.random.Generator, image_size: int, distractor_prob: f
   captions = []
   for k in range(captions_per_image):
     template = templates[order[k % len(order)]]
-    captions.append(template.format(
-        size=_SIZE_WORDS[size_name][int(rng.integers(2))], color=color, shape=shape,
-        pos=position_phrase(row, col), bg=bg,
-        dcolor=distractor[0] if distractor else "", dshape=distractor[1] if distractor else ""))
-  return {"image": image, "caption": captions[0], "captions": captions,
-          "label": np.int32(color_i * len(SHAPES) + shape_i)}
+    captions.append(
+      template.format(
+        size=_SIZE_WORDS[size_name][int(rng.integers(2))],
+        color=color,
+        shape=shape,
+        pos=position_phrase(row, col),
+        bg=bg,
+        dcolor=distractor[0] if distractor else "",
+        dshape=distractor[1] if distractor else "",
+      )
+    )
+  return {
+    "image": image,
+    "caption": captions[0],
+    "captions": captions,
+    "label": np.int32(color_i * len(SHAPES) + shape_i),
+  }
 
 
 class SyntheticCaptions:
@@ -193,9 +210,16 @@ class SyntheticCaptions:
   fixed held-out splits (1024 examples unless ``num_examples`` says otherwise).
   """
 
-  def __init__(self, split: str = "train", *, image_size: int = 32, seed: int = 0,
-               num_examples: int | None = None, distractor_prob: float = 0.3,
-               captions_per_image: int = 5):
+  def __init__(
+    self,
+    split: str = "train",
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    num_examples: int | None = None,
+    distractor_prob: float = 0.3,
+    captions_per_image: int = 5,
+  ):
     if split not in _SPLIT_IDS:
       raise ValueError(f"unknown split {split!r}; choose one of {sorted(_SPLIT_IDS)}")
     if image_size < 16:
@@ -228,5 +252,7 @@ class SyntheticCaptions:
     return example
 
   def __repr__(self) -> str:
-    return (f"SyntheticCaptions(split={self.split!r}, image_size={self.image_size}, "
-            f"seed={self.seed}, len={self._len})")
+    return (
+      f"SyntheticCaptions(split={self.split!r}, image_size={self.image_size}, "
+      f"seed={self.seed}, len={self._len})"
+    )

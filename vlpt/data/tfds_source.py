@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from vlpt.data.transforms import CenterCrop, decode_image
 from vlpt.data.files import RobustSource
+from vlpt.data.transforms import CenterCrop, decode_image
 
 _CAPTION_FIELDS = ("caption", "text", "captions")
 
@@ -39,11 +39,22 @@ def _text(value: Any) -> list[str]:
 class TfdsSource(RobustSource):
   """Random-access TFDS source (picklable; the array_record reader reopens in workers)."""
 
-  def __init__(self, name: str, *, split: str, image_size: int, train: bool = False,
-               crop: Any = None, max_bad_fraction: float = 0.1, min_reads: int = 256,
-               data_dir: str | None = None, image_key: str | None = None,
-               caption_key: str | None = None):
+  def __init__(
+    self,
+    name: str,
+    *,
+    split: str,
+    image_size: int,
+    train: bool = False,
+    crop: Any = None,
+    max_bad_fraction: float = 0.1,
+    min_reads: int = 256,
+    data_dir: str | None = None,
+    image_key: str | None = None,
+    caption_key: str | None = None,
+  ):
     import tensorflow_datasets as tfds
+
     super().__init__(max_bad_fraction=max_bad_fraction, min_reads=min_reads)
     self.name = name
     self.split = split
@@ -51,13 +62,16 @@ class TfdsSource(RobustSource):
     features = self._source.dataset_info.features
     keys = list(features.keys())
     if image_key is None:
-      image_key = next((k for k in keys if type(features[k]).__name__ == "Image"),
-                       "image" if "image" in keys else None)
+      image_key = next(
+        (k for k in keys if type(features[k]).__name__ == "Image"), "image" if "image" in keys else None
+      )
     if caption_key is None:
       caption_key = next((k for k in _CAPTION_FIELDS if k in keys), None)
     if image_key is None or caption_key is None:
-      raise ValueError(f"tfds:{name} has features {keys}; need an image and a caption field "
-                       f"({', '.join(_CAPTION_FIELDS)})")
+      raise ValueError(
+        f"tfds:{name} has features {keys}; need an image and a caption field "
+        f"({', '.join(_CAPTION_FIELDS)})"
+      )
     self.image_key, self.caption_key = image_key, caption_key
     self.train = train
     self.crop = crop if crop is not None else CenterCrop(image_size)
@@ -72,6 +86,7 @@ class TfdsSource(RobustSource):
 
   def _load(self, index: int) -> tuple[dict | None, str, str]:
     from PIL import Image
+
     where = f"tfds:{self.name}[{self.split}]"
     record = self._source[index]
     captions = [c for c in _text(record.get(self.caption_key)) if c]

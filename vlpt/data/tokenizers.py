@@ -22,7 +22,8 @@ import html
 import json
 import os
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,11 @@ class WordTokenizer:
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     """Texts -> int32 ids [N, context_length]."""
-    return _rows([[self.sot_id, *self.encode(t), self.eot_id] for t in _as_list(texts)],
-                 self.context_length, self.pad_id)
+    return _rows(
+      [[self.sot_id, *self.encode(t), self.eot_id] for t in _as_list(texts)],
+      self.context_length,
+      self.pad_id,
+    )
 
   def decode(self, ids: Sequence[int]) -> str:
     words = {i: w for w, i in self._ids.items()}
@@ -69,8 +73,9 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
   return [texts] if isinstance(texts, str) else list(texts)
 
 
-def _rows(sequences: Sequence[Sequence[int]], length: int, pad_id: int, keep_last: bool = True
-          ) -> np.ndarray:
+def _rows(
+  sequences: Sequence[Sequence[int]], length: int, pad_id: int, keep_last: bool = True
+) -> np.ndarray:
   """Pads/truncates id lists to ``length``; with ``keep_last`` a truncated row keeps its closing token
   (EOT/EOS/[SEP]) last, where a text tower pools."""
   out = np.full((len(sequences), length), pad_id, np.int32)
@@ -86,16 +91,21 @@ def _rows(sequences: Sequence[Sequence[int]], length: int, pad_id: int, keep_las
 CLIP_VOCAB = os.path.join(os.path.dirname(__file__), "assets", "bpe_simple_vocab_16e6.txt.gz")
 CLIP_NUM_MERGES = 49152 - 256 - 2  # the merges CLIP's 49408-token vocabulary uses
 # words, single digits and runs of other symbols; contractions split as in GPT-2/CLIP
-CLIP_PATTERN = (r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"
-                r"[^\s\p{L}\p{N}]+")
+CLIP_PATTERN = (
+  r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"
+  r"[^\s\p{L}\p{N}]+"
+)
 
 
 @functools.lru_cache(maxsize=1)
 def byte_alphabet() -> tuple[str, ...]:
   """One printable unicode character per byte value (bytes that print as themselves keep their
   character; the rest are moved to code points from 256 up), so BPE never sees raw bytes."""
-  keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
-          *range(ord("\xae"), ord("\xff") + 1)]
+  keep = [
+    *range(ord("!"), ord("~") + 1),
+    *range(ord("\xa1"), ord("\xac") + 1),
+    *range(ord("\xae"), ord("\xff") + 1),
+  ]
   table, extra = {}, 0
   for b in range(256):
     if b in keep:
@@ -111,7 +121,7 @@ def clip_merges(path: str = CLIP_VOCAB) -> tuple[tuple[str, str], ...]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"CLIP BPE vocabulary not found: {path} (a gzip of BPE merges)")
   with gzip.open(path, "rt", encoding="utf-8") as f:
-    lines = f.read().split("\n")[1: CLIP_NUM_MERGES + 1]
+    lines = f.read().split("\n")[1 : CLIP_NUM_MERGES + 1]
   return tuple(tuple(line.split()) for line in lines)
 
 
@@ -122,8 +132,12 @@ def clip_vocabulary(path: str = CLIP_VOCAB) -> list[str]:
   ones (i.e. by their character's code point).
   """
   alphabet = sorted(byte_alphabet(), key=ord)
-  return (alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in clip_merges(path)]
-          + ["<start_of_text>", "<end_of_text>"])
+  return (
+    alphabet
+    + [c + "</w>" for c in alphabet]
+    + ["".join(m) for m in clip_merges(path)]
+    + ["<start_of_text>", "<end_of_text>"]
+  )
 
 
 @functools.cache
@@ -159,6 +173,7 @@ class ClipBpeTokenizer:
 
   def __init__(self, context_length: int = 77, vocab_path: str | None = None):
     import regex
+
     _ftfy()  # required: fail here rather than at the first non-ASCII caption
     if context_length < 2:
       raise ValueError(f"context_length must be >= 2 (SOT + EOT), got {context_length}")
@@ -218,8 +233,11 @@ class ClipBpeTokenizer:
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     """Texts -> int32 ids [N, context_length]."""
-    return _rows([[self.sot_id, *self.encode(t), self.eot_id] for t in _as_list(texts)],
-                 self.context_length, self.pad_id)
+    return _rows(
+      [[self.sot_id, *self.encode(t), self.eot_id] for t in _as_list(texts)],
+      self.context_length,
+      self.pad_id,
+    )
 
   def decode(self, ids: Sequence[int]) -> str:
     """Ids -> text: special tokens and padding dropped, one space between pre-tokens."""
@@ -256,9 +274,11 @@ class HFTokenizer:
     classes are carried over code point by code point, see ``clip_split_pattern``).
   """
 
-  def __init__(self, path: str, context_length: int = 77, pad_id: int | None = None,
-               lower_case: bool | None = None):
+  def __init__(
+    self, path: str, context_length: int = 77, pad_id: int | None = None, lower_case: bool | None = None
+  ):
     from tokenizers import Tokenizer
+
     if context_length < 1:
       raise ValueError(f"context_length must be >= 1, got {context_length}")
     self.context_length = context_length
@@ -271,14 +291,17 @@ class HFTokenizer:
       saved_pad = (self._tok.padding or {}).get("pad_id")
     elif os.path.isdir(path) and os.path.isfile(vocab) and os.path.isfile(merges):
       import regex
+
       self._clip = True
       self._tok = _clip_bpe_from_files(vocab, merges)
       self._pattern = regex.compile(CLIP_PATTERN, regex.IGNORECASE)  # for literal SOT/EOT text
       self._literal = regex.compile(r"<start_of_text>|<end_of_text>", regex.IGNORECASE)
       saved_pad = None
     else:
-      raise FileNotFoundError(f"{path}: no HF tokenizer (expected a tokenizer.json file, or a "
-                              "directory with tokenizer.json, or with vocab.json + merges.txt)")
+      raise FileNotFoundError(
+        f"{path}: no HF tokenizer (expected a tokenizer.json file, or a "
+        "directory with tokenizer.json, or with vocab.json + merges.txt)"
+      )
     self._tok.no_padding()
     self._tok.no_truncation()
     if self._clip:
@@ -316,10 +339,15 @@ class HFTokenizer:
   def _encode_clip(self, texts: list[str]) -> list[list[int]]:
     cleaned = [clip_clean(t, self.lower_case is not False) for t in texts]
     literal = [self._literal.search(t) is not None for t in cleaned]
-    encoded = iter(self._tok.encode_batch([t for t, lit in zip(cleaned, literal) if not lit],
-                                          add_special_tokens=False))
-    return [[self.sot_id, *(self._encode_literal(t) if lit else next(encoded).ids), self.eot_id]
-            for t, lit in zip(cleaned, literal)]
+    encoded = iter(
+      self._tok.encode_batch(
+        [t for t, lit in zip(cleaned, literal) if not lit], add_special_tokens=False
+      )
+    )
+    return [
+      [self.sot_id, *(self._encode_literal(t) if lit else next(encoded).ids), self.eot_id]
+      for t, lit in zip(cleaned, literal)
+    ]
 
   def _encode_literal(self, text: str) -> list[int]:
     """A text spelling out ``<start_of_text>``/``<end_of_text>``: open_clip reads such pre-tokens as
@@ -361,6 +389,7 @@ def clip_split_pattern() -> str:
   case-insensitive matching, so Unicode-version and case-folding differences (U+0345 is in no class,
   so dropped) cannot creep in. Takes ~0.3 s, once."""
   import regex
+
   blocks = [(lo, "".join(map(chr, range(lo, hi)))) for lo, hi in ((0, 0xD800), (0xE000, 0x110000))]
 
   def ranges(cls: str) -> str:  # (all code points but surrogates, in order: matches are spans)
@@ -371,23 +400,36 @@ def clip_split_pattern() -> str:
         spans.append(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}")
     return "[" + "".join(spans) + "]"
 
-  return (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|" + ranges(r"[\p{L}]+") + "+|" + ranges(r"[\p{N}]+") + "|"
-          + ranges(r"[^\s\p{L}\p{N}]+") + "+")
+  return (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|"
+    + ranges(r"[\p{L}]+")
+    + "+|"
+    + ranges(r"[\p{N}]+")
+    + "|"
+    + ranges(r"[^\s\p{L}\p{N}]+")
+    + "+"
+  )
 
 
 def _clip_bpe_from_files(vocab_file: str, merges_file: str):
   """CLIP's BPE as a ``tokenizers`` pipeline: CLIP's pre-tokens (unmatched characters dropped, as
   open_clip drops them), bytes to the printable alphabet, BPE with ``</w>`` word ends."""
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
   with open(vocab_file, encoding="utf-8") as f:
     vocab = json.load(f)
   with open(merges_file, encoding="utf-8") as f:
     lines = f.read().split("\n")
-  merges = [tuple(line.split()) for line in lines[1 if lines[0].startswith("#") else 0:] if line.strip()]
+  merges = [
+    tuple(line.split()) for line in lines[1 if lines[0].startswith("#") else 0 :] if line.strip()
+  ]
   tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=None))
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+    [
       pre_tokenizers.Split(Regex(clip_split_pattern()), behavior="removed", invert=True),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]
+  )
   tok.decoder = decoders.BPEDecoder(suffix="</w>")
   return tok
 
@@ -402,9 +444,16 @@ class SentencePieceTokenizer:
 
   sot_id = None
 
-  def __init__(self, model_path: str, context_length: int = 64, add_eos: bool = True,
-               lower_case: bool = False, pad_id: int | None = None):
+  def __init__(
+    self,
+    model_path: str,
+    context_length: int = 64,
+    add_eos: bool = True,
+    lower_case: bool = False,
+    pad_id: int | None = None,
+  ):
     import sentencepiece
+
     if not os.path.isfile(model_path):
       raise FileNotFoundError(f"SentencePiece model not found: {model_path} (a .model file)")
     if context_length < 1:
@@ -438,9 +487,11 @@ class WordPieceTokenizer:
 
   def __init__(self, vocab_path: str, context_length: int = 64, lower_case: bool = True):
     from tokenizers import BertWordPieceTokenizer
+
     if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f"WordPiece vocabulary not found: {vocab_path} (a vocab.txt, one token "
-                              "a line)")
+      raise FileNotFoundError(
+        f"WordPiece vocabulary not found: {vocab_path} (a vocab.txt, one token a line)"
+      )
     if context_length < 2:
       raise ValueError(f"context_length must be >= 2 ([CLS] + [SEP]), got {context_length}")
     with open(vocab_path, encoding="utf-8") as f:
@@ -459,8 +510,9 @@ class WordPieceTokenizer:
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     """Texts -> int32 ids [N, context_length]."""
-    return _rows([e.ids for e in self._tok.encode_batch(_as_list(texts))], self.context_length,
-                 self.pad_id)
+    return _rows(
+      [e.ids for e in self._tok.encode_batch(_as_list(texts))], self.context_length, self.pad_id
+    )
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids])
@@ -471,6 +523,7 @@ def _word_tokenizer(context_length: int = 16, vocabulary: str = "synthetic") -> 
   if vocabulary != "synthetic":
     raise ValueError(f"the word tokenizer knows the 'synthetic' vocabulary only, got {vocabulary!r}")
   from vlpt.data.synthetic import VOCABULARY
+
   return WordTokenizer(VOCABULARY, context_length)
 
 
@@ -481,7 +534,6 @@ TOKENIZERS.register("wordpiece")(WordPieceTokenizer)
 
 
 def build_tokenizer(tokenizer_config: Any):
-  kwargs = dict(tokenizer_config.to_dict() if hasattr(tokenizer_config, "to_dict")
-                else tokenizer_config)
+  kwargs = dict(tokenizer_config.to_dict() if hasattr(tokenizer_config, "to_dict") else tokenizer_config)
   name = kwargs.pop("name")
   return TOKENIZERS.get(name)(**kwargs)

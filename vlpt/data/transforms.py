@@ -28,6 +28,7 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 
 def _resample(name: str):
   from PIL import Image
+
   if name not in INTERPOLATIONS:
     raise ValueError(f"unknown interpolation {name!r}; choose one of {INTERPOLATIONS}")
   return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[name]
@@ -39,6 +40,7 @@ def decode_image(data: bytes, min_short_side: int | None = None):
   Raises on undecodable or truncated data (the image is fully loaded here).
   """
   from PIL import Image
+
   image = Image.open(io.BytesIO(data))
   if min_short_side and image.format == "JPEG":
     w, h = image.size
@@ -125,8 +127,7 @@ class RandomResizedCrop:
     s = self.size
     box = self.box(*image.size, rng)
     # reducing_gap: large downscales first shrink by an integer factor (box filter), then resample
-    image = image.resize((s, s), resample=_resample(self.interpolation), box=box,
-                         reducing_gap=3.0)
+    image = image.resize((s, s), resample=_resample(self.interpolation), box=box, reducing_gap=3.0)
     return np.asarray(image, np.uint8)
 
 
@@ -171,8 +172,9 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
   return np.rint(x).astype(np.uint8)
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, *, flip: bool = False,
-            jitter: float = 0.0) -> np.ndarray:
+def augment(
+  image: np.ndarray, rng: np.random.Generator, *, flip: bool = False, jitter: float = 0.0
+) -> np.ndarray:
   """Optional horizontal flip (probability 1/2) then :func:`color_jitter`, from ``rng``."""
   if flip and rng.random() < 0.5:
     image = np.ascontiguousarray(image[:, ::-1])

@@ -22,8 +22,9 @@ import json
 import os
 import tarfile
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -119,9 +120,17 @@ def index_shard(path: str) -> ShardIndex:
     js.append(members["json"][:2] if "json" in members else (-1, -1))
     truncated.append(any(m[2] for m in members.values()))
   as_pairs = lambda x: np.asarray(x, np.int64).reshape(-1, 2)  # noqa: E731
-  index = ShardIndex(path=path, keys=keys, image=as_pairs(image), image_ext=image_ext,
-                     txt=as_pairs(txt), json=as_pairs(js), truncated=np.asarray(truncated, bool),
-                     shard_truncated=shard_truncated, missing_image=missing_image)
+  index = ShardIndex(
+    path=path,
+    keys=keys,
+    image=as_pairs(image),
+    image_ext=image_ext,
+    txt=as_pairs(txt),
+    json=as_pairs(js),
+    truncated=np.asarray(truncated, bool),
+    shard_truncated=shard_truncated,
+    missing_image=missing_image,
+  )
   with _CACHE_LOCK:
     _INDEX_CACHE[cache_key] = index
   return index
@@ -177,8 +186,16 @@ class WebDatasetSource(RobustSource):
   cropped by ``crop`` (default :class:`CenterCrop` at ``image_size``).
   """
 
-  def __init__(self, spec: str, *, image_size: int, train: bool = False, crop: Any = None,
-               max_bad_fraction: float = 0.1, min_reads: int = 256):
+  def __init__(
+    self,
+    spec: str,
+    *,
+    image_size: int,
+    train: bool = False,
+    crop: Any = None,
+    max_bad_fraction: float = 0.1,
+    min_reads: int = 256,
+  ):
     super().__init__(max_bad_fraction=max_bad_fraction, min_reads=min_reads)
     self.spec = spec
     paths = expand_shards(spec)
@@ -232,8 +249,12 @@ class WebDatasetSource(RobustSource):
     """Member bytes of example ``index``: key, url, image, image_ext, txt, json, truncated."""
     s = int(self._shard[index])
     shard, row = self._shards[s], int(self._row[index])
-    out = {"key": shard.keys[row], "url": shard.path, "image_ext": shard.image_ext[row],
-           "truncated": bool(shard.truncated[row])}
+    out = {
+      "key": shard.keys[row],
+      "url": shard.path,
+      "image_ext": shard.image_ext[row],
+      "truncated": bool(shard.truncated[row]),
+    }
     for field in ("image", "txt", "json"):
       span = getattr(shard, field)[row]
       data = self._read(s, span)
@@ -256,8 +277,11 @@ class WebDatasetSource(RobustSource):
       return None, "undecodable_image", where
     if not self.train:
       image = self.crop(image)
-    return {"image": image, "caption": caption, "captions": captions,
-            "key": raw["key"], "url": where}, "", where
+    return (
+      {"image": image, "caption": caption, "captions": captions, "key": raw["key"], "url": where},
+      "",
+      where,
+    )
 
   def close(self) -> None:
     for fd in self._fds.values():
@@ -268,9 +292,14 @@ class WebDatasetSource(RobustSource):
 def inspect(spec: str) -> dict[str, int]:
   """Full scan: counts of samples, undecodable images, empty captions and truncated shards."""
   source = WebDatasetSource(spec, image_size=32, train=True, max_bad_fraction=1.0)
-  counts = {"samples": len(source), "undecodable_images": 0, "empty_captions": 0,
-            "truncated_shards": source.truncated_shards, "truncated_samples": 0,
-            "missing_images": source.missing_image}
+  counts = {
+    "samples": len(source),
+    "undecodable_images": 0,
+    "empty_captions": 0,
+    "truncated_shards": source.truncated_shards,
+    "truncated_samples": 0,
+    "missing_images": source.missing_image,
+  }
   for i in range(len(source)):
     raw = source.read_raw(i)
     if raw["truncated"]:

@@ -36,29 +36,44 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 # coco-caption's punctuation list, as tokens of the lower-cased output
 _DROPPED = frozenset(["''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";"])
 _QUOTES = frozenset(['"', '""'])  # become `` or '' in the PTB tokenizer: dropped too
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
 # Unicode quotes, dashes and ellipses, as the PTB tokenizer reads them (its ASCII forms)
-_UNICODE_PUNCT = str.maketrans({
-    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+_UNICODE_PUNCT = str.maketrans(
+  {
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
     **{c: " " for c in "\u00ab\u00bb\u2039\u203a"},
-    **{c: " -- " for c in "\u2012\u2013\u2014\u2015"}, "\u2026": " ... "})
+    **{c: " -- " for c in "\u2012\u2013\u2014\u2015"},
+    "\u2026": " ... ",
+  }
+)
 _SYMBOLS = set("$%&*=|^~\\<>\u201e")  # split off as their own tokens
 _PREFIXES = set("#@")  # split off unless a letter follows (#tag and @user stay whole)
 _TAG = re.compile(r"(</?[a-z][a-z0-9]*>)")  # SGML-like tags become tokens of their own
 _CLOCK = re.compile(r"^(\d+(?::\d+)?)([ap]m)$")  # 7:30pm -> 7:30 pm
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr st jr sr inc ltd co corp ave rd blvd mt ft no vs etc prof gen gov sen rep capt lt "
-    "col sgt bros jan feb mar apr jun jul aug sep sept oct nov dec".split())
+  "mr mrs ms dr st jr sr inc ltd co corp ave rd blvd mt ft no vs etc prof gen gov sen rep capt lt "
+  "col sgt bros jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
 _ACRONYM = re.compile(r"^[a-z](?:\.[a-z])*$")  # a / u.s / e.g / a.m (before the final period)
 _NUMBER = re.compile(r"^[-+]?\d+(?:[.,:/]\d+)*$")
-_SPECIAL_WORDS = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"],
-                  "wanna": ["wan", "na"], "lemme": ["lem", "me"], "gimme": ["gim", "me"],
-                  "'tis": ["'t", "is"], "'twas": ["'t", "was"]}
+_SPECIAL_WORDS = {
+  "cannot": ["can", "not"],
+  "gonna": ["gon", "na"],
+  "gotta": ["got", "ta"],
+  "wanna": ["wan", "na"],
+  "lemme": ["lem", "me"],
+  "gimme": ["gim", "me"],
+  "'tis": ["'t", "is"],
+  "'twas": ["'t", "was"],
+}
 _CLITICS = ("n't", "'s", "'m", "'d", "'ll", "'re", "'ve")
 
 
@@ -93,14 +108,14 @@ def _edges(word: str) -> list[str] | None:
   # leading quotes / punctuation
   lead = re.match(r"^([\"`]+|'(?!\d\ds\b)|[-]{2,}|[,;:!?]+|\.{2,})", word)
   if lead:
-    return [lead.group(0)] + _split_word(word[lead.end():])
+    return [lead.group(0)] + _split_word(word[lead.end() :])
   # trailing quotes and punctuation, peeled one unit at a time
   trail = re.search(r"([\"`]+|''|[,;:]|[!?]+|-{2,})$", word)
   if trail and trail.start() > 0:
-    return _split_word(word[:trail.start()]) + [trail.group(0)]
+    return _split_word(word[: trail.start()]) + [trail.group(0)]
   if word.endswith(".") and len(word) > 1:
     stem = word.rstrip(".")
-    run = word[len(stem):]
+    run = word[len(stem) :]
     if stem in _ABBREVIATIONS or _ACRONYM.match(stem):  # the first period belongs to the word
       return [stem + "."] + ([run[1:]] if len(run) > 1 else [])
     return _split_word(stem) + [run]
@@ -117,17 +132,18 @@ def _inside(word: str) -> list[str] | None:
   # internal comma / semicolon / colon between non-digits: split
   m = re.search(r"(?<!\d)[,;:]|[,;:](?!\d)", word)
   if m:
-    return _split_word(word[:m.start()]) + [m.group(0)] + _split_word(word[m.end():])
+    return _split_word(word[: m.start()]) + [m.group(0)] + _split_word(word[m.end() :])
   internal_dashes = word.find("--")
   if internal_dashes > 0:
-    return (_split_word(word[:internal_dashes]) + ["--"]
-            + _split_word(word[internal_dashes + 2:].lstrip("-")))
+    return (
+      _split_word(word[:internal_dashes]) + ["--"] + _split_word(word[internal_dashes + 2 :].lstrip("-"))
+    )
   for clitic in _CLITICS:
     if word.endswith(clitic) and len(word) > len(clitic):
-      return _split_word(word[:-len(clitic)]) + [clitic]
+      return _split_word(word[: -len(clitic)]) + [clitic]
   if "'n'" in word:  # rock'n'roll
     i = word.index("'n'")
-    return _split_word(word[:i]) + ["'n'"] + _split_word(word[i + 3:])
+    return _split_word(word[:i]) + ["'n'"] + _split_word(word[i + 3 :])
   if word.startswith("y'") and len(word) > 2:  # y'all
     return ["y'"] + _split_word(word[2:])
   return None
@@ -138,8 +154,7 @@ def ptb_tokens(text: str) -> list[str]:
   text = text.replace("\n", " ").lower().translate(_UNICODE_PUNCT)
   tokens: list[str] = []
   for chunk in text.split():
-    if chunk.startswith(("http://", "https://", "www.")) or re.match(r"^[^@\s]+@[^@\s]+\.\w+$",
-                                                                     chunk):
+    if chunk.startswith(("http://", "https://", "www.")) or re.match(r"^[^@\s]+@[^@\s]+\.\w+$", chunk):
       tokens.append(chunk)  # URLs and e-mail addresses stay whole
       continue
     for part in _TAG.split(chunk):
@@ -148,8 +163,11 @@ def ptb_tokens(text: str) -> list[str]:
         continue
       piece: list[str] = []
       for i, ch in enumerate(part):
-        split = ch in _BRACKETS or ch in _SYMBOLS or (
-            ch in _PREFIXES and not (i + 1 < len(part) and part[i + 1].isalpha()))
+        split = (
+          ch in _BRACKETS
+          or ch in _SYMBOLS
+          or (ch in _PREFIXES and not (i + 1 < len(part) and part[i + 1].isalpha()))
+        )
         if split:
           tokens.extend(_split_word("".join(piece)))
           piece = []
@@ -163,15 +181,16 @@ def ptb_tokens(text: str) -> list[str]:
 def tokenize_caption(text: str) -> list[str]:
   """Lower-cased PTB-style tokens of a caption with coco-caption's punctuation tokens removed."""
   # runs of periods or dashes (".." "---") come out of the PTB tokenizer as dropped tokens too
-  return [t for t in ptb_tokens(text) if t not in _DROPPED and t not in _QUOTES
-          and not set(t) <= {".", "-"}]
+  return [
+    t for t in ptb_tokens(text) if t not in _DROPPED and t not in _QUOTES and not set(t) <= {".", "-"}
+  ]
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
   counts: Counter = Counter()
   for k in range(1, n + 1):
     for i in range(len(tokens) - k + 1):
-      counts[tuple(tokens[i:i + k])] += 1
+      counts[tuple(tokens[i : i + k])] += 1
   return counts
 
 
@@ -185,8 +204,7 @@ def _check(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> No
       raise ValueError(f"reference set {i} must be a non-empty list of strings, got {refs!r}")
 
 
-def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4
-         ) -> dict[str, float]:
+def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4) -> dict[str, float]:
   """Corpus BLEU-1..n ``{"bleu1": .., ..., "bleun": ..}`` of tokenized candidates (coco-caption)."""
   _check(candidates, references)
   correct = [0] * n
@@ -222,8 +240,9 @@ def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int 
   return scores
 
 
-def _tfidf(counts: Counter, df: Counter, log_num_images: float, n: int
-           ) -> tuple[list[dict], list[float], int]:
+def _tfidf(
+  counts: Counter, df: Counter, log_num_images: float, n: int
+) -> tuple[list[dict], list[float], int]:
   """Per-order TF-IDF weights, their norms and the sentence's bigram count."""
   vec: list[dict] = [{} for _ in range(n)]
   sq = [0.0] * n
@@ -235,8 +254,9 @@ def _tfidf(counts: Counter, df: Counter, log_num_images: float, n: int
   return vec, [math.sqrt(s) for s in sq], length
 
 
-def cider_per_image(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4,
-                    sigma: float = 6.0) -> list[float]:
+def cider_per_image(
+  candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0
+) -> list[float]:
   """CIDEr-D of each image (tokenized inputs); :func:`cider` is their mean."""
   _check(candidates, references)
   ref_counts = [[_ngrams(r.split(), n) for r in refs] for refs in references]
@@ -250,7 +270,7 @@ def cider_per_image(candidates: Sequence[str], references: Sequence[Sequence[str
     total = [0.0] * n
     for ref in refs:
       rvec, rnorm, rlength = _tfidf(ref, df, log_num_images, n)
-      penalty = math.exp(-float(length - rlength) ** 2 / (2 * sigma ** 2))
+      penalty = math.exp(-(float(length - rlength) ** 2) / (2 * sigma**2))
       for k in range(n):
         dot = sum(min(w, rvec[k].get(g, 0.0)) * rvec[k].get(g, 0.0) for g, w in vec[k].items())
         if norm[k] != 0 and rnorm[k] != 0:
@@ -260,15 +280,15 @@ def cider_per_image(candidates: Sequence[str], references: Sequence[Sequence[str
   return scores
 
 
-def cider(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4,
-          sigma: float = 6.0) -> float:
+def cider(
+  candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0
+) -> float:
   """Corpus CIDEr-D (coco-caption's ``Cider``) of tokenized candidates against their references."""
   scores = cider_per_image(candidates, references, n=n, sigma=sigma)
   return float(sum(scores) / len(scores)) if scores else float("nan")
 
 
-def caption_scores(candidates: Sequence[str], references: Sequence[Sequence[str]]
-                   ) -> dict[str, float]:
+def caption_scores(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
   """``{"bleu4", "cider"}`` of raw captions: tokenized (:func:`tokenize_caption`) first."""
   _check(candidates, references)
   cands = [" ".join(tokenize_caption(c)) for c in candidates]

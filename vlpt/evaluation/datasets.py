@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -69,6 +70,7 @@ class SyntheticReader(EvalReader):
 
   def __init__(self, argument: str, *, split: str, crop: CenterCrop, seed: int, **unused: Any):
     from vlpt.data.synthetic import SyntheticCaptions
+
     if argument:
       raise ValueError(f"the synthetic source takes no argument, got 'synthetic:{argument}'")
     self._data = SyntheticCaptions(split, image_size=crop.size, seed=seed)
@@ -93,10 +95,20 @@ class SyntheticReader(EvalReader):
 class TfdsReader(EvalReader):
   """A TFDS split through ``tfds.data_source``; images are decoded here (PIL, JPEG draft)."""
 
-  def __init__(self, argument: str, *, split: str, crop: CenterCrop, data_dir: str | None = None,
-               image_key: str | None = None, label_key: str | None = None,
-               caption_key: str | None = None, **unused: Any):
+  def __init__(
+    self,
+    argument: str,
+    *,
+    split: str,
+    crop: CenterCrop,
+    data_dir: str | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+    caption_key: str | None = None,
+    **unused: Any,
+  ):
     import tensorflow_datasets as tfds
+
     if not argument:
       raise ValueError("the tfds source needs a dataset name: 'tfds:NAME' (e.g. tfds:cifar10)")
     self.name = f"tfds:{argument}[{split}]"
@@ -120,8 +132,13 @@ class TfdsReader(EvalReader):
     if label_key is not None:
       self.class_names = tuple(getattr(features[label_key], "names", ()) or ()) or None
     # images come back as encoded bytes; decoding them here lets JPEGs decode in draft mode
-    self._source = tfds.data_source(argument, split=split, data_dir=data_dir, download=False,
-                                    decoders={image_key: tfds.decode.SkipDecoding()})
+    self._source = tfds.data_source(
+      argument,
+      split=split,
+      data_dir=data_dir,
+      download=False,
+      decoders={image_key: tfds.decode.SkipDecoding()},
+    )
     self._crop = crop
 
   def __len__(self) -> int:
@@ -134,6 +151,7 @@ class TfdsReader(EvalReader):
         image = decode_image(bytes(value), self._crop.min_short_side())
       else:
         from PIL import Image
+
         image = Image.fromarray(np.asarray(value, np.uint8).squeeze()).convert("RGB")
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds for corrupt data
       raise DataError(f"{self.name}: example {index} has an undecodable image ({e})") from None
@@ -144,6 +162,7 @@ class TfdsReader(EvalReader):
 
   def captions(self, index: int) -> list[str]:
     from vlpt.data.tfds_source import _text
+
     return [c for c in _text(self._source[index][self.caption_key]) if c]
 
 
@@ -153,13 +172,14 @@ class WdsReader(EvalReader):
 
   has_captions = True
 
-  def __init__(self, argument: str, *, crop: CenterCrop, label_key: str | None = None,
-               **unused: Any):
+  def __init__(self, argument: str, *, crop: CenterCrop, label_key: str | None = None, **unused: Any):
     from vlpt.data.webdataset import WebDatasetSource
+
     if not argument:
       raise ValueError("the wds source needs shards: 'wds:dir/{00000..00009}.tar' or 'wds:list.txt'")
-    self._source = WebDatasetSource(argument, image_size=crop.size, train=True, crop=crop,
-                                    max_bad_fraction=1.0)
+    self._source = WebDatasetSource(
+      argument, image_size=crop.size, train=True, crop=crop, max_bad_fraction=1.0
+    )
     self.name = f"wds:{argument}"
     self._crop = crop
     self._label_key = label_key or "label"
@@ -171,12 +191,15 @@ class WdsReader(EvalReader):
   def _raw(self, index: int) -> dict:
     raw = self._source.read_raw(index)
     if raw["truncated"]:
-      raise DataError(f"{self.name}: sample {raw['key']} of {raw['url']} is truncated; check the "
-                      f"shard with `vlpt-data inspect {raw['url']}`")
+      raise DataError(
+        f"{self.name}: sample {raw['key']} of {raw['url']} is truncated; check the "
+        f"shard with `vlpt-data inspect {raw['url']}`"
+      )
     return raw
 
   def _json(self, index: int) -> dict:
     import json
+
     data = self._raw(index)["json"]
     try:
       meta = json.loads(data.decode("utf-8")) if data else {}
@@ -189,8 +212,9 @@ class WdsReader(EvalReader):
     try:
       image = decode_image(raw["image"], self._crop.min_short_side())
     except Exception as e:  # noqa: BLE001
-      raise DataError(f"{self.name}: sample {raw['key']} of {raw['url']} has an undecodable "
-                      f"image ({e})") from None
+      raise DataError(
+        f"{self.name}: sample {raw['key']} of {raw['url']} has an undecodable image ({e})"
+      ) from None
     return self._crop(image)
 
   def label(self, index: int) -> int:
@@ -201,6 +225,7 @@ class WdsReader(EvalReader):
 
   def captions(self, index: int) -> list[str]:
     from vlpt.data.webdataset import parse_captions
+
     raw = self._raw(index)
     return parse_captions(raw["txt"], raw["json"])[1]
 
@@ -251,8 +276,15 @@ class ImageFolderReader(EvalReader):
       return [line.strip() for line in f if line.strip()]
 
 
-def open_reader(spec: str, *, split: str, image_size: int, interpolation: str = "bicubic",
-                seed: int = 0, **options: Any) -> EvalReader:
+def open_reader(
+  spec: str,
+  *,
+  split: str,
+  image_size: int,
+  interpolation: str = "bicubic",
+  seed: int = 0,
+  **options: Any,
+) -> EvalReader:
   """``'kind:argument'`` -> an :class:`EvalReader` (``options``: data_dir and feature keys)."""
   kind, _, argument = spec.partition(":")
   crop = CenterCrop(image_size, interpolation)
@@ -267,8 +299,9 @@ def read_images(reader: EvalReader, indices: Sequence[int], threads: int = 16) -
     return np.stack(list(pool.map(lambda i: reader.image(int(i)), indices)))
 
 
-def stream_images(reader: EvalReader, num_examples: int, *, mesh: Mesh, global_batch: int,
-                  with_labels: bool = False):
+def stream_images(
+  reader: EvalReader, num_examples: int, *, mesh: Mesh, global_batch: int, with_labels: bool = False
+):
   """Yields (global uint8 image batch, labels [global_batch] or None, valid rows) in order.
 
   Each process decodes only its rows of every global batch; the last batch is padded by

@@ -9,7 +9,7 @@ transfer, so the host queues batch after batch without waiting for any.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +19,9 @@ from jax.sharding import Mesh
 from vlpt.data.loader import to_global
 
 
-def embed_in_batches(fn: Callable[[jax.Array], jax.Array], data: np.ndarray, *, mesh: Mesh,
-                     global_batch: int) -> np.ndarray:
+def embed_in_batches(
+  fn: Callable[[jax.Array], jax.Array], data: np.ndarray, *, mesh: Mesh, global_batch: int
+) -> np.ndarray:
   """Applies the jitted ``fn`` (global batch -> replicated embeddings) over ``data`` in order."""
   n = data.shape[0]
   pad = (-n) % global_batch
@@ -30,7 +31,7 @@ def embed_in_batches(fn: Callable[[jax.Array], jax.Array], data: np.ndarray, *, 
   local = global_batch // pc
   outputs = []
   for start in range(0, data.shape[0], global_batch):
-    rows = data[start + pi * local: start + (pi + 1) * local]
+    rows = data[start + pi * local : start + (pi + 1) * local]
     batch = to_global({"x": rows}, mesh, pc)["x"]
     outputs.append(fn(batch))
   return fetch_rows(outputs, n)

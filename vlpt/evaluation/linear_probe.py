@@ -43,7 +43,8 @@ and shuffles are drawn on the host, so the compiled program holds no random-numb
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +61,9 @@ def _normalize(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(norm, 1e-12)
 
 
-def _run_randomness(seed: int, n: int, dim: int, num_classes: int, epochs: int, batch_size: int
-                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def _run_randomness(
+  seed: int, n: int, dim: int, num_classes: int, epochs: int, batch_size: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
   """What one seeded training run draws: ``torch.nn.Linear``-style init and per-epoch shuffles.
 
   Drawn on the host (numpy) so the compiled program holds no random-number generator; every run
@@ -69,15 +71,20 @@ def _run_randomness(seed: int, n: int, dim: int, num_classes: int, epochs: int, 
   """
   rng = np.random.default_rng(seed)
   bound = 1.0 / math.sqrt(dim)
-  params = {"w": rng.uniform(-bound, bound, (dim, num_classes)).astype(np.float32),
-            "b": rng.uniform(-bound, bound, (num_classes,)).astype(np.float32)}
+  params = {
+    "w": rng.uniform(-bound, bound, (dim, num_classes)).astype(np.float32),
+    "b": rng.uniform(-bound, bound, (num_classes,)).astype(np.float32),
+  }
   steps = -(-n // batch_size)
   order = np.zeros((epochs, steps * batch_size), np.int32)
   for e in range(epochs):
     order[e, :n] = rng.permutation(n)
   valid = np.broadcast_to(np.arange(steps * batch_size) < n, order.shape)
-  return (params, order.reshape(epochs, steps, batch_size),
-          np.ascontiguousarray(valid).reshape(epochs, steps, batch_size))
+  return (
+    params,
+    order.reshape(epochs, steps, batch_size),
+    np.ascontiguousarray(valid).reshape(epochs, steps, batch_size),
+  )
 
 
 def _logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -85,9 +92,15 @@ def _logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _train(features: jax.Array, labels: jax.Array, weight_decays: jax.Array,
-           params0: dict[str, jax.Array], order: jax.Array, valid: jax.Array, lr: jax.Array
-           ) -> dict[str, jax.Array]:
+def _train(
+  features: jax.Array,
+  labels: jax.Array,
+  weight_decays: jax.Array,
+  params0: dict[str, jax.Array],
+  order: jax.Array,
+  valid: jax.Array,
+  lr: jax.Array,
+) -> dict[str, jax.Array]:
   """Linear layers trained on (features, labels), one per weight decay: params with a [K] axis.
 
   ``order``/``valid``: [epochs, steps, batch] example indices and which of them are real (the last
@@ -112,7 +125,7 @@ def _train(features: jax.Array, labels: jax.Array, weight_decays: jax.Array,
       t1 = t + 1.0
       mu = jax.tree.map(lambda m, gi: b1 * m + (1 - b1) * gi, mu, g)
       nu = jax.tree.map(lambda v, gi: b2 * v + (1 - b2) * gi * gi, nu, g)
-      c1, c2 = 1 - b1 ** t1, 1 - b2 ** t1
+      c1, c2 = 1 - b1**t1, 1 - b2**t1
 
       def update(p, m, v):
         p = p * (1.0 - step_lr * wd)  # decoupled decay (torch AdamW: before the Adam step)
@@ -151,8 +164,11 @@ def _split(n: int, proportion: float, seed: int) -> tuple[np.ndarray, np.ndarray
   return perm[:n_train], perm[n_train:]
 
 
-def search_weight_decay(grid_size: int, val_accuracy: Callable[[Sequence[int]], Sequence[float]],
-                        start: Sequence[int] = _INITIAL) -> int:
+def search_weight_decay(
+  grid_size: int,
+  val_accuracy: Callable[[Sequence[int]], Sequence[float]],
+  start: Sequence[int] = _INITIAL,
+) -> int:
   """CLIP_benchmark's weight-decay search over grid indices (module docstring, step 4).
 
   ``val_accuracy(indices)`` trains one model per index and returns their validation accuracies; it
@@ -166,7 +182,7 @@ def search_weight_decay(grid_size: int, val_accuracy: Callable[[Sequence[int]], 
     todo = sorted(set(i for i in indices if i not in accuracy))
     if todo:
       got = val_accuracy(todo)
-      accuracy.update(zip(todo, (float(a) for a in got[:len(todo)])))
+      accuracy.update(zip(todo, (float(a) for a in got[: len(todo)])))
     best, best_acc = 0, 0.0
     for i in indices:  # strictly better only: ties keep the earlier candidate
       if best_acc < accuracy[i]:
@@ -181,12 +197,24 @@ def search_weight_decay(grid_size: int, val_accuracy: Callable[[Sequence[int]], 
   return peak
 
 
-def linear_probe(train_features: Any, train_labels: Any, test_features: Any, test_labels: Any, *,
-                 num_classes: int, seed: int = 0, lr: float = 0.1, epochs: int = 10,
-                 batch_size: int = 64, val_proportion: float | None = 0.2,
-                 val_features: Any = None, val_labels: Any = None, normalize: bool = True,
-                 weight_decays: Sequence[float] = WEIGHT_DECAYS,
-                 search_start: Sequence[int] = _INITIAL) -> dict[str, float]:
+def linear_probe(
+  train_features: Any,
+  train_labels: Any,
+  test_features: Any,
+  test_labels: Any,
+  *,
+  num_classes: int,
+  seed: int = 0,
+  lr: float = 0.1,
+  epochs: int = 10,
+  batch_size: int = 64,
+  val_proportion: float | None = 0.2,
+  val_features: Any = None,
+  val_labels: Any = None,
+  normalize: bool = True,
+  weight_decays: Sequence[float] = WEIGHT_DECAYS,
+  search_start: Sequence[int] = _INITIAL,
+) -> dict[str, float]:
   """CLIP_benchmark's linear probe (module docstring) on [N, D] features and [N] int labels.
 
   Returns ``{"top1", "top5", "mean_per_class_recall", "weight_decay"}`` on the test features
@@ -200,25 +228,30 @@ def linear_probe(train_features: Any, train_labels: Any, test_features: Any, tes
   x_test = np.asarray(test_features, np.float32)
   y_test = np.asarray(test_labels, np.int32).reshape(-1)
   if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
-    raise ValueError(f"features must be [N, D] with the same D, got {x_train.shape} and "
-                     f"{x_test.shape}")
-  if len(x_train) != len(y_train) or len(x_test) != len(y_test) or not len(x_train) or not len(
-      x_test):
+    raise ValueError(f"features must be [N, D] with the same D, got {x_train.shape} and {x_test.shape}")
+  if len(x_train) != len(y_train) or len(x_test) != len(y_test) or not len(x_train) or not len(x_test):
     raise ValueError("features and labels must have the same, non-zero, number of rows")
   if (val_features is None) != (val_labels is None):
     raise ValueError("give both val_features and val_labels, or neither")
   for y in [y_train, y_test] + ([np.asarray(val_labels)] if val_labels is not None else []):
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-      raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got "
-                       f"[{y.min()}, {y.max()}]")
+      raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got [{y.min()}, {y.max()}]")
   if normalize:
     x_train, x_test = _normalize(x_train), _normalize(x_test)
 
   def train(x: np.ndarray, y: np.ndarray, decays: Sequence[float]) -> dict[str, jax.Array]:
-    params0, order, valid = _run_randomness(seed, len(x), x.shape[1], int(num_classes),
-                                            int(epochs), int(batch_size))
-    return _train(jnp.asarray(x), jnp.asarray(y), jnp.asarray(decays, jnp.float32), params0,
-                  order, valid, jnp.float32(lr))
+    params0, order, valid = _run_randomness(
+      seed, len(x), x.shape[1], int(num_classes), int(epochs), int(batch_size)
+    )
+    return _train(
+      jnp.asarray(x),
+      jnp.asarray(y),
+      jnp.asarray(decays, jnp.float32),
+      params0,
+      order,
+      valid,
+      jnp.float32(lr),
+    )
 
   if val_features is not None:
     x_val = np.asarray(val_features, np.float32)
@@ -228,8 +261,7 @@ def linear_probe(train_features: Any, train_labels: Any, test_features: Any, tes
     x_fit, y_fit = x_train, y_train
   elif val_proportion is not None:
     fit_idx, val_idx = _split(len(x_train), val_proportion, seed)
-    x_fit, y_fit, x_val, y_val = x_train[fit_idx], y_train[fit_idx], x_train[val_idx], y_train[
-        val_idx]
+    x_fit, y_fit, x_val, y_val = x_train[fit_idx], y_train[fit_idx], x_train[val_idx], y_train[val_idx]
   else:
     x_val = None
 
@@ -259,5 +291,9 @@ def linear_probe(train_features: Any, train_labels: Any, test_features: Any, tes
   results = M.zeroshot_metrics(logits, y_test)
   if y_test.max() < 5:  # CLIP_benchmark's condition for reporting top-5
     results["top5"] = float("nan")
-  return {"top1": results["top1"], "top5": results["top5"],
-          "mean_per_class_recall": results["mean_per_class_recall"], "weight_decay": best_wd}
+  return {
+    "top1": results["top1"],
+    "top5": results["top5"],
+    "mean_per_class_recall": results["mean_per_class_recall"],
+    "weight_decay": best_wd,
+  }

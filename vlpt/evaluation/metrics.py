@@ -14,7 +14,7 @@ Top-k ties are broken towards the lower index (``jax.lax.top_k``'s order).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ def _topk_indices(scores: jax.Array, k: int, block: int) -> jax.Array:
   """Row-wise top-k indices, computed ``block`` rows at a time to bound memory."""
   out = []
   for start in range(0, scores.shape[0], block):
-    out.append(jax.lax.top_k(scores[start:start + block], k)[1])
+    out.append(jax.lax.top_k(scores[start : start + block], k)[1])
   return jnp.concatenate(out)
 
 
@@ -60,8 +60,9 @@ def zeroshot_metrics(logits, labels, ks: Sequence[int] = (1, 5)) -> dict[str, fl
   return results
 
 
-def retrieval_metrics(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1, 5, 10),
-                      block: int = 1024) -> dict[str, float]:
+def retrieval_metrics(
+  image_emb, text_emb, text_to_image, ks: Sequence[int] = (1, 5, 10), block: int = 1024
+) -> dict[str, float]:
   """R@k in both directions for captions ``text_emb`` of images ``image_emb`` (normalized)."""
   image_emb = jnp.asarray(image_emb, jnp.float32)
   text_emb = jnp.asarray(text_emb, jnp.float32)

@@ -39,31 +39,44 @@ import os
 
 _ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
-_IMAGENET = ("imagenet2012", "imagenet_v2", "imagenet_sketch", "imagenet2012_subset",
-             "imagenet2012_corrupted", "imagenet2012_fewshot", "imagenet2012_real", "imagenet_lt")
+_IMAGENET = (
+  "imagenet2012",
+  "imagenet_v2",
+  "imagenet_sketch",
+  "imagenet2012_subset",
+  "imagenet2012_corrupted",
+  "imagenet2012_fewshot",
+  "imagenet2012_real",
+  "imagenet_lt",
+)
 
 # TFDS name -> (class-name key, template key) in CLIP_benchmark's files
 _TFDS: dict[str, tuple[str, str]] = {
-    **{name: ("imagenet1k", "imagenet1k") for name in _IMAGENET},
-    "cifar10": ("cifar10", "cifar10"),
-    "cifar100": ("cifar100", "cifar100"),
-    "food101": ("food101", "food101"),
-    "oxford_iiit_pet": ("pets", "pets"),
-    "oxford_flowers102": ("flowers", "flowers"),
-    "dtd": ("dtd", "dtd"),
-    "stl10": ("stl10", "stl10"),
-    "caltech101": ("caltech101_vtab", "caltech101"),
-    "eurosat": ("eurosat", "eurosat"),
-    "svhn_cropped": ("svhn", "svhn"),
-    "patch_camelyon": ("pcam", "pcam"),
-    "mnist": ("mnist", "mnist"),
+  **{name: ("imagenet1k", "imagenet1k") for name in _IMAGENET},
+  "cifar10": ("cifar10", "cifar10"),
+  "cifar100": ("cifar100", "cifar100"),
+  "food101": ("food101", "food101"),
+  "oxford_iiit_pet": ("pets", "pets"),
+  "oxford_flowers102": ("flowers", "flowers"),
+  "dtd": ("dtd", "dtd"),
+  "stl10": ("stl10", "stl10"),
+  "caltech101": ("caltech101_vtab", "caltech101"),
+  "eurosat": ("eurosat", "eurosat"),
+  "svhn_cropped": ("svhn", "svhn"),
+  "patch_camelyon": ("pcam", "pcam"),
+  "mnist": ("mnist", "mnist"),
 }
 # CLIP_benchmark's dataset names for the same entries
-_ALIASES = {"imagenet1k": "imagenet2012", "pets": "oxford_iiit_pet", "flowers": "oxford_flowers102",
-            "svhn": "svhn_cropped", "pcam": "patch_camelyon"}
+_ALIASES = {
+  "imagenet1k": "imagenet2012",
+  "pets": "oxford_iiit_pet",
+  "flowers": "oxford_flowers102",
+  "svhn": "svhn_cropped",
+  "pcam": "patch_camelyon",
+}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(filename: str) -> dict[str, list[str]]:
   with open(os.path.join(_ASSETS, filename), encoding="utf-8") as f:
     return json.load(f)
@@ -83,16 +96,18 @@ def _resolve(dataset: str) -> tuple[str, str]:
     raise TypeError(f"dataset must be a TFDS name (str), got {dataset!r}")
   name = dataset.strip().lower()
   if name.startswith("tfds:"):
-    name = name[len("tfds:"):]
+    name = name[len("tfds:") :]
   name = name.split(":")[0]  # version
   base = name.split("/")[0]  # config (eurosat/rgb)
   for key in (name, base):
     key = _ALIASES.get(key, key)
     if key in _TFDS:
       return _TFDS[key]
-  raise KeyError(f"no shipped class names / templates for dataset {dataset!r}; known TFDS datasets: "
-                 f"{', '.join(known_datasets())} (set class_names and templates in the config "
-                 "for others)")
+  raise KeyError(
+    f"no shipped class names / templates for dataset {dataset!r}; known TFDS datasets: "
+    f"{', '.join(known_datasets())} (set class_names and templates in the config "
+    "for others)"
+  )
 
 
 def class_names(dataset: str) -> list[str]:
@@ -104,8 +119,9 @@ def class_names(dataset: str) -> list[str]:
 def templates(dataset: str) -> list[str]:
   """Prompt templates for ``dataset``, each with exactly one ``"{}"`` for the class name."""
   _, templates_key = _resolve(dataset)
-  return [t.replace("{c}", "{}") for t in _load("en_zeroshot_classification_templates.json")
-          [templates_key]]
+  return [
+    t.replace("{c}", "{}") for t in _load("en_zeroshot_classification_templates.json")[templates_key]
+  ]
 
 
 def prompts(dataset: str) -> list[list[str]]:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -40,24 +41,24 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 # every key of a config.eval.datasets entry, with its default
 DATASET_DEFAULTS: dict[str, Any] = {
-    "source": None,  # synthetic | tfds:NAME | wds:PATTERN | imagefolder:ROOT
-    "split": "test",
-    "num_examples": None,  # None: the whole split
-    "tasks": ("zeroshot", "retrieval"),
-    "every_steps": None,  # None: config.eval_every_steps
-    # zeroshot: None -> vlpt's shipped lists for known datasets, else the source's own
-    "class_names": None,
-    "templates": None,  # prompt templates with one "{}" for the class name
-    # TFDS / wds feature names (None: detected)
-    "image_key": None,
-    "label_key": None,
-    "caption_key": None,
-    # linear_probe
-    "train_split": "train",
-    "num_train_examples": None,
-    # captioning
-    "caption_method": "greedy",  # greedy | beam
-    "num_beams": 4,
+  "source": None,  # synthetic | tfds:NAME | wds:PATTERN | imagefolder:ROOT
+  "split": "test",
+  "num_examples": None,  # None: the whole split
+  "tasks": ("zeroshot", "retrieval"),
+  "every_steps": None,  # None: config.eval_every_steps
+  # zeroshot: None -> vlpt's shipped lists for known datasets, else the source's own
+  "class_names": None,
+  "templates": None,  # prompt templates with one "{}" for the class name
+  # TFDS / wds feature names (None: detected)
+  "image_key": None,
+  "label_key": None,
+  "caption_key": None,
+  # linear_probe
+  "train_split": "train",
+  "num_train_examples": None,
+  # captioning
+  "caption_method": "greedy",  # greedy | beam
+  "num_beams": 4,
 }
 
 
@@ -72,12 +73,14 @@ def dataset_settings(name: str, entry: Any) -> dict[str, Any]:
   settings = {**DATASET_DEFAULTS, **given}
   where = f"config.eval.datasets.{name}"
   if not isinstance(settings["source"], str) or not settings["source"]:
-    raise ValueError(f"{where}.source is required (synthetic, tfds:NAME, wds:PATTERN or "
-                     "imagefolder:ROOT)")
+    raise ValueError(
+      f"{where}.source is required (synthetic, tfds:NAME, wds:PATTERN or imagefolder:ROOT)"
+    )
   kind = settings["source"].partition(":")[0]
   if kind not in READERS:
-    raise ValueError(f"{where}.source={settings['source']!r}: evaluation sources are "
-                     f"{', '.join(READERS.names())}")
+    raise ValueError(
+      f"{where}.source={settings['source']!r}: evaluation sources are {', '.join(READERS.names())}"
+    )
   tasks = settings["tasks"]
   tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
   if not tasks or any(t not in TASKS for t in tasks):
@@ -92,18 +95,22 @@ def dataset_settings(name: str, entry: Any) -> dict[str, Any]:
     templates = (templates,) if isinstance(templates, str) else tuple(templates)
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
-      raise ValueError(f"{where}.templates: each template needs exactly one '{{}}' for the "
-                       f"class name, got {bad or templates!r}")
+      raise ValueError(
+        f"{where}.templates: each template needs exactly one '{{}}' for the "
+        f"class name, got {bad or templates!r}"
+      )
     settings["templates"] = templates
   if settings["caption_method"] not in ("greedy", "beam"):
-    raise ValueError(f"{where}.caption_method must be greedy or beam, got "
-                     f"{settings['caption_method']!r}")
+    raise ValueError(
+      f"{where}.caption_method must be greedy or beam, got {settings['caption_method']!r}"
+    )
   return settings
 
 
 def check_config(eval_config: Any, *, model_name: str) -> None:
   """Cheap checks of ``config.eval`` before anything is built (ValueError with the fix)."""
   import os
+
   for name, entry in eval_config.datasets.items():
     s = dataset_settings(name, entry)
     kind, _, arg = s["source"].partition(":")
@@ -112,15 +119,16 @@ def check_config(eval_config: Any, *, model_name: str) -> None:
     if kind == "wds" and arg:
       check_files_exist(s["source"])
     if "captioning" in s["tasks"] and model_name != "coca":
-      raise ValueError(f"config.eval.datasets.{name}.tasks has 'captioning', which needs a "
-                       f"captioner (config.model.name='coca'), not {model_name!r}")
+      raise ValueError(
+        f"config.eval.datasets.{name}.tasks has 'captioning', which needs a "
+        f"captioner (config.model.name='coca'), not {model_name!r}"
+      )
 
 
 class Encoders:
   """Jitted, sharded image/text encoders over the current parameters."""
 
-  def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any,
-               normalization: str):
+  def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any, normalization: str):
     self.mesh = mesh
 
     def image_fn(params, images):
@@ -130,43 +138,52 @@ class Encoders:
     def text_fn(params, ids):
       return nnx.merge(graphdef, params).encode_text(ids)
 
-    self._image = jax.jit(image_fn, in_shardings=(param_shardings, batch_sharding(mesh, 4)),
-                          out_shardings=replicated(mesh))
-    self._text = jax.jit(text_fn, in_shardings=(param_shardings, batch_sharding(mesh, 2)),
-                         out_shardings=replicated(mesh))
+    self._image = jax.jit(
+      image_fn, in_shardings=(param_shardings, batch_sharding(mesh, 4)), out_shardings=replicated(mesh)
+    )
+    self._text = jax.jit(
+      text_fn, in_shardings=(param_shardings, batch_sharding(mesh, 2)), out_shardings=replicated(mesh)
+    )
 
   def images(self, params, images: np.ndarray, global_batch: int) -> np.ndarray:
     """Embeddings of an in-memory uint8 image array (every process holds all of it)."""
-    return embed_in_batches(lambda x: self._image(params, x), images, mesh=self.mesh,
-                            global_batch=global_batch)
+    return embed_in_batches(
+      lambda x: self._image(params, x), images, mesh=self.mesh, global_batch=global_batch
+    )
 
-  def read_images(self, params, reader: EvalReader, num_examples: int, global_batch: int,
-                  with_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+  def read_images(
+    self, params, reader: EvalReader, num_examples: int, global_batch: int, with_labels: bool = False
+  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings (and labels) of the first ``num_examples`` of ``reader``, read in shares.
 
     Every batch's embeddings stay on the devices (:meth:`embed_stream`) and come to the host in
     one transfer at the end.
     """
-    embeddings, labels = self.embed_stream(params, reader, num_examples, global_batch,
-                                           with_labels=with_labels)
-    return (fetch_rows(embeddings, num_examples),
-            fetch_rows(labels, num_examples) if with_labels else None)
+    embeddings, labels = self.embed_stream(
+      params, reader, num_examples, global_batch, with_labels=with_labels
+    )
+    return (
+      fetch_rows(embeddings, num_examples),
+      fetch_rows(labels, num_examples) if with_labels else None,
+    )
 
-  def embed_stream(self, params, reader: EvalReader, num_examples: int, global_batch: int,
-                   with_labels: bool = False) -> tuple[list[jax.Array], list[jax.Array]]:
+  def embed_stream(
+    self, params, reader: EvalReader, num_examples: int, global_batch: int, with_labels: bool = False
+  ) -> tuple[list[jax.Array], list[jax.Array]]:
     """Per-batch replicated (embeddings, labels) device arrays; the last batch is padded."""
     embeddings, labels = [], []
-    for images, batch_labels, _ in stream_images(reader, num_examples, mesh=self.mesh,
-                                                 global_batch=global_batch,
-                                                 with_labels=with_labels):
+    for images, batch_labels, _ in stream_images(
+      reader, num_examples, mesh=self.mesh, global_batch=global_batch, with_labels=with_labels
+    ):
       embeddings.append(self._image(params, images))
       if with_labels:
         labels.append(batch_labels)
     return embeddings, labels
 
   def texts(self, params, ids: np.ndarray, global_batch: int) -> np.ndarray:
-    return embed_in_batches(lambda x: self._text(params, x), ids, mesh=self.mesh,
-                            global_batch=global_batch)
+    return embed_in_batches(
+      lambda x: self._text(params, x), ids, mesh=self.mesh, global_batch=global_batch
+    )
 
 
 @dataclasses.dataclass
@@ -192,6 +209,7 @@ def _known_metadata(reader: EvalReader) -> tuple[list[str] | None, list[str] | N
   if dataset is None:
     return None, None
   from vlpt.evaluation import prompts
+
   try:
     names = list(prompts.class_names(dataset))
   except KeyError:
@@ -206,14 +224,19 @@ def _known_metadata(reader: EvalReader) -> tuple[list[str] | None, list[str] | N
 class DatasetEvaluator:
   """All tasks of one ``config.eval.datasets`` entry; image embeddings are computed once a call."""
 
-  def __init__(self, name: str, settings: dict[str, Any], ctx: EvalContext,
-               encoders: Encoders):
+  def __init__(self, name: str, settings: dict[str, Any], ctx: EvalContext, encoders: Encoders):
     self.name, self.settings, self.ctx, self.encoders = name, settings, ctx, encoders
     self.every_steps = settings["every_steps"]
     options = {k: settings[k] for k in ("image_key", "label_key", "caption_key")}
     opened = lambda split: open_reader(  # noqa: E731
-        settings["source"], split=split, image_size=ctx.image_size,
-        interpolation=ctx.interpolation, seed=ctx.seed, data_dir=ctx.data_dir, **options)
+      settings["source"],
+      split=split,
+      image_size=ctx.image_size,
+      interpolation=ctx.interpolation,
+      seed=ctx.seed,
+      data_dir=ctx.data_dir,
+      **options,
+    )
     self.reader = opened(settings["split"])
     n = len(self.reader)
     self.num_examples = min(settings["num_examples"] or n, n)
@@ -222,11 +245,15 @@ class DatasetEvaluator:
     tasks = settings["tasks"]
     needs_labels = "zeroshot" in tasks or "linear_probe" in tasks
     if needs_labels and not self.reader.has_labels:
-      raise ValueError(f"config.eval.datasets.{name}: {self.reader.name} has no labels for "
-                       f"{[t for t in tasks if t in ('zeroshot', 'linear_probe')]}")
+      raise ValueError(
+        f"config.eval.datasets.{name}: {self.reader.name} has no labels for "
+        f"{[t for t in tasks if t in ('zeroshot', 'linear_probe')]}"
+      )
     if ("retrieval" in tasks or "captioning" in tasks) and not self.reader.has_captions:
-      raise ValueError(f"config.eval.datasets.{name}: {self.reader.name} has no captions for "
-                       f"{[t for t in tasks if t in ('retrieval', 'captioning')]}")
+      raise ValueError(
+        f"config.eval.datasets.{name}: {self.reader.name} has no captions for "
+        f"{[t for t in tasks if t in ('retrieval', 'captioning')]}"
+      )
     self.needs_labels = needs_labels
     tok = ctx.tokenizer
     if "zeroshot" in tasks:
@@ -237,12 +264,15 @@ class DatasetEvaluator:
       self.captions = [self.reader.captions(i) for i in range(self.num_examples)]
       empty = [i for i, c in enumerate(self.captions) if not c]
       if empty:
-        raise ValueError(f"config.eval.datasets.{name}: example {empty[0]} of "
-                         f"{self.reader.name} has no caption ({len(empty)} such)")
+        raise ValueError(
+          f"config.eval.datasets.{name}: example {empty[0]} of "
+          f"{self.reader.name} has no caption ({len(empty)} such)"
+        )
       flat = [c for cs in self.captions for c in cs]
       self.caption_ids = tok(flat)
-      self.caption_owner = np.repeat(np.arange(self.num_examples),
-                                     [len(c) for c in self.captions]).astype(np.int32)
+      self.caption_owner = np.repeat(
+        np.arange(self.num_examples), [len(c) for c in self.captions]
+      ).astype(np.int32)
     if "linear_probe" in tasks:
       self.train_reader = opened(settings["train_split"])
       if not self.train_reader.has_labels:
@@ -255,13 +285,20 @@ class DatasetEvaluator:
   def _zeroshot_prompts(self) -> tuple[list[str], list[str]]:
     s, reader = self.settings, self.reader
     shipped_names, shipped_templates = _known_metadata(reader)
-    names = (list(s["class_names"]) if s["class_names"] is not None
-             else shipped_names or (list(reader.class_names) if reader.class_names else None))
+    names = (
+      list(s["class_names"])
+      if s["class_names"] is not None
+      else shipped_names or (list(reader.class_names) if reader.class_names else None)
+    )
     if not names:
-      raise ValueError(f"config.eval.datasets.{self.name}: {reader.name} has no class names; "
-                       "set class_names")
-    templates = (list(s["templates"]) if s["templates"] is not None
-                 else shipped_templates or list(reader.prompt_templates or DEFAULT_TEMPLATES))
+      raise ValueError(
+        f"config.eval.datasets.{self.name}: {reader.name} has no class names; set class_names"
+      )
+    templates = (
+      list(s["templates"])
+      if s["templates"] is not None
+      else shipped_templates or list(reader.prompt_templates or DEFAULT_TEMPLATES)
+    )
     return names, templates
 
   def due(self, step: int, default_every: int) -> bool:
@@ -272,8 +309,9 @@ class DatasetEvaluator:
     out: dict[str, float] = {}
     image_emb, labels = None, None
     if any(t in tasks for t in ("zeroshot", "retrieval", "linear_probe")):
-      image_emb, labels = enc.read_images(params, self.reader, self.num_examples, batch,
-                                          with_labels=self.needs_labels)
+      image_emb, labels = enc.read_images(
+        params, self.reader, self.num_examples, batch, with_labels=self.needs_labels
+      )
     if "zeroshot" in tasks:
       c, t, length = self.prompt_ids.shape
       prompt_emb = enc.texts(params, self.prompt_ids.reshape(c * t, length), batch)
@@ -282,15 +320,19 @@ class DatasetEvaluator:
       out.update(_keyed(self.name, "zeroshot", M.zeroshot_metrics(logits, labels)))
     if "retrieval" in tasks:
       text_emb = enc.texts(params, self.caption_ids, batch)
-      out.update(_keyed(self.name, "retrieval",
-                        M.retrieval_metrics(image_emb, text_emb, self.caption_owner)))
+      out.update(
+        _keyed(self.name, "retrieval", M.retrieval_metrics(image_emb, text_emb, self.caption_owner))
+      )
     if "linear_probe" in tasks:
       from vlpt.evaluation.linear_probe import linear_probe
-      train_emb, train_labels = enc.read_images(params, self.train_reader, self.num_train, batch,
-                                                with_labels=True)
+
+      train_emb, train_labels = enc.read_images(
+        params, self.train_reader, self.num_train, batch, with_labels=True
+      )
       num_classes = int(max(train_labels.max(), labels.max())) + 1
-      probe = linear_probe(train_emb, train_labels, image_emb, labels, num_classes=num_classes,
-                           seed=self.ctx.seed)
+      probe = linear_probe(
+        train_emb, train_labels, image_emb, labels, num_classes=num_classes, seed=self.ctx.seed
+      )
       out.update(_keyed(self.name, "linear_probe", probe))
     if "captioning" in tasks:
       out.update(_keyed(self.name, "captioning", self._caption_scores(params)))
@@ -298,9 +340,16 @@ class DatasetEvaluator:
 
   def _caption_scores(self, params: Any) -> dict[str, float]:
     from vlpt.evaluation.captioning_metrics import caption_scores
-    generated = fetch_rows([self._captioner(params, images) for images, _, _ in stream_images(
-        self.reader, self.num_examples, mesh=self.ctx.mesh, global_batch=self.ctx.batch_size)],
-        self.num_examples)
+
+    generated = fetch_rows(
+      [
+        self._captioner(params, images)
+        for images, _, _ in stream_images(
+          self.reader, self.num_examples, mesh=self.ctx.mesh, global_batch=self.ctx.batch_size
+        )
+      ],
+      self.num_examples,
+    )
     tok = self.ctx.tokenizer
     texts = [tok.decode(ids) for ids in generated]
     scores = caption_scores(texts, self.captions)
@@ -317,17 +366,28 @@ class DatasetEvaluator:
 def make_captioner(ctx: EvalContext, settings: dict[str, Any]) -> Callable:
   """(params, global uint8 images) -> replicated token ids [B, context_length]."""
   from vlpt.models.generation import generate
+
   tok = ctx.tokenizer
   method, beams = settings["caption_method"], int(settings["num_beams"])
 
   def captions(params, images):
     model = nnx.merge(ctx.graphdef, params)
-    return generate(model, normalize_images(images, ctx.normalization),
-                    max_len=tok.context_length, sot_id=tok.sot_id, eot_id=tok.eot_id,
-                    pad_id=tok.pad_id, method=method, num_beams=beams)
+    return generate(
+      model,
+      normalize_images(images, ctx.normalization),
+      max_len=tok.context_length,
+      sot_id=tok.sot_id,
+      eot_id=tok.eot_id,
+      pad_id=tok.pad_id,
+      method=method,
+      num_beams=beams,
+    )
 
-  return jax.jit(captions, in_shardings=(ctx.param_shardings, batch_sharding(ctx.mesh, 4)),
-                 out_shardings=replicated(ctx.mesh))
+  return jax.jit(
+    captions,
+    in_shardings=(ctx.param_shardings, batch_sharding(ctx.mesh, 4)),
+    out_shardings=replicated(ctx.mesh),
+  )
 
 
 def _keyed(dataset: str, task: str, values: dict[str, float]) -> dict[str, float]:
@@ -341,8 +401,10 @@ class EvalSuite:
     self.ctx = ctx
     with activate(ctx.mesh, ctx.rules):
       self.encoders = Encoders(ctx.graphdef, ctx.mesh, ctx.param_shardings, ctx.normalization)
-      self.datasets = [DatasetEvaluator(name, dataset_settings(name, entry), ctx, self.encoders)
-                       for name, entry in sorted(config.eval.datasets.items())]
+      self.datasets = [
+        DatasetEvaluator(name, dataset_settings(name, entry), ctx, self.encoders)
+        for name, entry in sorted(config.eval.datasets.items())
+      ]
     self.default_every = int(config.eval_every_steps)
 
   def due(self, step: int) -> bool:

@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from vlpt.config import default_config
 from vlpt.losses.captioning import caption_loss
-from vlpt.losses.contrastive import (leave_one_out_contrastive, sigmoid_contrastive,
-                                     sigmoid_contrastive_sharded, softmax_contrastive,
-                                     softmax_contrastive_sharded,
-                                     softmax_uniformity_alignment_sharded, uniformity_alignment)
+from vlpt.losses.contrastive import (
+  leave_one_out_contrastive,
+  sigmoid_contrastive,
+  sigmoid_contrastive_sharded,
+  softmax_contrastive,
+  softmax_contrastive_sharded,
+  softmax_uniformity_alignment_sharded,
+  uniformity_alignment,
+)
 from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
 from vlpt.losses.teacher import cwcl_loss, distillation_loss
-from vlpt.config import default_config
 from vlpt.registry import Registry
 
 # Each entry: (loss config) -> fn(image_emb, text_emb, logit_scale, logit_bias, axes)
@@ -34,18 +40,21 @@ IMPLEMENTATIONS = ("gather", "ring")
 
 def _check_impl(impl: str) -> None:
   if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"config.loss.impl={impl!r}: choose 'gather' (all-gather, b x B logits per "
-                     f"device) or 'ring' (tiled ring, memory linear in B/n)")
+    raise ValueError(
+      f"config.loss.impl={impl!r}: choose 'gather' (all-gather, b x B logits per "
+      f"device) or 'ring' (tiled ring, memory linear in B/n)"
+    )
 
 
 @LOSSES.register("softmax")
-def _softmax(label_smoothing: float = 0.0, impl: str = "gather", tile_size: int = 4096
-             ) -> Callable:
+def _softmax(label_smoothing: float = 0.0, impl: str = "gather", tile_size: int = 4096) -> Callable:
   _check_impl(impl)
   if impl == "ring":
     if label_smoothing:
-      raise ValueError("config.loss.label_smoothing needs impl='gather' (the ring folds rows into "
-                       "log-sum-exps and has no smoothed targets)")
+      raise ValueError(
+        "config.loss.label_smoothing needs impl='gather' (the ring folds rows into "
+        "log-sum-exps and has no smoothed targets)"
+      )
     return functools.partial(softmax_ring_sharded, tile_size=tile_size)
   return functools.partial(softmax_contrastive_sharded, label_smoothing=label_smoothing)
 
@@ -60,8 +69,10 @@ def _sigmoid(impl: str = "gather", tile_size: int = 4096) -> Callable:
 
 def _gather_only(name: str, impl: str) -> None:
   if impl != "gather":
-    raise ValueError(f"config.loss.name={name!r} needs config.loss.impl='gather' (its "
-                     f"normalizers or extra terms are not in the ring)")
+    raise ValueError(
+      f"config.loss.name={name!r} needs config.loss.impl='gather' (its "
+      f"normalizers or extra terms are not in the ring)"
+    )
 
 
 @LOSSES.register("infoloob")
@@ -79,12 +90,14 @@ def _dcl(impl: str = "gather") -> Callable:
 
 
 @LOSSES.register("clip_align_uniform")
-def _clip_align_uniform(impl: str = "gather", align_weight: float = 1.0,
-                        uniform_weight: float = 1.0) -> Callable:
+def _clip_align_uniform(
+  impl: str = "gather", align_weight: float = 1.0, uniform_weight: float = 1.0
+) -> Callable:
   """CLIP + alignment + uniformity (Fahim et al. 2024; Wang & Isola 2020)."""
   _gather_only("clip_align_uniform", impl)
-  return functools.partial(softmax_uniformity_alignment_sharded, align_weight=align_weight,
-                           uniform_weight=uniform_weight)
+  return functools.partial(
+    softmax_uniformity_alignment_sharded, align_weight=align_weight, uniform_weight=uniform_weight
+  )
 
 
 def _prefix(x, dim: int):
@@ -102,12 +115,12 @@ def matryoshka(loss_fn: Callable, dims: tuple[int, ...]) -> Callable:
 
   def wrapped(image_emb, text_emb, logit_scale, logit_bias, axes):
     if dims[-1] > image_emb.shape[-1]:
-      raise ValueError(f"matryoshka dim {dims[-1]} exceeds the embedding size "
-                       f"{image_emb.shape[-1]}")
+      raise ValueError(f"matryoshka dim {dims[-1]} exceeds the embedding size {image_emb.shape[-1]}")
     total, metrics = 0.0, {}
     for dim in dims:
-      value, metrics = loss_fn(_prefix(image_emb, dim), _prefix(text_emb, dim), logit_scale,
-                               logit_bias, axes)
+      value, metrics = loss_fn(
+        _prefix(image_emb, dim), _prefix(text_emb, dim), logit_scale, logit_bias, axes
+      )
       total = total + value
     return total, metrics
 
@@ -123,8 +136,10 @@ TEACHER_LOSSES: Registry[Callable[..., Callable]] = Registry("teacher loss")
 
 def _in_batch_accuracies(logits: jax.Array) -> dict[str, jax.Array]:
   labels = jnp.arange(logits.shape[0])
-  return {"i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-          "t2i_acc": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+  return {
+    "i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+    "t2i_acc": jnp.mean(jnp.argmax(logits, axis=0) == labels),
+  }
 
 
 @TEACHER_LOSSES.register("distill")
@@ -136,8 +151,12 @@ def _distill(impl: str = "gather", distill_weight: float = 1.0) -> Callable:
   def fn(image_emb, text_emb, scale, t_image, t_text, t_scale):
     contrastive, distill = distillation_loss(image_emb, text_emb, scale, t_image, t_text, t_scale)
     metrics = _in_batch_accuracies(image_emb @ text_emb.T)
-    return contrastive + distill_weight * distill, {**metrics, "contrastive_loss": contrastive,
-                                                    "distill_loss": distill}
+    return contrastive + distill_weight * distill, {
+      **metrics,
+      "contrastive_loss": contrastive,
+      "distill_loss": distill,
+    }
+
   return fn
 
 
@@ -149,8 +168,11 @@ def _cwcl(impl: str = "gather") -> Callable:
 
   def fn(image_emb, text_emb, scale, t_image, t_text, t_scale):
     del t_scale
-    return (cwcl_loss(image_emb, text_emb, scale, t_image, t_text),
-            _in_batch_accuracies(image_emb @ text_emb.T))
+    return (
+      cwcl_loss(image_emb, text_emb, scale, t_image, t_text),
+      _in_batch_accuracies(image_emb @ text_emb.T),
+    )
+
   return fn
 
 
@@ -189,8 +211,9 @@ def check_config(loss_config: Any) -> None:
   """``config.loss`` -> ValueError naming the first problem (the loss is built, then dropped)."""
   name = loss_config["name"]
   if name not in LOSSES and name not in TEACHER_LOSSES:
-    raise ValueError(f"config.loss.name={name!r} is not one of: "
-                     f"{', '.join(LOSSES.names() + TEACHER_LOSSES.names())}")
+    raise ValueError(
+      f"config.loss.name={name!r} is not one of: {', '.join(LOSSES.names() + TEACHER_LOSSES.names())}"
+    )
   (build_teacher_loss if is_teacher_loss(name) else build_loss)(loss_config)
 
 
@@ -206,7 +229,18 @@ def build_loss(loss_config: Any) -> Callable:
   return matryoshka(fn, dims) if dims else fn
 
 
-__all__ = ["LOSSES", "TEACHER_LOSSES", "build_loss", "build_teacher_loss", "caption_loss",
-           "check_config", "is_teacher_loss",
-           "cwcl_loss", "distillation_loss", "leave_one_out_contrastive",
-           "sigmoid_contrastive", "softmax_contrastive", "uniformity_alignment"]
+__all__ = [
+  "LOSSES",
+  "TEACHER_LOSSES",
+  "build_loss",
+  "build_teacher_loss",
+  "caption_loss",
+  "check_config",
+  "is_teacher_loss",
+  "cwcl_loss",
+  "distillation_loss",
+  "leave_one_out_contrastive",
+  "sigmoid_contrastive",
+  "softmax_contrastive",
+  "uniformity_alignment",
+]

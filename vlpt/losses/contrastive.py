@@ -17,7 +17,7 @@ Embeddings are L2-normalized; ``logit_scale`` is already exponentiated (open_cli
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,14 @@ def _softmax_terms(logits: jax.Array, positive: jax.Array, label_smoothing: floa
   return nll
 
 
-def softmax_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                        logit_bias: jax.Array | None = None, *, label_smoothing: float = 0.0
-                        ) -> jax.Array:
+def softmax_contrastive(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  logit_bias: jax.Array | None = None,
+  *,
+  label_smoothing: float = 0.0,
+) -> jax.Array:
   """CLIP's symmetric InfoNCE loss (Radford et al. 2021, Fig. 3), mean over the batch.
 
   ``(CE(s I T^T, diag) + CE(s T I^T, diag)) / 2``. A constant ``logit_bias`` cancels in the
@@ -50,9 +55,9 @@ def softmax_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: 
   return (i2t.mean() + t2i.mean()) / 2
 
 
-def leave_one_out_contrastive(image_emb: jax.Array, text_emb: jax.Array,
-                              logit_scale: jax.Array, logit_bias: jax.Array | None = None
-                              ) -> jax.Array:
+def leave_one_out_contrastive(
+  image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array | None = None
+) -> jax.Array:
   """InfoLOOB (Fürst et al. 2022, CLOOB, Eq. 5) = DCL (Yeh et al. 2022, Eq. 6), symmetric.
 
   The positive is left out of the denominator: per row
@@ -70,8 +75,9 @@ def leave_one_out_contrastive(image_emb: jax.Array, text_emb: jax.Array,
   return (rows.mean() + cols.mean()) / 2
 
 
-def sigmoid_contrastive(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                        logit_bias: jax.Array) -> jax.Array:
+def sigmoid_contrastive(
+  image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array
+) -> jax.Array:
   """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Eq. 1 / Alg. 1).
 
   ``-sum_ij log sigmoid(z_ij (s <I_i, T_j> + b)) / B`` with z = +1 on the diagonal, -1 elsewhere.
@@ -130,8 +136,9 @@ def _clip_gather_bwd(axes, res, cts):
   z = scale * jnp.dot(img, all_txt.T, precision="highest")
   positive = _block_offset(b, axes) + jnp.arange(b)
   at_positive = jnp.arange(n)[None, :] == positive[:, None]
-  g = w * (jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse[None, :])
-           - 2.0 * at_positive.astype(z.dtype))
+  g = w * (
+    jnp.exp(z - row_lse[:, None]) + jnp.exp(z - col_lse[None, :]) - 2.0 * at_positive.astype(z.dtype)
+  )
   d_img = scale * jnp.dot(g, all_txt, precision="highest")
   d_txt = scale * jnp.dot(g.T, img, precision="highest")
   d_scale = jnp.sum(g * z) / scale
@@ -141,11 +148,16 @@ def _clip_gather_bwd(axes, res, cts):
 _clip_gather_local.defvjp(_clip_gather_fwd, _clip_gather_bwd)
 
 
-def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
-                                logit_scale: jax.Array, logit_bias: jax.Array | None,
-                                axes: AxisNames, *, label_smoothing: float = 0.0,
-                                leave_one_out: bool = False
-                                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def softmax_contrastive_sharded(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  logit_bias: jax.Array | None,
+  axes: AxisNames,
+  *,
+  label_smoothing: float = 0.0,
+  leave_one_out: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Global CLIP loss from local blocks; returns (global mean loss, global in-batch accuracies).
 
   ``leave_one_out=True`` gives InfoLOOB / DCL (:func:`leave_one_out_contrastive`): the positive
@@ -188,23 +200,30 @@ def softmax_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
   t2i_nll = own - pos
   if label_smoothing:
     col_mean = jax.lax.psum(logits.sum(axis=0), axes) / n
-    t2i_nll = ((1.0 - label_smoothing) * t2i_nll
-               - label_smoothing * (jax.lax.dynamic_slice_in_dim(col_mean, offset, b) - own))
+    t2i_nll = (1.0 - label_smoothing) * t2i_nll - label_smoothing * (
+      jax.lax.dynamic_slice_in_dim(col_mean, offset, b) - own
+    )
   loss = jax.lax.psum(i2t + t2i_nll.sum(), axes) / (2 * n)
   negatives = jnp.where(is_positive, -jnp.inf, jax.lax.stop_gradient(logits))
   pos = jax.lax.stop_gradient(pos)  # accuracies only from here on
   best_negative_col = jax.lax.pmax(negatives.max(axis=0), axes)
   metrics = {
-      "i2t_acc": jax.lax.psum(jnp.sum(pos > negatives.max(axis=1)), axes) / n,
-      "t2i_acc": jax.lax.psum(
-          jnp.sum(pos > jax.lax.dynamic_slice_in_dim(best_negative_col, offset, b)), axes) / n,
+    "i2t_acc": jax.lax.psum(jnp.sum(pos > negatives.max(axis=1)), axes) / n,
+    "t2i_acc": jax.lax.psum(
+      jnp.sum(pos > jax.lax.dynamic_slice_in_dim(best_negative_col, offset, b)), axes
+    )
+    / n,
   }
   return loss, metrics
 
 
-def sigmoid_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
-                                logit_scale: jax.Array, logit_bias: jax.Array,
-                                axes: AxisNames) -> tuple[jax.Array, dict[str, jax.Array]]:
+def sigmoid_contrastive_sharded(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  logit_bias: jax.Array,
+  axes: AxisNames,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Global SigLIP loss from local blocks (local image rows against all texts).
 
   Both in-batch accuracies come from the loss's own b x B logits (a hit: the positive beats every
@@ -213,8 +232,9 @@ def sigmoid_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
   matmul run for them.
   """
   if logit_bias is None:
-    raise ValueError("the sigmoid loss needs a logit bias: set config.model.init_logit_bias "
-                     "(SigLIP uses -10)")
+    raise ValueError(
+      "the sigmoid loss needs a logit bias: set config.model.init_logit_bias (SigLIP uses -10)"
+    )
   axes = tuple(axes)
   b = image_emb.shape[0]
   all_txt = _gather(text_emb, axes)
@@ -229,15 +249,13 @@ def sigmoid_contrastive_sharded(image_emb: jax.Array, text_emb: jax.Array,
   pos = jnp.take_along_axis(scores, positive[:, None], axis=1)[:, 0]
   negatives = jnp.where(is_positive, -jnp.inf, scores)
   # this device's rows hold the positives of columns offset..offset+b
-  best_negative_col = jax.lax.dynamic_slice_in_dim(
-      jax.lax.pmax(negatives.max(axis=0), axes), offset, b)
+  best_negative_col = jax.lax.dynamic_slice_in_dim(jax.lax.pmax(negatives.max(axis=0), axes), offset, b)
   hits = jnp.stack([jnp.sum(pos > negatives.max(axis=1)), jnp.sum(pos > best_negative_col)])
   hits = jax.lax.psum(hits, axes) / n
   return loss, {"i2t_acc": hits[0], "t2i_acc": hits[1]}
 
 
-def _uniformity_terms(local: jax.Array, everyone: jax.Array, offset: jax.Array, t: float
-                      ) -> jax.Array:
+def _uniformity_terms(local: jax.Array, everyone: jax.Array, offset: jax.Array, t: float) -> jax.Array:
   """Sum over local rows i and all j != i of exp(-t ||x_i - x_j||^2) (unit vectors)."""
   sq = 2.0 - 2.0 * jnp.dot(local, everyone.T, precision="highest")
   rows = offset + jnp.arange(local.shape[0])
@@ -245,21 +263,31 @@ def _uniformity_terms(local: jax.Array, everyone: jax.Array, offset: jax.Array, 
   return jnp.sum(jnp.where(self_pair, 0.0, jnp.exp(-t * sq)))
 
 
-def uniformity_alignment(image_emb: jax.Array, text_emb: jax.Array, *, t: float = 2.0
-                         ) -> tuple[jax.Array, jax.Array]:
+def uniformity_alignment(
+  image_emb: jax.Array, text_emb: jax.Array, *, t: float = 2.0
+) -> tuple[jax.Array, jax.Array]:
   """Wang & Isola (2020) alignment ``E ||x_i - y_i||^2`` (Eq. 4, alpha = 2) and uniformity
   ``log E_{i != j} exp(-t ||x_i - x_j||^2)`` (Eq. 5), averaged over the two modalities."""
   b = image_emb.shape[0]
   align = jnp.mean(jnp.sum(jnp.square(image_emb - text_emb), axis=-1))
   zero = jnp.zeros((), jnp.int32)
-  uniform = (jnp.log(_uniformity_terms(image_emb, image_emb, zero, t) / (b * (b - 1)))
-             + jnp.log(_uniformity_terms(text_emb, text_emb, zero, t) / (b * (b - 1)))) / 2
+  uniform = (
+    jnp.log(_uniformity_terms(image_emb, image_emb, zero, t) / (b * (b - 1)))
+    + jnp.log(_uniformity_terms(text_emb, text_emb, zero, t) / (b * (b - 1)))
+  ) / 2
   return align, uniform
 
 
-def softmax_uniformity_alignment_sharded(image_emb, text_emb, logit_scale, logit_bias,
-                                         axes: AxisNames, *, align_weight: float = 1.0,
-                                         uniform_weight: float = 1.0):
+def softmax_uniformity_alignment_sharded(
+  image_emb,
+  text_emb,
+  logit_scale,
+  logit_bias,
+  axes: AxisNames,
+  *,
+  align_weight: float = 1.0,
+  uniform_weight: float = 1.0,
+):
   """CLIP + alignment + uniformity, as proposed to close the "contrastive gap"
   (Fahim et al. 2024, Sec. 5): ``L_CLIP + w_a L_align + w_u L_unif`` over the global batch.
 
@@ -274,9 +302,12 @@ def softmax_uniformity_alignment_sharded(image_emb, text_emb, logit_scale, logit
   align = jax.lax.psum(jnp.sum(jnp.square(image_emb - text_emb)), axes) / n
   pairs = n * (n - 1)
   uniform = (
-      jnp.log(jax.lax.psum(_uniformity_terms(image_emb, _gather(image_emb, axes), offset, 2.0),
-                           axes) / pairs)
-      + jnp.log(jax.lax.psum(_uniformity_terms(text_emb, _gather(text_emb, axes), offset, 2.0),
-                             axes) / pairs)) / 2
+    jnp.log(
+      jax.lax.psum(_uniformity_terms(image_emb, _gather(image_emb, axes), offset, 2.0), axes) / pairs
+    )
+    + jnp.log(
+      jax.lax.psum(_uniformity_terms(text_emb, _gather(text_emb, axes), offset, 2.0), axes) / pairs
+    )
+  ) / 2
   metrics = {**metrics, "align": align, "uniformity": uniform}
   return loss + align_weight * align + uniform_weight * uniform, metrics

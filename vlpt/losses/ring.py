@@ -23,7 +23,7 @@ The returned loss is this device's share; the caller ``psum``s it to the global 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,10 @@ _HI = jax.lax.Precision.HIGHEST
 
 def _check_tiles(b: int, tile: int) -> None:
   if tile <= 0 or b % tile:
-    raise ValueError(f"loss tile size {tile} must divide the per-device batch {b}; choose a "
-                     f"divisor of {b} (config.loss.tile_size)")
+    raise ValueError(
+      f"loss tile size {tile} must divide the per-device batch {b}; choose a "
+      f"divisor of {b} (config.loss.tile_size)"
+    )
 
 
 def _ring(axes: AxisNames, n: int):
@@ -45,9 +47,11 @@ def _ring(axes: AxisNames, n: int):
 
 def _varying(tree, axes: AxisNames):
   """Marks loop-carry initial values as device-varying (shard_map's type rule for loops)."""
+
   def cast(x):
     missing = tuple(a for a in axes if a not in jax.typeof(x).manual_axis_type.varying)
     return jax.lax.pcast(x, missing, to="varying") if missing else x
+
   return jax.tree.map(cast, tree)
 
 
@@ -67,8 +71,10 @@ def _circle(block, aux, carry, body, *, axes: AxisNames, n: int, tile: int):
   def one_chunk(c, state):
     aux_home, carry = state
     start = c * tile
-    travelling = (jax.lax.dynamic_slice_in_dim(block, start, tile),
-                  jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, tile), aux_home))
+    travelling = (
+      jax.lax.dynamic_slice_in_dim(block, start, tile),
+      jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, tile), aux_home),
+    )
 
     def hop(r, state):
       (chunk, aux_chunk), carry = state
@@ -76,8 +82,9 @@ def _circle(block, aux, carry, body, *, axes: AxisNames, n: int, tile: int):
       return jax.tree.map(shift, (chunk, aux_chunk)), carry
 
     (_, aux_chunk), carry = jax.lax.fori_loop(0, n, hop, _varying((travelling, carry), axes))
-    aux_home = jax.tree.map(lambda a, u: jax.lax.dynamic_update_slice_in_dim(a, u, start, 0),
-                            aux_home, aux_chunk)
+    aux_home = jax.tree.map(
+      lambda a, u: jax.lax.dynamic_update_slice_in_dim(a, u, start, 0), aux_home, aux_chunk
+    )
     return aux_home, carry
 
   return jax.lax.fori_loop(0, block.shape[0] // tile, one_chunk, _varying((aux, carry), axes))
@@ -85,9 +92,11 @@ def _circle(block, aux, carry, body, *, axes: AxisNames, n: int, tile: int):
 
 def _row_tiles(local, body, carry, tile: int, axes: AxisNames):
   """``body(rows, start, carry) -> carry`` over the local rows, ``tile`` at a time."""
+
   def step(k, carry):
     start = k * tile
     return body(jax.lax.dynamic_slice_in_dim(local, start, tile), start, carry)
+
   return jax.lax.fori_loop(0, local.shape[0] // tile, step, _varying(carry, axes))
 
 
@@ -113,14 +122,13 @@ def _softmax_forward(img, txt, scale, axes, n, tile):
       row_lse = _update_rows(row_lse, start, jnp.logaddexp, jax.nn.logsumexp(z, axis=1))
       neg = _negatives(z, origin, me, start, offset)
       row_max = _update_rows(row_max, start, jnp.maximum, neg.max(axis=1))
-      col = (jnp.logaddexp(col_lse, jax.nn.logsumexp(z, axis=0)),
-             jnp.maximum(col_max, neg.max(axis=0)))
+      col = (jnp.logaddexp(col_lse, jax.nn.logsumexp(z, axis=0)), jnp.maximum(col_max, neg.max(axis=0)))
       return (row_lse, row_max), col
+
     rows_state, col = _row_tiles(img, tile_fn, (rows_state, col), tile, axes)
     return col, rows_state
 
-  col, rows = _circle(txt, (neg_inf, neg_inf), (neg_inf, neg_inf), body, axes=axes, n=n,
-                      tile=tile)
+  col, rows = _circle(txt, (neg_inf, neg_inf), (neg_inf, neg_inf), body, axes=axes, n=n, tile=tile)
   return rows, col
 
 
@@ -162,10 +170,18 @@ def _softmax_bwd(axes, n, tile, total, res, cts):
       g = w * (jnp.exp(z - r[:, None]) + jnp.exp(z - chunk_col_lse[None, :]))
       d_img = _update_rows(d_img, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
       return d_img, d_scale + jnp.sum(g * dots)
+
     return chunk_col_lse, _row_tiles(img, tile_fn, carry, tile, axes)
 
-  _, (d_img, d_scale) = _circle(txt, col_lse, (jnp.zeros_like(img), jnp.zeros((), jnp.float32)),
-                                image_grads, axes=axes, n=n, tile=tile)
+  _, (d_img, d_scale) = _circle(
+    txt,
+    col_lse,
+    (jnp.zeros_like(img), jnp.zeros((), jnp.float32)),
+    image_grads,
+    axes=axes,
+    n=n,
+    tile=tile,
+  )
 
   def text_grads(chunk, chunk_row_lse, origin, offset, d_txt):
     def tile_fn(rows, start, d_txt):
@@ -173,6 +189,7 @@ def _softmax_bwd(axes, n, tile, total, res, cts):
       c = jax.lax.dynamic_slice_in_dim(col_lse, start, tile)
       g = w * (jnp.exp(z - chunk_row_lse[None, :]) + jnp.exp(z - c[:, None]))
       return _update_rows(d_txt, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
+
     return chunk_row_lse, _row_tiles(txt, tile_fn, d_txt, tile, axes)
 
   _, d_txt = _circle(img, row_lse, jnp.zeros_like(txt), text_grads, axes=axes, n=n, tile=tile)
@@ -206,11 +223,13 @@ def _sigmoid_fwd(img, txt, scale, bias, axes, n, tile, total):
       neg = _negatives(z, origin, me, start, offset)
       row_max = _update_rows(row_max, start, jnp.maximum, neg.max(axis=1))
       return (acc + jnp.sum(jax.nn.log_sigmoid(-z)), row_max), jnp.maximum(col_max, neg.max(axis=0))
+
     carry, col_max = _row_tiles(img, tile_fn, (carry, col_max), tile, axes)
     return col_max, carry
 
-  col_max, (neg, row_max) = _circle(txt, neg_inf, (jnp.zeros((), jnp.float32), neg_inf), body,
-                                    axes=axes, n=n, tile=tile)
+  col_max, (neg, row_max) = _circle(
+    txt, neg_inf, (jnp.zeros((), jnp.float32), neg_inf), body, axes=axes, n=n, tile=tile
+  )
   pos = scale * jnp.sum(img * txt, axis=1) + bias
   local = -(neg + pos.sum()) / total
   return (local, _hits(pos, row_max, col_max)), (img, txt, scale, bias)
@@ -229,16 +248,19 @@ def _sigmoid_bwd(axes, n, tile, total, res, cts):
       g = w * jax.nn.sigmoid(scale * dots + bias)  # d/dz of -log sigmoid(-z), times w
       d_img = _update_rows(d_img, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
       return d_img, d_scale + jnp.sum(g * dots), d_bias + jnp.sum(g)
+
     return aux, _row_tiles(img, tile_fn, carry, tile, axes)
 
   zero = jnp.zeros((), jnp.float32)
-  _, (d_img, d_scale, d_bias) = _circle(txt, dummy, (jnp.zeros_like(img), zero, zero),
-                                        image_grads, axes=axes, n=n, tile=tile)
+  _, (d_img, d_scale, d_bias) = _circle(
+    txt, dummy, (jnp.zeros_like(img), zero, zero), image_grads, axes=axes, n=n, tile=tile
+  )
 
   def text_grads(chunk, aux, origin, offset, d_txt):
     def tile_fn(rows, start, d_txt):
       g = w * jax.nn.sigmoid(scale * jnp.dot(rows, chunk.T, precision=_HI) + bias)
       return _update_rows(d_txt, start, jnp.add, scale * jnp.dot(g, chunk, precision=_HI))
+
     return aux, _row_tiles(txt, tile_fn, d_txt, tile, axes)
 
   _, d_txt = _circle(img, dummy, jnp.zeros_like(txt), text_grads, axes=axes, n=n, tile=tile)
@@ -270,25 +292,29 @@ def _global(local, hits, axes, total):
   return jax.lax.psum(local, tuple(axes)), {"i2t_acc": hits[0], "t2i_acc": hits[1]}
 
 
-def softmax_ring_sharded(image_emb, text_emb, logit_scale, logit_bias, axes: AxisNames, *,
-                         tile_size: int = 4096):
+def softmax_ring_sharded(
+  image_emb, text_emb, logit_scale, logit_bias, axes: AxisNames, *, tile_size: int = 4096
+):
   """Global CLIP loss by the tiled ring; returns (global mean loss, in-batch accuracies)."""
   del logit_bias
   n, tile, total = _setup(image_emb, axes, tile_size)
   scale = jax.lax.pcast(logit_scale, tuple(axes), to="varying")
-  local, hits = _softmax_local(image_emb.astype(jnp.float32), text_emb.astype(jnp.float32),
-                               scale, tuple(axes), n, tile, total)
+  local, hits = _softmax_local(
+    image_emb.astype(jnp.float32), text_emb.astype(jnp.float32), scale, tuple(axes), n, tile, total
+  )
   return _global(local, hits, axes, total)
 
 
-def sigmoid_ring_sharded(image_emb, text_emb, logit_scale, logit_bias, axes: AxisNames, *,
-                         tile_size: int = 4096):
+def sigmoid_ring_sharded(
+  image_emb, text_emb, logit_scale, logit_bias, axes: AxisNames, *, tile_size: int = 4096
+):
   """Global SigLIP loss by the tiled ring; returns (global mean loss, in-batch accuracies)."""
   if logit_bias is None:
     raise ValueError("the sigmoid loss needs a logit bias (config.model.init_logit_bias)")
   n, tile, total = _setup(image_emb, axes, tile_size)
   scale = jax.lax.pcast(logit_scale, tuple(axes), to="varying")
   bias = jax.lax.pcast(logit_bias, tuple(axes), to="varying")
-  local, hits = _sigmoid_local(image_emb.astype(jnp.float32), text_emb.astype(jnp.float32),
-                               scale, bias, tuple(axes), n, tile, total)
+  local, hits = _sigmoid_local(
+    image_emb.astype(jnp.float32), text_emb.astype(jnp.float32), scale, bias, tuple(axes), n, tile, total
+  )
   return _global(local, hits, axes, total)

@@ -20,9 +20,14 @@ def _cross_entropy(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(p * jax.nn.log_softmax(logits, axis=-1), axis=-1))
 
 
-def distillation_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                      teacher_image_emb: jax.Array, teacher_text_emb: jax.Array,
-                      teacher_logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+def distillation_loss(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  teacher_image_emb: jax.Array,
+  teacher_text_emb: jax.Array,
+  teacher_logit_scale: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """(contrastive, distillation) terms of open_clip's DistillClipLoss.
 
   The student's image->text and text->image distributions are pulled towards the teacher's
@@ -30,14 +35,18 @@ def distillation_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: ja
   knowledge-distillation objective of Hinton et al. 2015 applied to CLIP's in-batch softmax).
   """
   student = logit_scale * jnp.dot(image_emb, text_emb.T, precision="highest")
-  teacher = teacher_logit_scale * jnp.dot(teacher_image_emb, teacher_text_emb.T,
-                                          precision="highest")
+  teacher = teacher_logit_scale * jnp.dot(teacher_image_emb, teacher_text_emb.T, precision="highest")
   distill = (_cross_entropy(teacher, student) + _cross_entropy(teacher.T, student.T)) / 2
   return softmax_contrastive(image_emb, text_emb, logit_scale), distill
 
 
-def cwcl_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-              teacher_image_emb: jax.Array, teacher_text_emb: jax.Array) -> jax.Array:
+def cwcl_loss(
+  image_emb: jax.Array,
+  text_emb: jax.Array,
+  logit_scale: jax.Array,
+  teacher_image_emb: jax.Array,
+  teacher_text_emb: jax.Array,
+) -> jax.Array:
   """Continuously weighted contrastive loss (Srinivasa et al. 2023, Eq. 3), symmetric.
 
   Instead of one positive per row, every pair (i, j) is a positive with weight

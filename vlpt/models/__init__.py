@@ -29,8 +29,7 @@ _SET_BY_THE_MODEL = ("self", "embed_dim", "rngs", "dtype", "param_dtype")
 _TOWERS = (("image", VisionTransformer), ("text", TextTransformer), ("decoder", MultimodalDecoder))
 
 
-def model_kwargs(model_config: Any, *, image_size: int, vocab_size: int,
-                 context_length: int) -> dict:
+def model_kwargs(model_config: Any, *, image_size: int, vocab_size: int, context_length: int) -> dict:
   """``config.model`` as the model's constructor arguments, the resolution, vocabulary and text
   length filled in (``vocab_size`` / ``context_length``: the tokenizer's)."""
   model = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
@@ -41,19 +40,25 @@ def model_kwargs(model_config: Any, *, image_size: int, vocab_size: int,
   if text.get("vocab_size") is None:
     text["vocab_size"] = vocab_size
   elif text["vocab_size"] < vocab_size:
-    raise ValueError(f"config.model.text.vocab_size={text['vocab_size']} is smaller than the "
-                     f"tokenizer's vocabulary ({vocab_size}); raise it or set None")
+    raise ValueError(
+      f"config.model.text.vocab_size={text['vocab_size']} is smaller than the "
+      f"tokenizer's vocabulary ({vocab_size}); raise it or set None"
+    )
   if text.get("context_length") is None:
     text["context_length"] = context_length
   elif text["context_length"] < context_length:
-    raise ValueError(f"config.model.text.context_length={text['context_length']} is shorter than "
-                     f"the tokenizer's ({context_length})")
+    raise ValueError(
+      f"config.model.text.context_length={text['context_length']} is shorter than "
+      f"the tokenizer's ({context_length})"
+    )
   if model["name"] == "coca":
-    model["decoder"] = {"vocab_size": text["vocab_size"],
-                        "context_length": text["context_length"], **decoder}
+    model["decoder"] = {
+      "vocab_size": text["vocab_size"],
+      "context_length": text["context_length"],
+      **decoder,
+    }
   elif decoder:
-    raise ValueError(f"config.model.decoder is for CoCa only (config.model.name="
-                     f"{model['name']!r})")
+    raise ValueError(f"config.model.decoder is for CoCa only (config.model.name={model['name']!r})")
   return model
 
 
@@ -88,8 +93,7 @@ def check_config(kwargs: dict) -> None:
     nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(0)))
   except (TypeError, ValueError) as e:  # a constructor's own check, or an argument's kind
     message = str(e)
-    raise ValueError(message if message.startswith("config.") else f"config.model: {message}"
-                     ) from None
+    raise ValueError(message if message.startswith("config.") else f"config.model: {message}") from None
 
 
 __all__ = ["CLIP", "CoCa", "MODELS", "build_model", "check_config", "model_kwargs"]

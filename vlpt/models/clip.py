@@ -38,21 +38,29 @@ class CLIP(nnx.Module):
   ``TextTransformer``); ``config.model.image`` / ``config.model.text`` hold them.
   """
 
-  def __init__(self, *, image: dict, text: dict, embed_dim: int, rngs: nnx.Rngs,
-               init_logit_scale: float = math.log(1 / 0.07), max_logit_scale: float = math.log(100),
-               init_logit_bias: float | None = None, dtype: str = "float32",
-               param_dtype: str = "float32"):
-    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype), embed_dim=embed_dim,
-              rngs=rngs)
+  def __init__(
+    self,
+    *,
+    image: dict,
+    text: dict,
+    embed_dim: int,
+    rngs: nnx.Rngs,
+    init_logit_scale: float = math.log(1 / 0.07),
+    max_logit_scale: float = math.log(100),
+    init_logit_bias: float | None = None,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+  ):
+    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype), embed_dim=embed_dim, rngs=rngs)
     self.image = VisionTransformer(**image, **kw)
     self.text = TextTransformer(**text, **kw)
     self.logit_scale = annotated(jnp.asarray(init_logit_scale, jnp.float32))
-    self.logit_bias = (annotated(jnp.asarray(init_logit_bias, jnp.float32))
-                       if init_logit_bias is not None else None)
+    self.logit_bias = (
+      annotated(jnp.asarray(init_logit_bias, jnp.float32)) if init_logit_bias is not None else None
+    )
     self.max_logit_scale = max_logit_scale
 
-  def encode_image(self, images: jax.Array, *, dropout_rng: jax.Array | None = None
-                   ) -> jax.Array:
+  def encode_image(self, images: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
     """L2-normalized fp32 image embeddings (``dropout_rng``: patch dropout, training only)."""
     return l2_normalize(self.image(images, dropout_rng=dropout_rng))
 
@@ -68,8 +76,11 @@ class CLIP(nnx.Module):
     return out
 
   def __call__(self, images: jax.Array, ids: jax.Array) -> dict[str, jax.Array]:
-    return {"image_emb": self.encode_image(images), "text_emb": self.encode_text(ids),
-            **self.logit_params()}
+    return {
+      "image_emb": self.encode_image(images),
+      "text_emb": self.encode_text(ids),
+      **self.logit_params(),
+    }
 
   def apply_constraints(self) -> None:
     """Clamps the log temperature to [0, ln max_scale] (CLIP Sec. 2.5), after each update."""

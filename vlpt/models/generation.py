@@ -45,16 +45,27 @@ def _filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) ->
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     # keep the smallest prefix whose mass reaches top_p (always the most likely token)
     keep_sorted = jnp.cumsum(probs, axis=-1) - probs < top_p
-    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
-        keep_sorted)
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
     logits = jnp.where(keep, logits, neg)
   return logits
 
 
-def generate(model, images: jax.Array, *, max_len: int, sot_id: int, eot_id: int,
-             pad_id: int = 0, method: str = "greedy", num_beams: int = 4,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             length_penalty: float = 1.0, rng: jax.Array | None = None) -> jax.Array:
+def generate(
+  model,
+  images: jax.Array,
+  *,
+  max_len: int,
+  sot_id: int,
+  eot_id: int,
+  pad_id: int = 0,
+  method: str = "greedy",
+  num_beams: int = 4,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+  top_p: float | None = None,
+  length_penalty: float = 1.0,
+  rng: jax.Array | None = None,
+) -> jax.Array:
   """Captions for ``images`` [B, H, W, 3] (preprocessed): ids [B, max_len].
 
   ``method``: "greedy", "beam" (``num_beams``, scores normalized by length**length_penalty) or
@@ -66,16 +77,34 @@ def generate(model, images: jax.Array, *, max_len: int, sot_id: int, eot_id: int
     raise ValueError("sampling needs rng=jax.random.key(...)")
   _, image_tokens = model.image_features(images)
   if method == "beam":
-    return _beam(model, image_tokens, max_len=max_len, sot_id=sot_id, eot_id=eot_id,
-                 pad_id=pad_id, num_beams=num_beams, length_penalty=length_penalty)
-  return _sample_or_greedy(model, image_tokens, max_len=max_len, sot_id=sot_id, eot_id=eot_id,
-                           pad_id=pad_id, greedy=method == "greedy", temperature=temperature,
-                           top_k=top_k, top_p=top_p,
-                           rng=rng if rng is not None else jax.random.key(0))
+    return _beam(
+      model,
+      image_tokens,
+      max_len=max_len,
+      sot_id=sot_id,
+      eot_id=eot_id,
+      pad_id=pad_id,
+      num_beams=num_beams,
+      length_penalty=length_penalty,
+    )
+  return _sample_or_greedy(
+    model,
+    image_tokens,
+    max_len=max_len,
+    sot_id=sot_id,
+    eot_id=eot_id,
+    pad_id=pad_id,
+    greedy=method == "greedy",
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    rng=rng if rng is not None else jax.random.key(0),
+  )
 
 
-def _sample_or_greedy(model, image_tokens, *, max_len, sot_id, eot_id, pad_id, greedy,
-                      temperature, top_k, top_p, rng):
+def _sample_or_greedy(
+  model, image_tokens, *, max_len, sot_id, eot_id, pad_id, greedy, temperature, top_k, top_p, rng
+):
   batch = image_tokens.shape[0]
   _, params, cache, step = _decoder_fns(model, batch, max_len)
 
@@ -129,7 +158,7 @@ def _beam(model, image_tokens, *, max_len, sot_id, eot_id, pad_id, num_beams, le
       logp = jnp.where(done[..., None], pad_only, logp)
       total = (scores[..., None] + logp).reshape(batch, k * vocab)
       new_len = lengths[..., None] + (~done[..., None]).astype(jnp.int32)
-      norm = (new_len.astype(jnp.float32) ** length_penalty)
+      norm = new_len.astype(jnp.float32) ** length_penalty
       ranked = total / jnp.broadcast_to(norm, (batch, k, vocab)).reshape(batch, k * vocab)
       _, flat_idx = jax.lax.top_k(ranked, k)
       beam_idx, token = flat_idx // vocab, (flat_idx % vocab).astype(jnp.int32)

@@ -7,7 +7,7 @@ Every parameter carries logical axis names (see ``vlpt.sharding``): attention we
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,19 +27,19 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's default
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # SigLIP (big_vision, HF)
-    "quick_gelu": quick_gelu,
-    "relu": jax.nn.relu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's default
+  "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # SigLIP (big_vision, HF)
+  "quick_gelu": quick_gelu,
+  "relu": jax.nn.relu,
 }
 
 # Rematerialization policies for scanned or looped blocks (``config.model.*.remat``): what the
 # backward pass may keep instead of recomputing. "full" keeps nothing (least memory).
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_saveable,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -67,8 +67,9 @@ class BlockOptions:
 class LayerNorm(nnx.Module):
   """LayerNorm with torch's eps (1e-5) by default, statistics in fp32 whatever the compute dtype."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-5, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32):
+  def __init__(
+    self, dim: int, *, eps: float = 1e-5, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32
+  ):
     self.scale = annotated(jnp.ones((dim,), param_dtype), "norm")
     self.bias = annotated(jnp.zeros((dim,), param_dtype), "norm")
     self.eps = eps
@@ -86,12 +87,22 @@ class LayerNorm(nnx.Module):
 class Dense(nnx.Module):
   """y = x @ W + b with logical axes on W: (in_axis, out_axis)."""
 
-  def __init__(self, din: int, dout: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
-               use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-               kernel_init=_dense_init):
+  def __init__(
+    self,
+    din: int,
+    dout: int,
+    axes: tuple[str | None, str | None],
+    *,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    kernel_init=_dense_init,
+  ):
     self.kernel = nnx.Param(param(kernel_init, *axes)(rngs.params(), (din, dout), param_dtype))
-    self.bias = (nnx.Param(param(_zeros, axes[1])(rngs.params(), (dout,), param_dtype))
-                 if use_bias else None)
+    self.bias = (
+      nnx.Param(param(_zeros, axes[1])(rngs.params(), (dout,), param_dtype)) if use_bias else None
+    )
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -122,8 +133,16 @@ class Attention(nnx.Module):
   ``init_cache`` + ``decode=True`` run it one token at a time for autoregressive generation.
   """
 
-  def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, kv_dim: int | None = None,
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
+  def __init__(
+    self,
+    dim: int,
+    heads: int,
+    *,
+    rngs: nnx.Rngs,
+    kv_dim: int | None = None,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+  ):
     if dim % heads:
       raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
     head_dim = dim // heads
@@ -133,8 +152,9 @@ class Attention(nnx.Module):
     for name, din in (("query", dim), ("key", kv_dim), ("value", kv_dim)):
       setattr(self, name, nnx.Param(init(rngs.params(), (din, heads, head_dim), param_dtype)))
       setattr(self, f"{name}_bias", nnx.Param(binit(rngs.params(), (heads, head_dim), param_dtype)))
-    self.out = nnx.Param(param(_dense_init, "heads", "kv", "embed")(
-        rngs.params(), (heads, head_dim, dim), param_dtype))
+    self.out = nnx.Param(
+      param(_dense_init, "heads", "kv", "embed")(rngs.params(), (heads, head_dim, dim), param_dtype)
+    )
     self.out_bias = nnx.Param(param(_zeros, "embed")(rngs.params(), (dim,), param_dtype))
     self.dtype = dtype
     self.heads, self.head_dim = heads, head_dim
@@ -143,17 +163,28 @@ class Attention(nnx.Module):
   def init_cache(self, batch: int, length: int) -> None:
     """Allocates an empty key/value cache for ``length`` decoding positions."""
     shape = (batch, length, self.heads, self.head_dim)
-    self.cache = KVCache({"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype),
-                          "index": jnp.zeros((), jnp.int32)})
+    self.cache = KVCache(
+      {
+        "key": jnp.zeros(shape, self.dtype),
+        "value": jnp.zeros(shape, self.dtype),
+        "index": jnp.zeros((), jnp.int32),
+      }
+    )
 
   def _project(self, x, w, b):
     y = jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), w[...].astype(self.dtype))
     y = y + b[...].astype(self.dtype)
-    return constrain(y, "activation_batch", "activation_length", "activation_heads",
-                     "activation_kv")
+    return constrain(y, "activation_batch", "activation_length", "activation_heads", "activation_kv")
 
-  def __call__(self, x: jax.Array, *, kv: jax.Array | None = None, causal: bool = False,
-               mask: jax.Array | None = None, decode: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    kv: jax.Array | None = None,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    decode: bool = False,
+  ) -> jax.Array:
     src = x if kv is None else kv
     q = self._project(x, self.query, self.query_bias)
     k = self._project(src, self.key, self.key_bias)
@@ -180,12 +211,18 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-  def __init__(self, width: int, hidden: int, *, act: str, rngs: nnx.Rngs,
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
-    self.fc1 = Dense(width, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype,
-                     param_dtype=param_dtype)
-    self.fc2 = Dense(hidden, width, ("mlp", "embed"), rngs=rngs, dtype=dtype,
-                     param_dtype=param_dtype)
+  def __init__(
+    self,
+    width: int,
+    hidden: int,
+    *,
+    act: str,
+    rngs: nnx.Rngs,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+  ):
+    self.fc1 = Dense(width, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.fc2 = Dense(hidden, width, ("mlp", "embed"), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.act = activation(act)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -201,8 +238,16 @@ class Block(nnx.Module):
   ``ln_1_kv``), as the cross-attention blocks of CoCa's multimodal decoder (open_clip layout).
   """
 
-  def __init__(self, width: int, heads: int, mlp_dim: int, *, opts: BlockOptions, rngs: nnx.Rngs,
-               cross_attention: bool = False):
+  def __init__(
+    self,
+    width: int,
+    heads: int,
+    mlp_dim: int,
+    *,
+    opts: BlockOptions,
+    rngs: nnx.Rngs,
+    cross_attention: bool = False,
+  ):
     kw = opts.kw
     eps = opts.norm_eps
     self.ln_1 = LayerNorm(width, eps=eps, **kw)
@@ -213,8 +258,15 @@ class Block(nnx.Module):
     self.mlp = Mlp(width, mlp_dim, act=opts.act, rngs=rngs, **kw)
     self.ls_2 = LayerScale(width, opts.layer_scale, **kw) if opts.layer_scale else None
 
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
-               context: jax.Array | None = None, decode: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    context: jax.Array | None = None,
+    decode: bool = False,
+  ) -> jax.Array:
     if self.ln_1_kv is not None:
       h = self.attn(self.ln_1(x), kv=self.ln_1_kv(context))
     else:
@@ -228,13 +280,19 @@ class Block(nnx.Module):
 class DecoderLayer(nnx.Module):
   """A causal self-attention block followed by a cross-attention block (CoCa's decoder layer)."""
 
-  def __init__(self, width: int, heads: int, mlp_dim: int, *, opts: BlockOptions,
-               rngs: nnx.Rngs):
+  def __init__(self, width: int, heads: int, mlp_dim: int, *, opts: BlockOptions, rngs: nnx.Rngs):
     self.self_block = Block(width, heads, mlp_dim, opts=opts, rngs=rngs)
     self.cross_block = Block(width, heads, mlp_dim, opts=opts, rngs=rngs, cross_attention=True)
 
-  def __call__(self, x: jax.Array, *, causal: bool = True, mask: jax.Array | None = None,
-               context: jax.Array | None = None, decode: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    causal: bool = True,
+    mask: jax.Array | None = None,
+    context: jax.Array | None = None,
+    decode: bool = False,
+  ) -> jax.Array:
     x = self.self_block(x, causal=causal, mask=mask, decode=decode)
     return self.cross_block(x, context=context)
 
@@ -247,8 +305,19 @@ class Transformer(nnx.Module):
   rematerialization policy from :data:`REMAT_POLICIES`, applied per block in both modes.
   """
 
-  def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, *, opts: BlockOptions,
-               rngs: nnx.Rngs, scan: bool = False, remat: str = "none", decoder: bool = False):
+  def __init__(
+    self,
+    width: int,
+    depth: int,
+    heads: int,
+    mlp_dim: int,
+    *,
+    opts: BlockOptions,
+    rngs: nnx.Rngs,
+    scan: bool = False,
+    remat: str = "none",
+    decoder: bool = False,
+  ):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
     self.scan, self.remat, self.depth = scan, remat, depth
@@ -260,14 +329,21 @@ class Transformer(nnx.Module):
 
     if scan:
       make = nnx.split_rngs(splits=depth)(
-          nnx.vmap(make, in_axes=(0,), out_axes=0,
-                   transform_metadata={nnx.PARTITION_NAME: "layers"}))
+        nnx.vmap(make, in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      )
       self.blocks = make(rngs)
     else:
       self.blocks = nnx.List([make(rngs) for _ in range(depth)])
 
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
-               context: jax.Array | None = None, decode: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    context: jax.Array | None = None,
+    decode: bool = False,
+  ) -> jax.Array:
     def apply(block, x):
       return block(x, causal=causal, mask=mask, context=context, decode=decode)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 from flax import nnx
 from flax.core import spmd as flax_spmd
@@ -31,5 +30,3 @@ def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
     return x
   spec = P(*flax_spmd.from_sharding_rules(tuple(axes), rules))
   return jax.lax.with_sharding_constraint(x, spec)
-
-

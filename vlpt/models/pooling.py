@@ -21,11 +21,24 @@ from vlpt.models.partitioning import param
 class MapHead(nnx.Module):
   """Tokens [B, N, W] -> pooled [B, W] (big_vision MAPHead / HF SigLIP pooling head)."""
 
-  def __init__(self, width: int, heads: int, mlp_dim: int, *, act: str, norm_eps: float,
-               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(
+    self,
+    width: int,
+    heads: int,
+    mlp_dim: int,
+    *,
+    act: str,
+    norm_eps: float,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    self.probe = nnx.Param(param(nnx.initializers.xavier_uniform(), "queries", "embed")(
-        rngs.params(), (1, width), param_dtype))
+    self.probe = nnx.Param(
+      param(nnx.initializers.xavier_uniform(), "queries", "embed")(
+        rngs.params(), (1, width), param_dtype
+      )
+    )
     self.attn = Attention(width, heads, rngs=rngs, **kw)
     self.ln = LayerNorm(width, eps=norm_eps, **kw)
     self.mlp = Mlp(width, mlp_dim, act=act, rngs=rngs, **kw)
@@ -42,11 +55,22 @@ class MapHead(nnx.Module):
 class AttentionalPooler(nnx.Module):
   """Tokens [B, N, context_dim] -> [B, queries, dim] (open_clip's CoCa AttentionalPooler)."""
 
-  def __init__(self, dim: int, context_dim: int, heads: int, queries: int, *, norm_eps: float,
-               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(
+    self,
+    dim: int,
+    context_dim: int,
+    heads: int,
+    queries: int,
+    *,
+    norm_eps: float,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    self.query = nnx.Param(param(nnx.initializers.normal(1.0), "queries", "embed")(
-        rngs.params(), (queries, dim), param_dtype))
+    self.query = nnx.Param(
+      param(nnx.initializers.normal(1.0), "queries", "embed")(rngs.params(), (queries, dim), param_dtype)
+    )
     self.attn = Attention(dim, heads, kv_dim=context_dim, rngs=rngs, **kw)
     self.ln_q = LayerNorm(dim, eps=norm_eps, **kw)
     self.ln_k = LayerNorm(context_dim, eps=norm_eps, **kw)

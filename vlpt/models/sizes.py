@@ -18,29 +18,29 @@ class TowerSize:
 
 
 VIT_SIZES: dict[str, TowerSize] = {
-    # tiny sizes for CPU demos and tests
-    "micro": TowerSize(64, 2, 2, 256),
-    "demo": TowerSize(128, 3, 4, 512),
-    "Ti": TowerSize(192, 12, 3, 768),
-    "S": TowerSize(384, 12, 6, 1536),
-    "M": TowerSize(512, 12, 8, 2048),
-    "B": TowerSize(768, 12, 12, 3072),
-    "L": TowerSize(1024, 24, 16, 4096),
-    "H": TowerSize(1280, 32, 16, 5120),
-    "g": TowerSize(1408, 40, 16, 6144),
-    "So400m": TowerSize(1152, 27, 16, 4304),
+  # tiny sizes for CPU demos and tests
+  "micro": TowerSize(64, 2, 2, 256),
+  "demo": TowerSize(128, 3, 4, 512),
+  "Ti": TowerSize(192, 12, 3, 768),
+  "S": TowerSize(384, 12, 6, 1536),
+  "M": TowerSize(512, 12, 8, 2048),
+  "B": TowerSize(768, 12, 12, 3072),
+  "L": TowerSize(1024, 24, 16, 4096),
+  "H": TowerSize(1280, 32, 16, 5120),
+  "g": TowerSize(1408, 40, 16, 6144),
+  "So400m": TowerSize(1152, 27, 16, 4304),
 }
 
 VIT_PATCHES = (4, 8, 14, 16, 32)
 
 TEXT_SIZES: dict[str, TowerSize] = {
-    "micro": TowerSize(64, 2, 2, 256),
-    "demo": TowerSize(128, 3, 4, 512),
-    "Ti": TowerSize(192, 12, 3, 768),
-    "S": TowerSize(384, 12, 6, 1536),
-    "B": TowerSize(512, 12, 8, 2048),  # CLIP ViT-B text tower
-    "L": TowerSize(768, 12, 12, 3072),  # CLIP ViT-L/14 text tower
-    "H": TowerSize(1024, 24, 16, 4096),
+  "micro": TowerSize(64, 2, 2, 256),
+  "demo": TowerSize(128, 3, 4, 512),
+  "Ti": TowerSize(192, 12, 3, 768),
+  "S": TowerSize(384, 12, 6, 1536),
+  "B": TowerSize(512, 12, 8, 2048),  # CLIP ViT-B text tower
+  "L": TowerSize(768, 12, 12, 3072),  # CLIP ViT-L/14 text tower
+  "H": TowerSize(1024, 24, 16, 4096),
 }
 
 
@@ -62,11 +62,16 @@ def parse_text(variant: str) -> TowerSize:
   return TEXT_SIZES[variant]
 
 
-def tower_size(size: TowerSize, *, width: int | None = None, depth: int | None = None,
-               heads: int | None = None, mlp_dim: int | None = None) -> TowerSize:
+def tower_size(
+  size: TowerSize,
+  *,
+  width: int | None = None,
+  depth: int | None = None,
+  heads: int | None = None,
+  mlp_dim: int | None = None,
+) -> TowerSize:
   """``size`` with any explicitly given dimension replaced (imported checkpoints, ablations)."""
-  out = TowerSize(width or size.width, depth or size.depth, heads or size.heads,
-                  mlp_dim or size.mlp_dim)
+  out = TowerSize(width or size.width, depth or size.depth, heads or size.heads, mlp_dim or size.mlp_dim)
   if out.width % out.heads:
     raise ValueError(f"tower width {out.width} is not divisible by {out.heads} heads")
   return out

@@ -28,16 +28,36 @@ CLS_MASKS = ("legacy", "correct")
 class TextTransformer(nnx.Module):
   """Token ids [B, L] -> embeddings [B, embed_dim]."""
 
-  def __init__(self, variant: str, *, vocab_size: int, context_length: int, embed_dim: int,
-               rngs: nnx.Rngs, act: str = "gelu", causal: bool = True, pool: str = "eot",
-               eos_id: int | None = None, mask_padding: bool = False, pad_id: int = 0,
-               proj: bool = True, proj_bias: bool = False, norm_eps: float = 1e-5,
-               layer_scale: float | None = None, embed_cls: bool = False,
-               cls_mask: str = "legacy", width: int | None = None, depth: int | None = None,
-               heads: int | None = None, mlp_dim: int | None = None, scan: bool = False,
-               remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32):
-    size = tower_size(parse_text(variant), width=width, depth=depth, heads=heads,
-                      mlp_dim=mlp_dim)
+  def __init__(
+    self,
+    variant: str,
+    *,
+    vocab_size: int,
+    context_length: int,
+    embed_dim: int,
+    rngs: nnx.Rngs,
+    act: str = "gelu",
+    causal: bool = True,
+    pool: str = "eot",
+    eos_id: int | None = None,
+    mask_padding: bool = False,
+    pad_id: int = 0,
+    proj: bool = True,
+    proj_bias: bool = False,
+    norm_eps: float = 1e-5,
+    layer_scale: float | None = None,
+    embed_cls: bool = False,
+    cls_mask: str = "legacy",
+    width: int | None = None,
+    depth: int | None = None,
+    heads: int | None = None,
+    mlp_dim: int | None = None,
+    scan: bool = False,
+    remat: str = "none",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
+    size = tower_size(parse_text(variant), width=width, depth=depth, heads=heads, mlp_dim=mlp_dim)
     if pool not in TEXT_POOLINGS:
       raise ValueError(f"unknown text pooling {pool!r}; choose one of {TEXT_POOLINGS}")
     if pool == "eos" and eos_id is None:
@@ -51,23 +71,45 @@ class TextTransformer(nnx.Module):
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, **kw)
-    self.token_embedding = nnx.Param(param(nnx.initializers.normal(0.02), "vocab", "embed")(
-        rngs.params(), (vocab_size, w), param_dtype))
-    self.cls_emb = (nnx.Param(param(nnx.initializers.normal(0.01), "embed")(
-        rngs.params(), (w,), param_dtype)) if embed_cls else None)
-    self.positional_embedding = nnx.Param(param(nnx.initializers.normal(0.01), "length", "embed")(
-        rngs.params(), (context_length + int(embed_cls), w), param_dtype))
-    self.transformer = Transformer(w, size.depth, size.heads, size.mlp_dim, opts=opts, rngs=rngs,
-                                   scan=scan, remat=remat)
+    self.token_embedding = nnx.Param(
+      param(nnx.initializers.normal(0.02), "vocab", "embed")(rngs.params(), (vocab_size, w), param_dtype)
+    )
+    self.cls_emb = (
+      nnx.Param(param(nnx.initializers.normal(0.01), "embed")(rngs.params(), (w,), param_dtype))
+      if embed_cls
+      else None
+    )
+    self.positional_embedding = nnx.Param(
+      param(nnx.initializers.normal(0.01), "length", "embed")(
+        rngs.params(), (context_length + int(embed_cls), w), param_dtype
+      )
+    )
+    self.transformer = Transformer(
+      w, size.depth, size.heads, size.mlp_dim, opts=opts, rngs=rngs, scan=scan, remat=remat
+    )
     self.ln_final = LayerNorm(w, eps=norm_eps, **kw)
-    self.map_head = (MapHead(w, size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs,
-                             **kw) if pool == "map" else None)
+    self.map_head = (
+      MapHead(w, size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs, **kw)
+      if pool == "map"
+      else None
+    )
     if not proj and w != embed_dim:
-      raise ValueError(f"a text tower without projection needs embed_dim == width ({w}), "
-                       f"got embed_dim={embed_dim}")
-    self.proj = (Dense(w, embed_dim, ("embed", "proj"), rngs=rngs, use_bias=proj_bias,
-                       kernel_init=nnx.initializers.normal(stddev=w ** -0.5), **kw)
-                 if proj else None)
+      raise ValueError(
+        f"a text tower without projection needs embed_dim == width ({w}), got embed_dim={embed_dim}"
+      )
+    self.proj = (
+      Dense(
+        w,
+        embed_dim,
+        ("embed", "proj"),
+        rngs=rngs,
+        use_bias=proj_bias,
+        kernel_init=nnx.initializers.normal(stddev=w**-0.5),
+        **kw,
+      )
+      if proj
+      else None
+    )
 
   def _mask(self, ids: jax.Array) -> jax.Array | None:
     """Key mask [B, 1, 1 or Q, K] hiding padding (and handling CoCa's appended CLS), or None."""
@@ -106,8 +148,9 @@ class TextTransformer(nnx.Module):
       elif self.pool == "map":
         pooled = self.map_head(x, mask=(ids != self.pad_id)[:, None, None, :])
       else:
-        where = jnp.argmax(ids, axis=-1) if self.pool == "eot" else jnp.argmax(
-            ids == self.eos_id, axis=-1)
+        where = (
+          jnp.argmax(ids, axis=-1) if self.pool == "eot" else jnp.argmax(ids == self.eos_id, axis=-1)
+        )
         pooled = jnp.take_along_axis(x, where[:, None, None], axis=1)[:, 0]
     if self.proj is not None:
       pooled = self.proj(pooled)

@@ -18,7 +18,7 @@ from flax import nnx
 from vlpt.models.layers import BlockOptions, Dense, LayerNorm, Transformer
 from vlpt.models.partitioning import constrain, param
 from vlpt.models.pooling import AttentionalPooler, MapHead
-from vlpt.models.sizes import tower_size, parse_vit
+from vlpt.models.sizes import parse_vit, tower_size
 
 POOLINGS = ("token", "gap", "map", "coca")
 
@@ -26,20 +26,42 @@ POOLINGS = ("token", "gap", "map", "coca")
 class VisionTransformer(nnx.Module):
   """Images [B, H, W, 3] (already normalized) -> embeddings [B, embed_dim]."""
 
-  def __init__(self, variant: str, *, image_size: int, embed_dim: int, rngs: nnx.Rngs,
-               pool: str = "token", act: str = "gelu", class_token: bool = True,
-               ln_pre: bool = True, final_ln_after_pool: bool = False, patch_bias: bool = False,
-               proj: bool = True, proj_bias: bool = False, norm_eps: float = 1e-5,
-               layer_scale: float | None = None, patch_dropout: float = 0.0,
-               pooler_heads: int | None = None, pooler_queries: int = 256,
-               width: int | None = None, depth: int | None = None, heads: int | None = None,
-               mlp_dim: int | None = None, scan: bool = False, remat: str = "none",
-               dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(
+    self,
+    variant: str,
+    *,
+    image_size: int,
+    embed_dim: int,
+    rngs: nnx.Rngs,
+    pool: str = "token",
+    act: str = "gelu",
+    class_token: bool = True,
+    ln_pre: bool = True,
+    final_ln_after_pool: bool = False,
+    patch_bias: bool = False,
+    proj: bool = True,
+    proj_bias: bool = False,
+    norm_eps: float = 1e-5,
+    layer_scale: float | None = None,
+    patch_dropout: float = 0.0,
+    pooler_heads: int | None = None,
+    pooler_queries: int = 256,
+    width: int | None = None,
+    depth: int | None = None,
+    heads: int | None = None,
+    mlp_dim: int | None = None,
+    scan: bool = False,
+    remat: str = "none",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
     size, patch = parse_vit(variant)
     size = tower_size(size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim)
     if image_size % patch:
-      raise ValueError(f"image size {image_size} (config.data.image_size) is not divisible by "
-                       f"the patch size {patch} of {variant!r}")
+      raise ValueError(
+        f"image size {image_size} (config.data.image_size) is not divisible by "
+        f"the patch size {patch} of {variant!r}"
+      )
     if pool not in POOLINGS:
       raise ValueError(f"unknown image pooling {pool!r}; choose one of {POOLINGS}")
     if pool == "token" and not class_token:
@@ -51,34 +73,62 @@ class VisionTransformer(nnx.Module):
     self.patch_dropout = patch_dropout
     self.dtype = dtype
     w = size.width
-    scale = w ** -0.5
+    scale = w**-0.5
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, **kw)
-    self.patch_embed = nnx.Param(param(nnx.initializers.lecun_normal(), "patch", "patch",
-                                       "channels", "embed")(rngs.params(), (patch, patch, 3, w),
-                                                            param_dtype))
-    self.patch_bias = (nnx.Param(param(nnx.initializers.zeros_init(), "embed")(
-        rngs.params(), (w,), param_dtype)) if patch_bias else None)
+    self.patch_embed = nnx.Param(
+      param(nnx.initializers.lecun_normal(), "patch", "patch", "channels", "embed")(
+        rngs.params(), (patch, patch, 3, w), param_dtype
+      )
+    )
+    self.patch_bias = (
+      nnx.Param(param(nnx.initializers.zeros_init(), "embed")(rngs.params(), (w,), param_dtype))
+      if patch_bias
+      else None
+    )
     normal = nnx.initializers.normal(stddev=scale)
-    self.class_embedding = (nnx.Param(param(normal, "embed")(rngs.params(), (w,), param_dtype))
-                            if class_token else None)
-    self.positional_embedding = nnx.Param(param(normal, "length", "embed")(
-        rngs.params(), (int(class_token) + self.grid ** 2, w), param_dtype))
+    self.class_embedding = (
+      nnx.Param(param(normal, "embed")(rngs.params(), (w,), param_dtype)) if class_token else None
+    )
+    self.positional_embedding = nnx.Param(
+      param(normal, "length", "embed")(rngs.params(), (int(class_token) + self.grid**2, w), param_dtype)
+    )
     self.ln_pre = LayerNorm(w, eps=norm_eps, **kw) if ln_pre else None
-    self.transformer = Transformer(w, size.depth, size.heads, size.mlp_dim, opts=opts, rngs=rngs,
-                                   scan=scan, remat=remat)
+    self.transformer = Transformer(
+      w, size.depth, size.heads, size.mlp_dim, opts=opts, rngs=rngs, scan=scan, remat=remat
+    )
     pool_dim = embed_dim if pool == "coca" else w
     self.ln_post = LayerNorm(pool_dim, eps=norm_eps, **kw)
-    self.map_head = (MapHead(w, pooler_heads or size.heads, size.mlp_dim, act=act,
-                             norm_eps=norm_eps, rngs=rngs, **kw) if pool == "map" else None)
-    self.attn_pool = (AttentionalPooler(embed_dim, w, pooler_heads or 8, pooler_queries,
-                                        norm_eps=norm_eps, rngs=rngs, **kw)
-                      if pool == "coca" else None)
+    self.map_head = (
+      MapHead(w, pooler_heads or size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs, **kw)
+      if pool == "map"
+      else None
+    )
+    self.attn_pool = (
+      AttentionalPooler(
+        embed_dim, w, pooler_heads or 8, pooler_queries, norm_eps=norm_eps, rngs=rngs, **kw
+      )
+      if pool == "coca"
+      else None
+    )
     if not proj and pool_dim != embed_dim:
-      raise ValueError(f"an image tower without projection needs embed_dim == width ({pool_dim}), "
-                       f"got embed_dim={embed_dim}")
-    self.proj = (Dense(pool_dim, embed_dim, ("embed", "proj"), rngs=rngs, use_bias=proj_bias,
-                       kernel_init=nnx.initializers.normal(stddev=scale), **kw) if proj else None)
+      raise ValueError(
+        f"an image tower without projection needs embed_dim == width ({pool_dim}), "
+        f"got embed_dim={embed_dim}"
+      )
+    self.proj = (
+      Dense(
+        pool_dim,
+        embed_dim,
+        ("embed", "proj"),
+        rngs=rngs,
+        use_bias=proj_bias,
+        kernel_init=nnx.initializers.normal(stddev=scale),
+        **kw,
+      )
+      if proj
+      else None
+    )
 
   def patchify(self, images: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, grid*grid, p*p*C], patches in row-major order."""
@@ -102,8 +152,9 @@ class VisionTransformer(nnx.Module):
     kept = jnp.take_along_axis(x[:, prefix:], order[..., None], axis=1)
     return jnp.concatenate([x[:, :prefix], kept], axis=1)
 
-  def features(self, images: jax.Array, *, dropout_rng: jax.Array | None = None
-               ) -> tuple[jax.Array, jax.Array]:
+  def features(
+    self, images: jax.Array, *, dropout_rng: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """(pooled embedding [B, embed_dim] before normalization, tokens [B, T, D] after ln_post).
 
     ``dropout_rng`` (a key, or one key per example) turns patch dropout on (training only).

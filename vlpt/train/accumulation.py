@@ -16,7 +16,8 @@ original row order and sharding without any communication.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +38,15 @@ def merge_micro_batches(x: jax.Array, n: int) -> jax.Array:
 
 
 def accumulated_value_and_grad(
-    embed: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
-    logit_params: Callable[[Any], tuple[jax.Array, jax.Array]],
-    loss: Callable[..., tuple[jax.Array, dict]],
-    params: Any, images: jax.Array, text: jax.Array, *extra: jax.Array, k: int, n: int,
+  embed: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+  logit_params: Callable[[Any], tuple[jax.Array, jax.Array]],
+  loss: Callable[..., tuple[jax.Array, dict]],
+  params: Any,
+  images: jax.Array,
+  text: jax.Array,
+  *extra: jax.Array,
+  k: int,
+  n: int,
 ) -> tuple[tuple[jax.Array, dict], Any]:
   """((loss, metrics), grads) of ``loss(embed(params, batch), logit_params(params))``.
 
@@ -59,7 +65,8 @@ def accumulated_value_and_grad(
   text_emb = jax.lax.stop_gradient(merge_micro_batches(text_emb, n))
   (scale, bias), scalar_vjp = jax.vjp(logit_params, params)
   (value, metrics), (g_image, g_text, g_scale, g_bias) = jax.value_and_grad(
-      loss, argnums=(0, 1, 2, 3), has_aux=True)(image_emb, text_emb, scale, bias)
+    loss, argnums=(0, 1, 2, 3), has_aux=True
+  )(image_emb, text_emb, scale, bias)
   (grads,) = scalar_vjp((g_scale, g_bias))
 
   def backward(acc, micro):
@@ -68,6 +75,7 @@ def accumulated_value_and_grad(
     (g,) = vjp((g_img, g_txt))
     return jax.tree.map(jnp.add, acc, g), None
 
-  grads, _ = jax.lax.scan(backward, grads, (inputs_k, split_micro_batches(g_image, k, n),
-                                            split_micro_batches(g_text, k, n)))
+  grads, _ = jax.lax.scan(
+    backward, grads, (inputs_k, split_micro_batches(g_image, k, n), split_micro_batches(g_text, k, n))
+  )
   return (value, metrics), grads

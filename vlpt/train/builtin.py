@@ -26,8 +26,12 @@ def train_builtin(name: str, out: str) -> None:
   bundle.source = BUILTIN_PREFIX + name
   model_dir = os.path.join(out, "model")
   write_bundle(bundle, model_dir, "vlpt")
-  meta = {"name": name, "version": version, "metrics": {k: float(v) for k, v in results.items()},
-          "config": json.loads(config.to_json_best_effort())}
+  meta = {
+    "name": name,
+    "version": version,
+    "metrics": {k: float(v) for k, v in results.items()},
+    "config": json.loads(config.to_json_best_effort()),
+  }
   with open(os.path.join(model_dir, BUILTIN_META), "w") as f:
     json.dump(meta, f, indent=2)
 

@@ -18,14 +18,15 @@ import orbax.checkpoint as ocp
 
 from vlpt.train.state import TrainState
 
+
 class Checkpointer:
   def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             enable_async_checkpointing=async_save,
-                                             create=True),
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+      ),
     )
 
   def latest_step(self) -> int | None:
@@ -33,10 +34,12 @@ class Checkpointer:
 
   def save(self, step: int, state: TrainState, loader: Any, *, force: bool = False) -> bool:
     return self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(loader)),
-        force=force)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(loader)
+      ),
+      force=force,
+    )
 
   def has_data_state(self, step: int) -> bool:
     """Whether ``step`` holds this process's data-iterator state (saved by as many processes)."""
@@ -58,10 +61,16 @@ class Checkpointer:
     devices' copies are never materialized, so a model needs about its own size in host memory.
     """
     item = {"params": abstract_params}
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                             item),
-        partial_restore=True)))
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=item,
+          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
+          partial_restore=True,
+        )
+      ),
+    )
     return restored["state"]["params"]
 
   def wait(self) -> None:

@@ -18,19 +18,27 @@ def eval_suite(setup: Setup) -> EvalSuite:
   """The configured suite over this run's model, mesh, tokenizer and preprocessing."""
   config = setup.config
   ctx = EvalContext(
-      graphdef=setup.graphdef, mesh=setup.mesh, rules=setup.rules,
-      param_shardings=setup.state_shardings.params, tokenizer=setup.tokenizer,
-      normalization=config.data.normalization, image_size=config.data.image_size,
-      interpolation=config.data.interpolation, batch_size=config.eval.batch_size,
-      seed=config.seed, data_dir=config.data.tfds_data_dir)
+    graphdef=setup.graphdef,
+    mesh=setup.mesh,
+    rules=setup.rules,
+    param_shardings=setup.state_shardings.params,
+    tokenizer=setup.tokenizer,
+    normalization=config.data.normalization,
+    image_size=config.data.image_size,
+    interpolation=config.data.interpolation,
+    batch_size=config.eval.batch_size,
+    seed=config.seed,
+    data_dir=config.data.tfds_data_dir,
+  )
   try:
     return EvalSuite(config, ctx)
   except ValueError as e:  # a dataset that cannot serve its tasks (no labels, no captions, ...)
     raise ConfigError(str(e)) from None
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
-            ) -> tuple[Setup, Any]:
+def restore(
+  config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> tuple[Setup, Any]:
   """Builds ``config`` and restores ``step`` (default: the latest) of ``workdir`` onto its mesh
   (parameters, optimizer state and step; not the data position)."""
   setup = build(config)
@@ -45,8 +53,9 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
   return setup, state
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None
-             ) -> dict[str, float]:
+def evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None
+) -> dict[str, float]:
   """Evaluates ``workdir``'s checkpoint (the latest, or ``step``) on ``config.eval.datasets``.
 
   With no checkpoint in ``workdir`` and ``config.init.checkpoint`` set, the pretrained weights
@@ -66,8 +75,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
     try:
       setup, state = restore(config, workdir, step)
     except FileNotFoundError as e:
-      raise ConfigError(f"{e} with vlpt-train, or set config.init.checkpoint to evaluate "
-                        "pretrained weights") from None
+      raise ConfigError(
+        f"{e} with vlpt-train, or set config.init.checkpoint to evaluate pretrained weights"
+      ) from None
   results = eval_suite(setup)(state.params)
   writer = MetricWriter(workdir, tensorboard=False)
   writer.write(int(state.step), results)

@@ -38,24 +38,33 @@ def check_config(config: Any) -> None:
   parts = {"image", "text"} | ({"decoder"} if config.model.name == "coca" else set())
   bad_lock = set(init.lock_towers) - set(LOCKABLE)
   if bad_lock:
-    raise ValueError(f"config.init.lock_towers={tuple(init.lock_towers)}: only 'image' and "
-                     "'text' towers can be locked")
+    raise ValueError(
+      f"config.init.lock_towers={tuple(init.lock_towers)}: only 'image' and 'text' towers can be locked"
+    )
   bad = set(towers) - parts
   if bad:
-    raise ValueError(f"config.init.towers={towers}: choose among {sorted(parts)} (each with its "
-                     "projection); () loads the whole model")
+    raise ValueError(
+      f"config.init.towers={towers}: choose among {sorted(parts)} (each with its "
+      "projection); () loads the whole model"
+    )
   if towers and not init.checkpoint:
-    raise ValueError(f"config.init.towers={towers} needs config.init.checkpoint (the checkpoint "
-                     "to take them from)")
+    raise ValueError(
+      f"config.init.towers={towers} needs config.init.checkpoint (the checkpoint to take them from)"
+    )
   loaded = set(towers or parts) if init.checkpoint else set()
   random = [t for t in init.lock_towers if t not in loaded]
   if random and not init.allow_random_lock:
-    where = ("config.init.checkpoint is not set" if not init.checkpoint else
-             f"config.init.towers={towers} does not load it")
-    raise ValueError(f"config.init.lock_towers={tuple(init.lock_towers)} would freeze the "
-                     f"randomly initialized {' and '.join(random)} tower ({where}); load it from "
-                     "a checkpoint, or set config.init.allow_random_lock=True if a frozen random "
-                     "tower is intended")
+    where = (
+      "config.init.checkpoint is not set"
+      if not init.checkpoint
+      else f"config.init.towers={towers} does not load it"
+    )
+    raise ValueError(
+      f"config.init.lock_towers={tuple(init.lock_towers)} would freeze the "
+      f"randomly initialized {' and '.join(random)} tower ({where}); load it from "
+      "a checkpoint, or set config.init.allow_random_lock=True if a frozen random "
+      "tower is intended"
+    )
   if init.checkpoint:
     try:
       detect_format(init.checkpoint)
@@ -75,8 +84,12 @@ def read_workdir(path: str, step: int | None = None) -> Bundle:
   with open(os.path.join(path, WORKDIR_CONFIG), encoding="utf-8") as f:
     config = config_from_dict(json.load(f))
   tokenizer = build_tokenizer(config.data.tokenizer)
-  model_cfg = model_kwargs(config.model, image_size=config.data.image_size,
-                           vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length)
+  model_cfg = model_kwargs(
+    config.model,
+    image_size=config.data.image_size,
+    vocab_size=tokenizer.vocab_size,
+    context_length=tokenizer.context_length,
+  )
   model = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
   graphdef, abstract = nnx.split(model, nnx.Param)
   checkpointer = Checkpointer(path, keep=1, async_save=False)
@@ -89,9 +102,13 @@ def read_workdir(path: str, step: int | None = None) -> Bundle:
     checkpointer.close()
   abstract.replace_by_pure_dict(params)
   mean, std = NORMALIZATION[config.data.normalization]
-  return Bundle(model_cfg, flat_params(nnx.merge(graphdef, abstract)),
-                config.data.tokenizer.to_dict(),
-                Preprocess(image_size=config.data.image_size, mean=mean, std=std), "workdir")
+  return Bundle(
+    model_cfg,
+    flat_params(nnx.merge(graphdef, abstract)),
+    config.data.tokenizer.to_dict(),
+    Preprocess(image_size=config.data.image_size, mean=mean, std=std),
+    "workdir",
+  )
 
 
 def place(value: Any, sharding: jax.sharding.Sharding, dtype: Any = np.float32) -> jax.Array:
@@ -118,10 +135,13 @@ def pretrained_params(setup: Any, random_params: Any = None) -> Any:
   try:
     bundle = read_checkpoint(path)
     _, flat = resize_model(
-        bundle.model, bundle.params,
-        image_size=config.data.image_size if whole or "image" in towers else None,
-        context_length=(setup.model_config["text"]["context_length"]
-                        if whole or "text" in towers else None))
+      bundle.model,
+      bundle.params,
+      image_size=config.data.image_size if whole or "image" in towers else None,
+      context_length=(
+        setup.model_config["text"]["context_length"] if whole or "text" in towers else None
+      ),
+    )
     abstract_model = nnx.eval_shape(lambda: build_model(setup.model_config, nnx.Rngs(0)))
     if whole:
       trees = {None: pure_tree(abstract_model, flat)}
@@ -147,10 +167,11 @@ def pretrained_params(setup: Any, random_params: Any = None) -> Any:
 
 def _tower_tree(abstract_model: Any, flat: dict, tower: str, towers: tuple[str, ...]) -> Any:
   prefix = f"{tower}."
-  part = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  part = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
   if not part:
-    raise WeightsError(f"the checkpoint has no {tower!r} parameters to load "
-                       f"(config.init.towers={towers})")
+    raise WeightsError(
+      f"the checkpoint has no {tower!r} parameters to load (config.init.towers={towers})"
+    )
   try:
     return pure_tree(getattr(abstract_model, tower), part)
   except WeightsError as e:

@@ -35,22 +35,30 @@ def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
   config = setup.config
 
   def make_iterator():
-    ds = train_dataset(config.data, tokenizer=setup.tokenizer, global_batch=config.batch_size,
-                       seed=config.seed, process_index=jax.process_index(),
-                       process_count=jax.process_count(), start_batch=start_batch)
+    ds = train_dataset(
+      config.data,
+      tokenizer=setup.tokenizer,
+      global_batch=config.batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      start_batch=start_batch,
+    )
     return SkipCounter(iter(ds))
 
   return DeviceLoader(make_iterator, setup.mesh, jax.process_count())
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          allow_config_change: bool = False) -> dict[str, float]:
+def train(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, float]:
   """Trains (resuming from ``workdir`` if it holds a checkpoint); returns the final eval results."""
   setup = build(config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints,
-                              async_save=config.async_checkpointing)
+  checkpointer = Checkpointer(
+    workdir, keep=config.keep_checkpoints, async_save=config.async_checkpointing
+  )
   latest = checkpointer.latest_step()
   if latest is not None:
     check_config_unchanged(config, workdir, allow_change=allow_config_change)
@@ -58,9 +66,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     write_run_record(config, workdir, setup)
   if latest is not None and latest >= config.total_steps:  # a finished run: nothing to restore,
     checkpointer.close()  # read or compile
-    _say(f"{workdir} already holds the final step {latest} of config.total_steps="
-         f"{config.total_steps}: nothing to train (raise total_steps to train on, or use another "
-         "workdir); returning its recorded final evaluation")
+    _say(
+      f"{workdir} already holds the final step {latest} of config.total_steps="
+      f"{config.total_steps}: nothing to train (raise total_steps to train on, or use another "
+      "workdir); returning its recorded final evaluation"
+    )
     return recorded_results(workdir, latest)
 
   # The state, and the data stream where it left off: the iterator's saved position when this
@@ -71,11 +81,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if latest is None:
     state = initial_state(setup)
   else:
-    state = checkpointer.restore(latest, setup.abstract_state,
-                                 loader if data_restorable else None)
-    _say(f"resumed from {checkpointer.directory}/{latest}" +
-         ("" if data_restorable else " (data position from the step: saved by another number "
-          "of processes)"))
+    state = checkpointer.restore(latest, setup.abstract_state, loader if data_restorable else None)
+    _say(
+      f"resumed from {checkpointer.directory}/{latest}"
+      + (
+        "" if data_restorable else " (data position from the step: saved by another number of processes)"
+      )
+    )
   first_step = int(state.step)
 
   objective = objective_class(config)(setup)
@@ -86,8 +98,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   preemption = PreemptionWatch()
   nonfinite = NonFiniteWatch(config.max_consecutive_nonfinite)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  _say(f"{n_params / 1e6:.2f}M parameters, mesh {dict(setup.mesh.shape)}, "
-       f"{jax.process_count()} process(es), global batch {config.batch_size}")
+  _say(
+    f"{n_params / 1e6:.2f}M parameters, mesh {dict(setup.mesh.shape)}, "
+    f"{jax.process_count()} process(es), global batch {config.batch_size}"
+  )
 
   interval_metrics = None
   results: dict[str, float] = {}
@@ -98,8 +112,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         is_last = step == config.total_steps
         state, step_metrics = train_step(state, next(loader))
         nonfinite.observe(step, step_metrics)
-        interval_metrics = (step_metrics if interval_metrics is None
-                            else interval_metrics.merge(step_metrics))
+        interval_metrics = (
+          step_metrics if interval_metrics is None else interval_metrics.merge(step_metrics)
+        )
 
         if step % config.log_every_steps == 0 or is_last:
           values = {f"train/{k}": float(v) for k, v in interval_metrics.compute().items()}
@@ -113,15 +128,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           checkpointer.save(step, state, loader, force=True)
 
         if evaluator is not None and ((is_last and config.eval.at_end) or evaluator.due(step)):
-          results = _evaluate(evaluator, state, step, final=is_last and config.eval.at_end,
-                              writer=writer)
+          results = _evaluate(
+            evaluator, state, step, final=is_last and config.eval.at_end, writer=writer
+          )
 
         if not is_last and preemption.agreed_to_stop(step):
           if step % config.checkpoint_every_steps:  # (else this step was just saved)
             checkpointer.save(step, state, loader, force=True)
           checkpointer.wait()
-          _say(f"SIGTERM: checkpointed step {step} in {checkpointer.directory}; exiting (restart "
-               "to resume)")
+          _say(
+            f"SIGTERM: checkpointed step {step} in {checkpointer.directory}; exiting (restart to resume)"
+          )
           return results
   finally:
     preemption.restore()
@@ -132,13 +149,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
-def _evaluate(evaluator: Any, state: Any, step: int, *, final: bool,
-              writer: MetricWriter) -> dict[str, float]:
+def _evaluate(
+  evaluator: Any, state: Any, step: int, *, final: bool, writer: MetricWriter
+) -> dict[str, float]:
   start = time.perf_counter()
   results = evaluator(state.params, None if final else step)
   writer.write(step, results)
-  _say(f"eval @ {step} ({time.perf_counter() - start:.1f}s): "
-       + " ".join(f"{k}={v:.4f}" for k, v in sorted(results.items()) if v == v))
+  _say(
+    f"eval @ {step} ({time.perf_counter() - start:.1f}s): "
+    + " ".join(f"{k}={v:.4f}" for k, v in sorted(results.items()) if v == v)
+  )
   return results
 
 

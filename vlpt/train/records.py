@@ -31,34 +31,51 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # Keys that change how a run is watched or fed, never what it computes: free to change on resume.
-OPERATIONAL_KEYS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                    "keep_checkpoints", "async_checkpointing", "host_device_count", "eval.",
-                    "max_consecutive_nonfinite", "debug_",
-                    "data.num_workers", "data.read_threads", "data.prefetch")
+OPERATIONAL_KEYS = (
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "async_checkpointing",
+  "host_device_count",
+  "eval.",
+  "max_consecutive_nonfinite",
+  "debug_",
+  "data.num_workers",
+  "data.read_threads",
+  "data.prefetch",
+)
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
   """``key: old -> new`` for every leaf that differs, operational keys aside."""
   a, b = _flatten(old), _flatten(new)
   keys = [k for k in sorted(set(a) | set(b)) if not k.startswith(OPERATIONAL_KEYS)]
-  return [f"config.{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-          for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
+  return [
+    f"config.{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+    for k in keys
+    if a.get(k, "<absent>") != b.get(k, "<absent>")
+  ]
 
 
-def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str, *,
-                           allow_change: bool = False) -> None:
+def check_config_unchanged(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_change: bool = False
+) -> None:
   """Refuses to resume checkpoints written under another config (unless ``allow_change``)."""
   path = os.path.join(workdir, WORKDIR_CONFIG)
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
     old = config_from_dict(json.load(f))  # an older run's moved keys compare at their new place
-  diffs = config_differences(json.loads(old.to_json_best_effort()),
-                             json.loads(config.to_json_best_effort()))
+  diffs = config_differences(
+    json.loads(old.to_json_best_effort()), json.loads(config.to_json_best_effort())
+  )
   if diffs and not allow_change:
     shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-    raise ConfigError(f"{workdir} holds checkpoints of a run with a different config ({shown}); "
-                      "use a new --workdir, or pass --allow_config_change to resume anyway")
+    raise ConfigError(
+      f"{workdir} holds checkpoints of a run with a different config ({shown}); "
+      "use a new --workdir, or pass --allow_config_change to resume anyway"
+    )
   if diffs and jax.process_index() == 0:
     print(f"[vlpt] resuming with a changed config (allowed): {'; '.join(diffs)}", flush=True)
 
@@ -75,17 +92,33 @@ def write_run_record(config: ml_collections.ConfigDict, workdir: str, setup: Any
 
   atomic(WORKDIR_CONFIG, config.to_json_best_effort(indent=2))
   versions = {}
-  for pkg in ("vlpt", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
-              "ml_collections", "clu", "numpy"):
+  for pkg in (
+    "vlpt",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "ml_collections",
+    "clu",
+    "numpy",
+  ):
     try:
       versions[pkg] = importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
       versions[pkg] = None
-  record = {"python": platform.python_version(), "packages": versions,
-            "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-            "device_count": jax.device_count(), "process_count": jax.process_count(),
-            "mesh": dict(setup.mesh.shape), "model_config": setup.model_config,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+  record = {
+    "python": platform.python_version(),
+    "packages": versions,
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+    "device_count": jax.device_count(),
+    "process_count": jax.process_count(),
+    "mesh": dict(setup.mesh.shape),
+    "model_config": setup.model_config,
+    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+  }
   atomic(RUN_RECORD, json.dumps(record, indent=2, default=str))
 
 
@@ -98,6 +131,7 @@ def recorded_results(workdir: str, step: int) -> dict[str, float]:
       for line in f:
         row = json.loads(line)
         if row.get("step") == step:
-          results.update({k: v for k, v in row.items()
-                          if k != "step" and not k.startswith(("train/", "data/"))})
+          results.update(
+            {k: v for k, v in row.items() if k != "step" and not k.startswith(("train/", "data/"))}
+          )
   return results

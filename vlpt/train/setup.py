@@ -62,19 +62,33 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     key = jax.random.wrap_key_data(seed_key_data)
     init_key, train_key = jax.random.split(key)
     params = pure_params(make_model(init_key))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(train_key))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=jax.random.key_data(train_key),
+    )
 
   param_sh = S.param_shardings(nnx.state(abstract_model, nnx.Param), mesh, rules).to_pure_dict()
   repl = S.replicated(mesh)
   abstract = jax.eval_shape(init_fn, seed_key_data(config))
   opt_sh = _optimizer_state_shardings(tx, abstract.opt_state, param_sh, abstract_params, repl)
   shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-  return Setup(config=config, mesh=mesh, rules=rules, tokenizer=checked.tokenizer,
-               model_config=model_config, graphdef=graphdef, tx=tx, abstract_state=abstract,
-               state_shardings=shardings, init_fn=init_fn)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
+  return Setup(
+    config=config,
+    mesh=mesh,
+    rules=rules,
+    tokenizer=checked.tokenizer,
+    model_config=model_config,
+    graphdef=graphdef,
+    tx=tx,
+    abstract_state=abstract,
+    state_shardings=shardings,
+    init_fn=init_fn,
+  )
 
 
 def _optimizer_state_shardings(tx, opt_state, param_shardings, params, replicated) -> Any:
@@ -87,9 +101,15 @@ def _optimizer_state_shardings(tx, opt_state, param_shardings, params, replicate
       return state
     return sharding if tuple(state.shape) == tuple(param.shape) else replicated
 
-  return optax.tree_map_params(tx, leaf_sharding, opt_state, param_shardings, params,
-                               transform_non_params=lambda _: replicated,
-                               is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return optax.tree_map_params(
+    tx,
+    leaf_sharding,
+    opt_state,
+    param_shardings,
+    params,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+  )
 
 
 def seed_key_data(config: ml_collections.ConfigDict) -> jax.Array:

@@ -8,7 +8,8 @@ producing them. The train state is donated: its buffers are reused for the next 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,21 +54,34 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     def keep(new, old):  # a non-finite step keeps the old values
       return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
-    new_state = state.replace(step=state.step + 1, params=keep(pure_params(model), state.params),
-                              opt_state=keep(opt_state, state.opt_state))
+    new_state = state.replace(
+      step=state.step + 1,
+      params=keep(pure_params(model), state.params),
+      opt_state=keep(opt_state, state.opt_state),
+    )
     step_metrics = metrics_cls.single_from_model_output(
-        loss=loss, i2t_acc=metrics["i2t_acc"], t2i_acc=metrics["t2i_acc"],
-        **{term: metrics[term] for term in objective.extra_terms},
-        grad_norm=grad_norm, logit_scale=objective.logit_params(state.params)[0],
-        learning_rate=schedule(state.step), skipped_nonfinite=1.0 - finite.astype(jnp.float32))
+      loss=loss,
+      i2t_acc=metrics["i2t_acc"],
+      t2i_acc=metrics["t2i_acc"],
+      **{term: metrics[term] for term in objective.extra_terms},
+      grad_norm=grad_norm,
+      logit_scale=objective.logit_params(state.params)[0],
+      learning_rate=schedule(state.step),
+      skipped_nonfinite=1.0 - finite.astype(jnp.float32),
+    )
     return new_state, step_metrics
 
   batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
   aux, aux_shardings = objective.aux_inputs()
   out_shardings = (setup.state_shardings, S.replicated(mesh))
   if aux is None:
-    return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
-                   out_shardings=out_shardings, donate_argnums=0)
-  jitted = jax.jit(step, in_shardings=(setup.state_shardings, batch_sh, aux_shardings),
-                   out_shardings=out_shardings, donate_argnums=0)
+    return jax.jit(
+      step, in_shardings=(setup.state_shardings, batch_sh), out_shardings=out_shardings, donate_argnums=0
+    )
+  jitted = jax.jit(
+    step,
+    in_shardings=(setup.state_shardings, batch_sh, aux_shardings),
+    out_shardings=out_shardings,
+    donate_argnums=0,
+  )
   return lambda state, batch: jitted(state, batch, aux)

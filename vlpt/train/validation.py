@@ -52,9 +52,12 @@ def _validate(config: Any, num_devices: int, num_processes: int) -> Validated:
     tokenizer = build_tokenizer(config.data.tokenizer)
   except (OSError, RuntimeError) as e:  # a tokenizer file its library cannot read
     raise ValueError(f"config.data.tokenizer ({config.data.tokenizer.name}): {e}") from None
-  kwargs = models.model_kwargs(config.model, image_size=config.data.image_size,
-                               vocab_size=tokenizer.vocab_size,
-                               context_length=tokenizer.context_length)
+  kwargs = models.model_kwargs(
+    config.model,
+    image_size=config.data.image_size,
+    vocab_size=tokenizer.vocab_size,
+    context_length=tokenizer.context_length,
+  )
   models.check_config(kwargs)
   losses.check_config(config.loss)
   objective_class(config).check_config(config)
@@ -64,8 +67,7 @@ def _validate(config: Any, num_devices: int, num_processes: int) -> Validated:
   return Validated(mesh_shape, tokenizer, kwargs)
 
 
-def _check_mesh_and_batches(config: Any, num_devices: int, num_processes: int
-                            ) -> tuple[int, ...]:
+def _check_mesh_and_batches(config: Any, num_devices: int, num_processes: int) -> tuple[int, ...]:
   unknown_axes = set(config.mesh.keys()) - set(MESH_AXES)
   if unknown_axes:
     raise ValueError(f"config.mesh has unknown axes {sorted(unknown_axes)}; use {MESH_AXES}")
@@ -77,13 +79,15 @@ def _check_mesh_and_batches(config: Any, num_devices: int, num_processes: int
   for key, value in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
     if value % dp:
       raise ValueError(
-          f"config.{key}={value} is not divisible by the data-parallel size {dp} "
-          f"(mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
+        f"config.{key}={value} is not divisible by the data-parallel size {dp} "
+        f"(mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}"
+      )
     if value % num_processes:
       raise ValueError(f"config.{key}={value} is not divisible by {num_processes} processes")
   k = config.accumulation_steps
   if config.batch_size % (dp * k):
     raise ValueError(
-        f"config.batch_size={config.batch_size} must split into {k} micro-batches on each of "
-        f"{dp} data-parallel shards; use a multiple of {dp * k}")
+      f"config.batch_size={config.batch_size} must split into {k} micro-batches on each of "
+      f"{dp} data-parallel shards; use a multiple of {dp * k}"
+    )
   return mesh_shape

@@ -31,6 +31,7 @@ class PreemptionWatch:
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils
+
     flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
     if bool(np.any(flags)):
       return True
@@ -62,10 +63,11 @@ class NonFiniteWatch:
       self.interval += 1
       if self.streak >= self.limit:
         raise TrainingError(
-            f"{self.streak} consecutive training steps had a non-finite loss or gradient "
-            f"(the last at step {step}); their updates were skipped and the run stops here. The "
-            "last checkpoint is intact: lower the learning rate or inspect the data, then resume "
-            "(config.max_consecutive_nonfinite sets the limit)")
+          f"{self.streak} consecutive training steps had a non-finite loss or gradient "
+          f"(the last at step {step}); their updates were skipped and the run stops here. The "
+          "last checkpoint is intact: lower the learning rate or inspect the data, then resume "
+          "(config.max_consecutive_nonfinite sets the limit)"
+        )
     else:
       self.streak = 0
 

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
@@ -30,6 +30,7 @@ class MetricWriter:
     self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -71,10 +72,13 @@ class Progress:
     eta = (self.total - step) * (now - self._last_time) / steps
     self._last_step, self._last_time = step, now
     if self.enabled:
-      extras = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items()
-                        if k != "train/loss")
-      print(f"[vlpt] step {step:>6d}/{self.total} loss={metrics.get('train/loss', float('nan')):.4f}"
-            f" {extras} | {rate:,.0f} ex/s | ETA {_hms(eta)}", file=sys.stdout, flush=True)
+      extras = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if k != "train/loss")
+      print(
+        f"[vlpt] step {step:>6d}/{self.total} loss={metrics.get('train/loss', float('nan')):.4f}"
+        f" {extras} | {rate:,.0f} ex/s | ETA {_hms(eta)}",
+        file=sys.stdout,
+        flush=True,
+      )
     return rate
 
 

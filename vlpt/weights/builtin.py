@@ -21,8 +21,10 @@ from vlpt.errors import WeightsError
 
 def check_builtin_name(name: str) -> None:
   if name not in BUILTINS:
-    raise WeightsError(f"unknown built-in model {BUILTIN_PREFIX}{name!r}; known: "
-                       f"{', '.join(BUILTIN_PREFIX + n for n in BUILTINS)}")
+    raise WeightsError(
+      f"unknown built-in model {BUILTIN_PREFIX}{name!r}; known: "
+      f"{', '.join(BUILTIN_PREFIX + n for n in BUILTINS)}"
+    )
 
 
 BUILTIN_PREFIX = "builtin:"
@@ -53,7 +55,8 @@ def _builtin_demo_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.05
   c.eval.batch_size = 256
   c.eval.datasets = ml_collections.ConfigDict(
-      {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 512}})
+    {"heldout": {"source": "synthetic", "split": "eval", "num_examples": 512}}
+  )
   return c
 
 
@@ -76,8 +79,9 @@ def _builtin_ready(path: str, name: str) -> bool:
       meta = json.load(f)
   except (OSError, ValueError):
     return False
-  return (meta.get("version") == BUILTINS[name][0]
-          and os.path.isfile(os.path.join(path, "vlpt_model.json")))
+  return meta.get("version") == BUILTINS[name][0] and os.path.isfile(
+    os.path.join(path, "vlpt_model.json")
+  )
 
 
 class _DirLock:
@@ -126,29 +130,38 @@ def ensure_builtin(name: str) -> str:
         shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
-      print(f"[vlpt] {BUILTIN_PREFIX}{name} is not cached yet: training it once with vlpt's "
-            f"trainer on the built-in synthetic data (about a minute on 2 CPU cores) into "
-            f"{final}", file=sys.stderr, flush=True)
+      print(
+        f"[vlpt] {BUILTIN_PREFIX}{name} is not cached yet: training it once with vlpt's "
+        f"trainer on the built-in synthetic data (about a minute on 2 CPU cores) into "
+        f"{final}",
+        file=sys.stderr,
+        flush=True,
+      )
       package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
       env = dict(os.environ)
       env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
       env["JAX_PLATFORMS"] = "cpu"
-      flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                       if not f.startswith("--xla_force_host_platform_device_count"))
+      flags = " ".join(
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+      )
       env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
-      proc = subprocess.run([sys.executable, "-m", "vlpt.train.builtin", name, tmp], env=env,
-                            capture_output=True, text=True)
+      proc = subprocess.run(
+        [sys.executable, "-m", "vlpt.train.builtin", name, tmp], env=env, capture_output=True, text=True
+      )
       if proc.returncode != 0:
-        raise WeightsError(f"training {BUILTIN_PREFIX}{name} failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+        raise WeightsError(
+          f"training {BUILTIN_PREFIX}{name} failed (exit {proc.returncode}):\n"
+          f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        )
       stale = os.path.join(tmp, "stale")
       if os.path.exists(final):  # an older recipe's model: replaced as a whole
         os.replace(final, stale)
       os.replace(os.path.join(tmp, "model"), final)  # appears complete or not at all
       with open(os.path.join(final, BUILTIN_META)) as f:
         metrics = json.load(f).get("metrics", {})
-      shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())
-                       if k.endswith("zeroshot/top1"))
+      shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if k.endswith("zeroshot/top1"))
       print(f"[vlpt] {BUILTIN_PREFIX}{name} ready ({shown})", file=sys.stderr, flush=True)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)

@@ -31,8 +31,9 @@ from vlpt.weights.io import read_tensors, write_safetensors
 
 VLPT_MODEL_JSON = "vlpt_model.json"
 VLPT_WEIGHTS = "model.safetensors"
-_SIGLIP_PREPROCESS = dict(mean=SIGLIP_MEAN, std=SIGLIP_STD, resize_mode="squash",
-                          interpolation="bilinear")
+_SIGLIP_PREPROCESS = dict(
+  mean=SIGLIP_MEAN, std=SIGLIP_STD, resize_mode="squash", interpolation="bilinear"
+)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model", "vocab.txt")
 
 
@@ -48,18 +49,20 @@ class Bundle:
 
 
 def detect_format(path: str) -> str:
-  """"vlpt", "workdir", "open_clip", "hf", "big_vision" or "builtin" (a WeightsError if none fits).
+  """ "vlpt", "workdir", "open_clip", "hf", "big_vision" or "builtin" (a WeightsError if none fits).
 
   Cheap: a ``builtin:NAME`` source is only checked by name here (trained on first read).
   """
   if path.startswith(BUILTIN_PREFIX):
-    check_builtin_name(path[len(BUILTIN_PREFIX):])
+    check_builtin_name(path[len(BUILTIN_PREFIX) :])
     return "builtin"
   if os.path.isfile(path):
     if path.endswith(".npz"):
       return "big_vision"
-    raise WeightsError(f"{path}: a single file must be a big_vision .npz; open_clip and HF "
-                       "checkpoints are directories with their config json")
+    raise WeightsError(
+      f"{path}: a single file must be a big_vision .npz; open_clip and HF "
+      "checkpoints are directories with their config json"
+    )
   if not os.path.isdir(path):
     raise WeightsError(f"no such checkpoint: {path}")
   has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
@@ -71,8 +74,10 @@ def detect_format(path: str) -> str:
     return "open_clip"
   if has("config.json"):
     return "hf"
-  raise WeightsError(f"{path}: not a recognized checkpoint directory (expected {VLPT_MODEL_JSON}, "
-                     f"{WORKDIR_CONFIG}, open_clip_config.json or an HF config.json)")
+  raise WeightsError(
+    f"{path}: not a recognized checkpoint directory (expected {VLPT_MODEL_JSON}, "
+    f"{WORKDIR_CONFIG}, open_clip_config.json or an HF config.json)"
+  )
 
 
 def _first_file(path: str, names: tuple[str, ...]) -> str:
@@ -82,17 +87,19 @@ def _first_file(path: str, names: tuple[str, ...]) -> str:
   raise WeightsError(f"{path}: no weights file (looked for {', '.join(names)})")
 
 
-def _tokenizer_from_files(path: str, context_length: int, *, pad_id: int | None = None
-                          ) -> dict | None:
+def _tokenizer_from_files(path: str, context_length: int, *, pad_id: int | None = None) -> dict | None:
   if os.path.isfile(os.path.join(path, "tokenizer.json")):
-    out = {"name": "hf", "path": os.path.join(path, "tokenizer.json"),
-           "context_length": context_length}
-  elif os.path.isfile(os.path.join(path, "vocab.json")) and \
-      os.path.isfile(os.path.join(path, "merges.txt")):
+    out = {"name": "hf", "path": os.path.join(path, "tokenizer.json"), "context_length": context_length}
+  elif os.path.isfile(os.path.join(path, "vocab.json")) and os.path.isfile(
+    os.path.join(path, "merges.txt")
+  ):
     out = {"name": "hf", "path": path, "context_length": context_length}
   elif os.path.isfile(os.path.join(path, "spiece.model")):
-    out = {"name": "sentencepiece", "model_path": os.path.join(path, "spiece.model"),
-           "context_length": context_length}
+    out = {
+      "name": "sentencepiece",
+      "model_path": os.path.join(path, "spiece.model"),
+      "context_length": context_length,
+    }
   else:
     return None
   if pad_id is not None:
@@ -102,19 +109,31 @@ def _tokenizer_from_files(path: str, context_length: int, *, pad_id: int | None 
 
 def read_open_clip(path: str) -> Bundle:
   from vlpt.weights.open_clip import from_open_clip
+
   with open(os.path.join(path, "open_clip_config.json")) as f:
     cfg = json.load(f)
   model_cfg = cfg.get("model_cfg", cfg)
-  sd = read_tensors(_first_file(path, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
-                                       "model.safetensors", "pytorch_model.bin")))
+  sd = read_tensors(
+    _first_file(
+      path,
+      (
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "model.safetensors",
+        "pytorch_model.bin",
+      ),
+    )
+  )
   model, params = from_open_clip(sd, model_cfg)
   pre = cfg.get("preprocess_cfg", {})
   size = pre.get("size", model["image"]["image_size"])
   preprocess = Preprocess(
-      image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-      mean=tuple(pre.get("mean", OPENAI_MEAN)), std=tuple(pre.get("std", OPENAI_STD)),
-      resize_mode="squash" if pre.get("resize_mode") == "squash" else "shortest",
-      interpolation=pre.get("interpolation", "bicubic"))
+    image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+    mean=tuple(pre.get("mean", OPENAI_MEAN)),
+    std=tuple(pre.get("std", OPENAI_STD)),
+    resize_mode="squash" if pre.get("resize_mode") == "squash" else "shortest",
+    interpolation=pre.get("interpolation", "bicubic"),
+  )
   ctx = model["text"]["context_length"]
   tok = _tokenizer_from_files(path, ctx)
   if tok is None and not model_cfg["text_cfg"].get("hf_tokenizer_name"):
@@ -124,6 +143,7 @@ def read_open_clip(path: str) -> Bundle:
 
 def read_hf(path: str) -> Bundle:
   from vlpt.weights.hf import from_hf
+
   with open(os.path.join(path, "config.json")) as f:
     config = json.load(f)
   sd = read_tensors(_first_file(path, ("model.safetensors", "pytorch_model.bin")))
@@ -138,8 +158,7 @@ def read_hf(path: str) -> Bundle:
     if "image_mean" in p:
       pre.update(mean=tuple(p["image_mean"]), std=tuple(p["image_std"]))
     if "resample" in p:
-      pre["interpolation"] = {3: "bicubic", 2: "bilinear", 0: "nearest"}.get(p["resample"],
-                                                                               "bicubic")
+      pre["interpolation"] = {3: "bicubic", 2: "bilinear", 0: "nearest"}.get(p["resample"], "bicubic")
     if "do_center_crop" in p:
       pre["resize_mode"] = "shortest" if p["do_center_crop"] else "squash"
   preprocess = Preprocess(image_size=model["image"]["image_size"], **pre)
@@ -154,9 +173,15 @@ def read_hf(path: str) -> Bundle:
 
 def read_big_vision(path: str) -> Bundle:
   from vlpt.weights.big_vision import from_big_vision
+
   model, params = from_big_vision(read_tensors(path))
-  return Bundle(model, params, None,
-                Preprocess(image_size=model["image"]["image_size"], **_SIGLIP_PREPROCESS), "big_vision")
+  return Bundle(
+    model,
+    params,
+    None,
+    Preprocess(image_size=model["image"]["image_size"], **_SIGLIP_PREPROCESS),
+    "big_vision",
+  )
 
 
 def read_vlpt(path: str) -> Bundle:
@@ -167,8 +192,10 @@ def read_vlpt(path: str) -> Bundle:
   params = read_tensors(os.path.join(path, VLPT_WEIGHTS))
   tok = meta.get("tokenizer")
   if tok:
-    tok = {k: (os.path.join(path, v) if k in ("path", "model_path", "vocab_path") else v)
-           for k, v in tok.items()}
+    tok = {
+      k: (os.path.join(path, v) if k in ("path", "model_path", "vocab_path") else v)
+      for k, v in tok.items()
+    }
   return Bundle(meta["model"], params, tok, Preprocess(**meta["preprocess"]), "vlpt")
 
 
@@ -176,14 +203,17 @@ def read_bundle(path: str) -> Bundle:
   """Any format above (a workdir is refused: ``vlpt.train.initialization.read_checkpoint``)."""
   kind = detect_format(path)
   if kind == "builtin":
-    bundle = read_vlpt(ensure_builtin(path[len(BUILTIN_PREFIX):]))
+    bundle = read_vlpt(ensure_builtin(path[len(BUILTIN_PREFIX) :]))
     bundle.source = path
     return bundle
   if kind == "workdir":
-    raise WeightsError(f"{path} is a training workdir: read it with "
-                       "vlpt.train.initialization.read_checkpoint (or vlpt.load)")
-  return {"vlpt": read_vlpt, "open_clip": read_open_clip, "hf": read_hf,
-          "big_vision": read_big_vision}[kind](path)
+    raise WeightsError(
+      f"{path} is a training workdir: read it with "
+      "vlpt.train.initialization.read_checkpoint (or vlpt.load)"
+    )
+  return {"vlpt": read_vlpt, "open_clip": read_open_clip, "hf": read_hf, "big_vision": read_big_vision}[
+    kind
+  ](path)
 
 
 def _copy_tokenizer_files(tok: dict | None, dst: str) -> dict | None:
@@ -210,15 +240,18 @@ def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:
   if to not in ("vlpt", "open_clip", "hf"):
     raise WeightsError(f"unknown target format {to!r}; choose vlpt, open_clip or hf")
   if os.path.exists(dst) and os.listdir(dst):
-    raise WeightsError(f"{dst} exists and is not empty; choose a new directory (nothing was "
-                       "overwritten)")
+    raise WeightsError(
+      f"{dst} exists and is not empty; choose a new directory (nothing was overwritten)"
+    )
   # convert fully before touching the disk, so a refusal leaves nothing half-written
   cfg = sd = None
   if to == "open_clip":
     from vlpt.weights.open_clip import to_open_clip
+
     cfg, sd = to_open_clip(bundle.model, bundle.params)
   elif to == "hf":
     from vlpt.weights.hf import to_hf
+
     cfg, sd = to_hf(bundle.model, bundle.params)
   final, dst = dst, dst.rstrip("/") + ".partial"
   shutil.rmtree(dst, ignore_errors=True)
@@ -233,35 +266,60 @@ def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:
   os.replace(dst, final)  # the directory appears complete or not at all
 
 
-def _write_files(bundle: Bundle, dst: str, to: str, cfg: dict | None,
-                 sd: dict[str, np.ndarray] | None) -> None:
+def _write_files(
+  bundle: Bundle, dst: str, to: str, cfg: dict | None, sd: dict[str, np.ndarray] | None
+) -> None:
   pre = bundle.preprocess
   if to == "vlpt":
-    meta = {"format": "vlpt", "version": 1, "model": bundle.model, "preprocess": pre.to_dict(),
-            "tokenizer": _copy_tokenizer_files(bundle.tokenizer, dst), "source": bundle.source}
+    meta = {
+      "format": "vlpt",
+      "version": 1,
+      "model": bundle.model,
+      "preprocess": pre.to_dict(),
+      "tokenizer": _copy_tokenizer_files(bundle.tokenizer, dst),
+      "source": bundle.source,
+    }
     write_safetensors(os.path.join(dst, VLPT_WEIGHTS), bundle.params)
     with open(os.path.join(dst, VLPT_MODEL_JSON), "w") as f:
       json.dump(meta, f, indent=2)
   elif to == "open_clip":
     write_safetensors(os.path.join(dst, "open_clip_model.safetensors"), sd)
-    preprocess_cfg = {"size": pre.image_size, "mean": list(pre.mean), "std": list(pre.std),
-                      "interpolation": pre.interpolation, "resize_mode": pre.resize_mode}
+    preprocess_cfg = {
+      "size": pre.image_size,
+      "mean": list(pre.mean),
+      "std": list(pre.std),
+      "interpolation": pre.interpolation,
+      "resize_mode": pre.resize_mode,
+    }
     with open(os.path.join(dst, "open_clip_config.json"), "w") as f:
       json.dump({"model_cfg": cfg, "preprocess_cfg": preprocess_cfg}, f, indent=2)
-    _copy_tokenizer_files(bundle.tokenizer if (bundle.tokenizer or {}).get("name") == "hf"
-                          else None, dst)
+    _copy_tokenizer_files(
+      bundle.tokenizer if (bundle.tokenizer or {}).get("name") == "hf" else None, dst
+    )
   else:
     write_safetensors(os.path.join(dst, "model.safetensors"), sd, metadata={"format": "pt"})
     with open(os.path.join(dst, "config.json"), "w") as f:
       json.dump(cfg, f, indent=2)
     resample = {"bicubic": 3, "bilinear": 2, "nearest": 0}[pre.interpolation]
     crop = pre.resize_mode == "shortest"
-    proc = {"image_processor_type": "CLIPImageProcessor" if cfg["model_type"] == "clip"
-            else "SiglipImageProcessor", "do_resize": True, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre.mean),
-            "image_std": list(pre.std), "resample": resample, "do_center_crop": crop,
-            "size": ({"shortest_edge": pre.image_size} if crop
-                     else {"height": pre.image_size, "width": pre.image_size})}
+    proc = {
+      "image_processor_type": "CLIPImageProcessor"
+      if cfg["model_type"] == "clip"
+      else "SiglipImageProcessor",
+      "do_resize": True,
+      "do_rescale": True,
+      "rescale_factor": 1 / 255,
+      "do_normalize": True,
+      "image_mean": list(pre.mean),
+      "image_std": list(pre.std),
+      "resample": resample,
+      "do_center_crop": crop,
+      "size": (
+        {"shortest_edge": pre.image_size}
+        if crop
+        else {"height": pre.image_size, "width": pre.image_size}
+      ),
+    }
     if crop:
       proc["crop_size"] = {"height": pre.image_size, "width": pre.image_size}
     with open(os.path.join(dst, "preprocessor_config.json"), "w") as f:
@@ -269,6 +327,7 @@ def _write_files(bundle: Bundle, dst: str, to: str, cfg: dict | None,
     tok = bundle.tokenizer or {}
     if tok.get("name") == "clip_bpe":
       from vlpt.data.tokenizers import write_hf_clip_vocab
+
       write_hf_clip_vocab(dst)
     else:
       _copy_tokenizer_files(tok if tok.get("name") in ("hf", "sentencepiece") else None, dst)

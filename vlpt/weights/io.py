@@ -25,13 +25,16 @@ def _check_torch_version(path: str, version: str) -> None:
   m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?\.?(a|b|rc|dev)?", str(version))
   release = (int(m[1]), int(m[2]), int(m[3] or 0)) if m else (0, 0, 0)
   if release < SAFE_TORCH or (release == SAFE_TORCH and m[4]):  # 2.6.0a0, 2.6.0.dev: pre-releases
-    raise WeightsError(f"{path}: torch {version} cannot read .bin/.pt files safely "
-                       "(torch.load(weights_only=True) is bypassable before torch 2.6, "
-                       "CVE-2025-32434); convert the file to safetensors or upgrade torch to >= 2.6")
+    raise WeightsError(
+      f"{path}: torch {version} cannot read .bin/.pt files safely "
+      "(torch.load(weights_only=True) is bypassable before torch 2.6, "
+      "CVE-2025-32434); convert the file to safetensors or upgrade torch to >= 2.6"
+    )
 
 
 def _to_numpy_torch(t) -> np.ndarray:
   import torch
+
   if t.dtype in (torch.bfloat16, torch.float16):
     t = t.float()
   return t.detach().cpu().numpy()
@@ -39,6 +42,7 @@ def _to_numpy_torch(t) -> np.ndarray:
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors import safe_open
+
   out = {}
   try:
     with safe_open(path, framework="numpy") as f:
@@ -55,19 +59,25 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
-    raise WeightsError(f"{path}: reading .bin/.pt files needs torch (pip install torch), or "
-                       "convert the file to safetensors") from e
+    raise WeightsError(
+      f"{path}: reading .bin/.pt files needs torch (pip install torch), or "
+      "convert the file to safetensors"
+    ) from e
   _check_torch_version(path, torch.__version__)
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as z:
       if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
-        raise WeightsError(f"{path} is a TorchScript archive (e.g. OpenAI's original release); "
-                           "use its open_clip or HF safetensors export instead")
+        raise WeightsError(
+          f"{path} is a TorchScript archive (e.g. OpenAI's original release); "
+          "use its open_clip or HF safetensors export instead"
+        )
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises UnpicklingError, RuntimeError, ...
-    raise WeightsError(f"{path}: not a plain tensor checkpoint ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200]}); vlpt never unpickles arbitrary code") from e
+    raise WeightsError(
+      f"{path}: not a plain tensor checkpoint ({type(e).__name__}: "
+      f"{str(e).splitlines()[0][:200]}); vlpt never unpickles arbitrary code"
+    ) from e
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]  # open_clip training checkpoints
   if not isinstance(obj, dict):
@@ -92,14 +102,15 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     return read_npz(path)
   if path.endswith(TORCH_SUFFIXES):
     return read_torch(path)
-  raise WeightsError(f"{path}: unknown checkpoint file type (expected .safetensors, .npz, "
-                     ".bin, .pt or .pth)")
+  raise WeightsError(
+    f"{path}: unknown checkpoint file type (expected .safetensors, .npz, .bin, .pt or .pth)"
+  )
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None
-                      ) -> None:
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
   """Atomic write: a crash never leaves a truncated file under the final name."""
   from safetensors.numpy import save_file
+
   tmp = path + ".tmp"
   # (np.ascontiguousarray would turn 0-d scalars such as logit_scale into shape (1,))
   arrays = {k: np.array(v, order="C", copy=True) for k, v in tensors.items()}

@@ -9,7 +9,7 @@ tensors is refused with their names, never half-loaded.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -26,9 +26,11 @@ class Rule:
   to_ext: Callable[[Arrays], Arrays]
 
 
-def rule(ext: str | Sequence[str], ours: str | Sequence[str],
-         transform: tuple[Callable[[Arrays], Arrays], Callable[[Arrays], Arrays]] | None = None
-         ) -> Rule:
+def rule(
+  ext: str | Sequence[str],
+  ours: str | Sequence[str],
+  transform: tuple[Callable[[Arrays], Arrays], Callable[[Arrays], Arrays]] | None = None,
+) -> Rule:
   ext = (ext,) if isinstance(ext, str) else tuple(ext)
   ours = (ours,) if isinstance(ours, str) else tuple(ours)
   fwd, bwd = transform or IDENTITY
@@ -58,8 +60,10 @@ def reshape(ext_shape: tuple[int, ...], our_shape: tuple[int, ...]):
 
 def heads_in(heads: int):
   """torch (H*D, in) projection <-> vlpt (in, H, D)."""
-  return (_one(lambda w: w.T.reshape(w.shape[1], heads, -1)),
-          _one(lambda k: k.reshape(k.shape[0], -1).T))
+  return (
+    _one(lambda w: w.T.reshape(w.shape[1], heads, -1)),
+    _one(lambda k: k.reshape(k.shape[0], -1).T),
+  )
 
 
 def heads_bias(heads: int):
@@ -68,20 +72,26 @@ def heads_bias(heads: int):
 
 def heads_out(heads: int):
   """torch out_proj (out, H*D) <-> vlpt (H, D, out)."""
-  return (_one(lambda w: w.T.reshape(heads, -1, w.shape[0])),
-          _one(lambda k: k.reshape(-1, k.shape[-1]).T))
+  return (
+    _one(lambda w: w.T.reshape(heads, -1, w.shape[0])),
+    _one(lambda k: k.reshape(-1, k.shape[-1]).T),
+  )
 
 
 def packed_in_proj(heads: int):
   """torch MultiheadAttention in_proj_weight (3W, in) = [Wq; Wk; Wv] <-> three (in, H, D)."""
   fwd_one, bwd_one = heads_in(heads)
-  return (lambda a: [fwd_one([w])[0] for w in np.split(a[0], 3, axis=0)],
-          lambda a: [np.concatenate([bwd_one([k])[0] for k in a], axis=0)])
+  return (
+    lambda a: [fwd_one([w])[0] for w in np.split(a[0], 3, axis=0)],
+    lambda a: [np.concatenate([bwd_one([k])[0] for k in a], axis=0)],
+  )
 
 
 def packed_in_bias(heads: int):
-  return (lambda a: [b.reshape(heads, -1) for b in np.split(a[0], 3)],
-          lambda a: [np.concatenate([b.reshape(-1) for b in a])])
+  return (
+    lambda a: [b.reshape(heads, -1) for b in np.split(a[0], 3)],
+    lambda a: [np.concatenate([b.reshape(-1) for b in a])],
+  )
 
 
 # ---- the engine -----------------------------------------------------------------------------
@@ -99,8 +109,13 @@ def _gather(source: dict[str, np.ndarray], keys: tuple[str, ...], kind: str) -> 
   return [np.asarray(source[k]) for k in keys]
 
 
-def apply_rules(source: dict[str, np.ndarray], rules: Sequence[Rule], *, to_ours: bool,
-                ignore: Callable[[str], bool] = lambda _: False) -> dict[str, np.ndarray]:
+def apply_rules(
+  source: dict[str, np.ndarray],
+  rules: Sequence[Rule],
+  *,
+  to_ours: bool,
+  ignore: Callable[[str], bool] = lambda _: False,
+) -> dict[str, np.ndarray]:
   """Converts every tensor of ``source`` by ``rules`` (in the given direction), strictly."""
   out: dict[str, np.ndarray] = {}
   used: set[str] = set()
@@ -118,9 +133,11 @@ def check_shapes(expected: dict[str, tuple[int, ...]], got: dict[str, np.ndarray
   """Every vlpt array present with the model's shape (mismatches are listed)."""
   missing = sorted(set(expected) - set(got))
   if missing:
-    raise WeightsError(f"the checkpoint lacks {len(missing)} parameter(s): "
-                       f"{', '.join(missing[:8])}")
-  bad = [f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k])}"
-         for k in expected if tuple(got[k].shape) != tuple(expected[k])]
+    raise WeightsError(f"the checkpoint lacks {len(missing)} parameter(s): {', '.join(missing[:8])}")
+  bad = [
+    f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k])}"
+    for k in expected
+    if tuple(got[k].shape) != tuple(expected[k])
+  ]
   if bad:
     raise WeightsError("shape mismatch: " + "; ".join(bad[:6]))

@@ -37,10 +37,16 @@ def resize_text_positions(pos: np.ndarray, length: int) -> np.ndarray:
   return np.concatenate([pos, extra], axis=0)
 
 
-def resize_model(model: dict, flat: dict[str, np.ndarray], *, image_size: int | None = None,
-                 context_length: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+def resize_model(
+  model: dict,
+  flat: dict[str, np.ndarray],
+  *,
+  image_size: int | None = None,
+  context_length: int | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
   """Adapts a (model config, canonical params) pair to a new image size and/or text length."""
   from vlpt.models.sizes import parse_vit
+
   model = {**model, "image": dict(model["image"]), "text": dict(model["text"])}
   flat = dict(flat)
   if image_size and image_size != model["image"]["image_size"]:

@@ -21,6 +21,7 @@ from vlpt.weights.mapping import check_shapes
 def _scanned_stacks(model: nnx.Module) -> dict[str, int]:
   """Dotted prefixes of scanned block stacks -> depth."""
   from vlpt.models.layers import Transformer
+
   out = {}
   for path, node in nnx.iter_graph(model):
     if isinstance(node, Transformer) and node.scan:
@@ -44,7 +45,7 @@ def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
       out[key] = value
     else:
       for i in range(stacks[prefix]):
-        out[f"{prefix}{i}.{key[len(prefix):]}"] = value[i]
+        out[f"{prefix}{i}.{key[len(prefix) :]}"] = value[i]
   return out
 
 
@@ -59,7 +60,7 @@ def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
       out[key] = shape
     else:
       for i in range(stacks[prefix]):
-        out[f"{prefix}{i}.{key[len(prefix):]}"] = shape[1:]
+        out[f"{prefix}{i}.{key[len(prefix) :]}"] = shape[1:]
   return out
 
 
@@ -76,7 +77,7 @@ def to_model_layout(model: nnx.Module, flat: dict[str, np.ndarray]) -> dict[str,
     if prefix is None:
       out[key] = flat[key]
     else:
-      rest = key[len(prefix):]
+      rest = key[len(prefix) :]
       out[key] = np.stack([flat[f"{prefix}{i}.{rest}"] for i in range(stacks[prefix])])
   return out
 

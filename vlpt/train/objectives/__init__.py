@@ -14,8 +14,7 @@ from vlpt.train.objectives.contrastive import ContrastiveObjective
 from vlpt.train.objectives.distillation import DistillationObjective
 
 # in order of precedence; ContrastiveObjective applies to every config (the default)
-OBJECTIVES: tuple[type[Objective], ...] = (DistillationObjective, CocaObjective,
-                                           ContrastiveObjective)
+OBJECTIVES: tuple[type[Objective], ...] = (DistillationObjective, CocaObjective, ContrastiveObjective)
 
 
 def objective_class(config: Any) -> type[Objective]:
@@ -23,5 +22,11 @@ def objective_class(config: Any) -> type[Objective]:
   return next(cls for cls in OBJECTIVES if cls.applies(config))
 
 
-__all__ = ["OBJECTIVES", "CocaObjective", "ContrastiveObjective", "DistillationObjective",
-           "Objective", "objective_class"]
+__all__ = [
+  "OBJECTIVES",
+  "CocaObjective",
+  "ContrastiveObjective",
+  "DistillationObjective",
+  "Objective",
+  "objective_class",
+]

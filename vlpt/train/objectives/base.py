@@ -69,8 +69,9 @@ class Objective:
     out = nnx.merge(self.graphdef, params).logit_params()
     return out["logit_scale"], out.get("logit_bias", jnp.zeros((), jnp.float32))
 
-  def loss(self, params: Any, batch: dict[str, jax.Array], aux: Any = None
-           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+    self, params: Any, batch: dict[str, jax.Array], aux: Any = None
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(the global loss, metrics: i2t_acc, t2i_acc and every term of :attr:`extra_terms`)."""
     raise NotImplementedError
 

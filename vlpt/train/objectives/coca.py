@@ -11,7 +11,6 @@ from vlpt.train.objectives.contrastive import ContrastiveObjective
 
 
 class CocaObjective(ContrastiveObjective):
-
   extra_terms = ("contrastive_loss", "caption_loss")
 
   @classmethod
@@ -22,15 +21,18 @@ class CocaObjective(ContrastiveObjective):
   def check_config(cls, config: Any) -> None:
     super().check_config(config)
     if config.accumulation_steps > 1:
-      raise ValueError("CoCa with config.accumulation_steps > 1 is not supported; raise the "
-                       "number of devices or lower config.batch_size")
+      raise ValueError(
+        "CoCa with config.accumulation_steps > 1 is not supported; raise the "
+        "number of devices or lower config.batch_size"
+      )
     if config.loss.matryoshka_dims:
       raise ValueError("CoCa with config.loss.matryoshka_dims is not supported")
 
   def loss(self, params, batch, aux=None):
     model = self.model(params)
     image_emb, image_tokens = model.image_features(
-        self.images(batch), dropout_rng=self.dropout_rng(batch.get("keys")))
+      self.images(batch), dropout_rng=self.dropout_rng(batch.get("keys"))
+    )
     text_emb, logits, labels = model.caption_logits(batch["text"], image_tokens)
     contrastive, metrics = self.sharded_loss(image_emb, text_emb, *self.logit_params(params))
     caption = caption_loss(logits, labels, pad_id=model.pad_id)

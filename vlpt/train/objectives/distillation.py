@@ -57,12 +57,16 @@ def load_teacher(setup: Any) -> Teacher:
   if bundle.tokenizer:
     theirs = build_tokenizer(dict(bundle.tokenizer, context_length=tok.context_length))
     if not np.array_equal(theirs(_TOKENIZER_PROBES), tok(_TOKENIZER_PROBES)):
-      raise ConfigError(f"config.teacher.checkpoint={path!r} tokenizes text differently from "
-                        f"config.data.tokenizer ({config.data.tokenizer.name}); the teacher reads "
-                        "the same token ids as the student, so use its tokenizer")
+      raise ConfigError(
+        f"config.teacher.checkpoint={path!r} tokenizes text differently from "
+        f"config.data.tokenizer ({config.data.tokenizer.name}); the teacher reads "
+        "the same token ids as the student, so use its tokenizer"
+      )
   if bundle.model["text"]["vocab_size"] < tok.vocab_size:
-    raise ConfigError(f"the teacher's vocabulary ({bundle.model['text']['vocab_size']}) is "
-                      f"smaller than config.data.tokenizer's ({tok.vocab_size})")
+    raise ConfigError(
+      f"the teacher's vocabulary ({bundle.model['text']['vocab_size']}) is "
+      f"smaller than config.data.tokenizer's ({tok.vocab_size})"
+    )
   model_cfg, flat = resize_model(bundle.model, bundle.params, context_length=tok.context_length)
   model_cfg = dict(model_cfg, dtype=config.model.dtype)
   abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
@@ -74,7 +78,6 @@ def load_teacher(setup: Any) -> Teacher:
 
 
 class DistillationObjective(Objective):
-
   @classmethod
   def applies(cls, config: Any) -> bool:
     return is_teacher_loss(config.loss.name)
@@ -82,8 +85,10 @@ class DistillationObjective(Objective):
   @classmethod
   def check_config(cls, config: Any) -> None:
     if not config.teacher.checkpoint:
-      raise ValueError(f"config.loss.name={config.loss.name!r} needs a teacher: set "
-                       "config.teacher.checkpoint to a checkpoint vlpt.load accepts")
+      raise ValueError(
+        f"config.loss.name={config.loss.name!r} needs a teacher: set "
+        "config.teacher.checkpoint to a checkpoint vlpt.load accepts"
+      )
     try:
       detect_format(config.teacher.checkpoint)
     except WeightsError as e:
@@ -95,8 +100,7 @@ class DistillationObjective(Objective):
     super().__init__(setup)
     self.teacher_loss = build_teacher_loss(self.config.loss)
     self.teacher = load_teacher(setup)
-    self.extra_terms = (("contrastive_loss", "distill_loss")
-                        if self.config.loss.name == "distill" else ())
+    self.extra_terms = ("contrastive_loss", "distill_loss") if self.config.loss.name == "distill" else ()
 
   def aux_inputs(self):
     return self.teacher.params, self.teacher.shardings
@@ -109,17 +113,20 @@ class DistillationObjective(Objective):
     if images.shape[1] != teacher.image_size:
       b, _, _, c = images.shape
       images = jax.image.resize(images, (b, teacher.image_size, teacher.image_size, c), "bicubic")
-    out = (model.encode_image(images), model.encode_text(batch["text"]),
-           model.logit_params()["logit_scale"])
+    out = (
+      model.encode_image(images),
+      model.encode_text(batch["text"]),
+      model.logit_params()["logit_scale"],
+    )
     return jax.lax.stop_gradient(out)
 
   def loss(self, params, batch, aux=None):
     model = self.model(params)
-    image_emb = model.encode_image(self.images(batch),
-                                   dropout_rng=self.dropout_rng(batch.get("keys")))
+    image_emb = model.encode_image(self.images(batch), dropout_rng=self.dropout_rng(batch.get("keys")))
     text_emb = model.encode_text(batch["text"])
-    return self.teacher_loss(image_emb, text_emb, self.logit_params(params)[0],
-                             *self.teacher_embeddings(aux, batch))
+    return self.teacher_loss(
+      image_emb, text_emb, self.logit_params(params)[0], *self.teacher_embeddings(aux, batch)
+    )
 
 
 __all__ = ["DistillationObjective", "Teacher", "load_teacher"]
