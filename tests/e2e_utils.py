@@ -90,3 +90,48 @@ def resolved_model_config(config, tokenizer=None):
     vocab_size=tok.vocab_size,
     context_length=tok.context_length,
   )
+
+
+def export_random_model(config, dst, *, seed=7, tokenizer=None, **model_overrides):
+  """A randomly initialized model of ``config`` (``model_overrides`` on its constructor kwargs)
+  written as a vlpt export at ``dst``, with ``tokenizer`` (default: the config's); returns
+  (model, flat parameters)."""
+  from flax import nnx
+
+  from vlpt.data.preprocess import Preprocess
+  from vlpt.models import build_model
+  from vlpt.weights.formats import Bundle, write_bundle
+  from vlpt.weights.state import flat_params
+
+  model_cfg = dict(resolved_model_config(config), **model_overrides)
+  model = build_model(model_cfg, nnx.Rngs(seed))
+  flat = flat_params(model)
+  tok = tokenizer or config.data.tokenizer.to_dict()
+  write_bundle(
+    Bundle(model_cfg, flat, tok, Preprocess(image_size=config.data.image_size), "test"), str(dst)
+  )
+  return model, flat
+
+
+def train_sentencepiece(directory):
+  """A tiny SentencePiece model (24 pieces, pad 3, eos 1, unk 0, no bos) -> its path."""
+  import sentencepiece as spm
+
+  corpus = directory / "corpus.txt"
+  corpus.write_text(
+    "\n".join(
+      f"a photo of a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "cross")
+    )
+    * 20
+  )
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(directory / "m"),
+    vocab_size=24,
+    pad_id=3,
+    bos_id=-1,
+    eos_id=1,
+    unk_id=0,
+    minloglevel=2,
+  )
+  return str(directory / "m.model")

@@ -15,7 +15,6 @@ import pytest
 from flax import nnx
 
 from vlpt.config import default_config, load_config
-from vlpt.data.preprocess import Preprocess
 from vlpt.errors import ConfigError, WeightsError
 from vlpt.models import build_model
 from vlpt.optim import FactoredMomentsState, build_optimizer
@@ -23,11 +22,10 @@ from vlpt.train.initialization import read_checkpoint as read_bundle
 from vlpt.train.setup import build, initial_state
 from vlpt.train.validation import validate
 from vlpt.weights.builtin import BUILTINS
-from vlpt.weights.formats import Bundle, detect_format, write_bundle
-from vlpt.weights.state import flat_params
+from vlpt.weights.formats import detect_format
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, eval_rows, resolved_model_config, run
+from e2e_utils import cli, env_with_devices, eval_rows, export_random_model, run, train_sentencepiece
 
 RECIPES = ("clip", "align", "siglip", "coca", "lit")
 DOCS = os.path.join(REPO, "docs", "recipes.md")
@@ -55,26 +53,7 @@ def point_at_local_files(config, tmp_path):
     path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo"]) + "\n")
     config.data.tokenizer.vocab_path = str(path)
   if "model_path" in config.data.tokenizer:  # a SentencePiece model (SigLIP's)
-    import sentencepiece as spm
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(
-      "\n".join(
-        f"a photo of a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "cross")
-      )
-      * 20
-    )
-    spm.SentencePieceTrainer.train(
-      input=str(corpus),
-      model_prefix=str(tmp_path / "m"),
-      vocab_size=24,
-      pad_id=3,
-      bos_id=-1,
-      eos_id=1,
-      unk_id=0,
-      minloglevel=2,
-    )
-    config.data.tokenizer.model_path = str(tmp_path / "m.model")
+    config.data.tokenizer.model_path = train_sentencepiece(tmp_path)
   if config.init.checkpoint and not config.init.checkpoint.startswith("builtin:"):
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir(exist_ok=True)
@@ -246,25 +225,9 @@ def test_adafactor_state_on_an_fsdp_mesh_replicates_only_factored_statistics():
 # ---- LiT: init_towers, lock validation, builtin source -------------------------------------------
 
 
-def _export_random_model(config, dst, seed=7):
-  model_cfg = resolved_model_config(config)
-  flat = flat_params(build_model(model_cfg, nnx.Rngs(seed)))
-  write_bundle(
-    Bundle(
-      model_cfg,
-      flat,
-      config.data.tokenizer.to_dict(),
-      Preprocess(image_size=config.data.image_size),
-      "test",
-    ),
-    str(dst),
-  )
-  return flat
-
-
 def test_init_towers_loads_only_the_image_tower(tmp_path):
   source = load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
-  flat = _export_random_model(source, tmp_path / "pre")
+  _, flat = export_random_model(source, tmp_path / "pre")
   config = load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
   config.model.text.variant = "demo"  # another text architecture than the checkpoint's
   config.init.checkpoint = str(tmp_path / "pre")

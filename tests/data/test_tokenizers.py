@@ -19,6 +19,7 @@ from vlpt.data.tokenizers import (
 from vlpt.errors import ConfigError
 
 from conftest import require
+from e2e_utils import train_sentencepiece
 
 CORPUS = [
   "a photo of a cat",
@@ -258,30 +259,9 @@ def test_hf_clip_tokenizer_json_from_transformers(torch_reference, hf_clip_dir, 
   assert ids[1, -1] == 49407 and ids[0, 6] == tok.pad_id
 
 
-def _train_sentencepiece(spm, tmp_path):
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text(
-    "\n".join(
-      f"a photo of a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "cross")
-    )
-    * 20
-  )
-  spm.SentencePieceTrainer.train(
-    input=str(corpus),
-    model_prefix=str(tmp_path / "m"),
-    vocab_size=24,
-    pad_id=3,
-    bos_id=-1,
-    eos_id=1,
-    unk_id=0,
-    minloglevel=2,
-  )
-  return str(tmp_path / "m.model")
-
-
 def test_sentencepiece(tmp_path):
   spm = require("sentencepiece")
-  model = _train_sentencepiece(spm, tmp_path)
+  model = train_sentencepiece(tmp_path)
   tok = build_tokenizer({"name": "sentencepiece", "model_path": model, "context_length": 16})
   sp = spm.SentencePieceProcessor(model_file=model)
   texts = ["a red circle", "A Green Cross", "", "blue square photo", "red " * 50]
@@ -299,7 +279,7 @@ def test_sentencepiece(tmp_path):
 
 def test_sentencepiece_options(tmp_path):
   spm = require("sentencepiece")
-  model = _train_sentencepiece(spm, tmp_path)
+  model = train_sentencepiece(tmp_path)
   sp = spm.SentencePieceProcessor(model_file=model)
   plain = SentencePieceTokenizer(model, context_length=4, add_eos=False, pad_id=0)
   long = sp.encode("red green blue circle square")

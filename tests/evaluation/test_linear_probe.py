@@ -1,7 +1,5 @@
 """Linear probe: learns separable features, matches CLIP_benchmark's torch implementation."""
 
-import contextlib
-import io
 import math
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 from vlpt.evaluation.linear_probe import WEIGHT_DECAYS, linear_probe, search_weight_decay
 
 from conftest import require
+from references import patch_clip_benchmark_probe_for_cpu, run_clip_benchmark_probe
 
 
 def gaussian_classes(seed, n, dim, num_classes, noise, label_noise=0.0, means=None):
@@ -49,59 +48,10 @@ def test_deterministic_and_options():
 
 @pytest.fixture
 def clip_benchmark_linear_probe(monkeypatch):
-  """CLIP_benchmark's ``linear_probe`` module, made to run on CPU torch.
-
-  Its code moves tensors with ``.cuda()`` / ``.to("cuda")``: those become no-ops here. Its
-  ``accuracy()`` calls ``float()`` on a 1-element array, which numpy >= 2.4 rejects: replaced by
-  the same top-k count returning a Python float.
-  """
+  """CLIP_benchmark's ``linear_probe`` module, made to run on CPU torch."""
   torch = require("torch")
-  lp = require("clip_benchmark.metrics.linear_probe")
-  monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
-  monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
-  to = torch.Tensor.to
-  monkeypatch.setattr(
-    torch.Tensor, "to", lambda self, *a, **k: to(self, *("cpu" if v == "cuda" else v for v in a), **k)
-  )
-
-  def accuracy(output, target, topk=(1,)):
-    pred = output.topk(max(topk), 1, True, True)[1].t()
-    correct = pred.eq(target.view(1, -1).expand_as(pred))
-    return [correct[:k].reshape(-1).float().sum().item() / len(target) for k in topk]
-
-  monkeypatch.setattr(lp, "accuracy", accuracy)
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)  # tiny matmuls: more threads only contend on a busy machine
-  yield torch, lp
-  torch.set_num_threads(threads)
-
-
-def run_clip_benchmark(torch, lp, tmp_path, splits, seed=0):
-  """CLIP_benchmark's ``evaluate`` (train/val/test features given through its feature cache)."""
-  feature_dir = tmp_path / "model"
-  feature_dir.mkdir()
-  for split, (x, y) in splits.items():
-    torch.save(torch.from_numpy(x), feature_dir / f"features_{split}.pt")
-    torch.save(torch.from_numpy(np.asarray(y, np.int64)), feature_dir / f"targets_{split}.pt")
-  torch.manual_seed(seed)
-  with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-    return lp.evaluate(
-      None,
-      None,
-      None,
-      fewshot_k=-1,
-      batch_size=64,
-      num_workers=0,
-      lr=0.1,
-      epochs=10,
-      model_id="model",
-      seed=seed,
-      feature_root=str(tmp_path),
-      device="cuda",
-      val_dataloader=[],
-      normalize=True,
-      amp=False,
-    )
+  require("clip_benchmark.metrics.linear_probe")
+  return torch, patch_clip_benchmark_probe_for_cpu(monkeypatch, torch)
 
 
 def test_search_equals_clip_benchmarks_on_the_same_accuracies(clip_benchmark_linear_probe, tmp_path):
@@ -139,7 +89,9 @@ def test_search_equals_clip_benchmarks_on_the_same_accuracies(clip_benchmark_lin
       mp.setattr(lp, "infer", fake_infer)
       run_dir = tmp_path / str(trial)
       run_dir.mkdir()
-      ref = run_clip_benchmark(torch, lp, run_dir, {"train": (x, y), "val": (x, y), "test": (x, y)})
+      ref = run_clip_benchmark_probe(
+        torch, lp, run_dir, {"train": (x, y), "val": (x, y), "test": (x, y)}
+      )
     ours = search_weight_decay(len(WEIGHT_DECAYS), lambda idx, table=table: [table[i] for i in idx])
     assert WEIGHT_DECAYS[ours] == ref["weight_decay"], trial
     chosen.append(ours)

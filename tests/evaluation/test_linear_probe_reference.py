@@ -8,14 +8,12 @@ and its ``accuracy`` (``float()`` of a 1-element array, an error on numpy >= 2.4
 the same top-k hit count.
 """
 
-import contextlib
-import io
-import warnings
-
 import numpy as np
 import pytest
 
 import vlpt.evaluation.linear_probe as vlpt_probe
+
+from references import patch_clip_benchmark_probe_for_cpu, run_clip_benchmark_probe
 
 SEED = 0
 NUM_CLASSES = 10
@@ -41,57 +39,14 @@ def features():
   }
 
 
-def _topk_accuracy(output, target, topk=(1,)):
-  """CLIP_benchmark's ``accuracy`` (fraction of targets among the top k logits), numpy-2.4 safe."""
-  top = output.topk(max(topk), dim=1).indices
-  hits = top == target.view(-1, 1)
-  return [hits[:, :k].any(dim=1).float().sum().item() / len(target) for k in topk]
-
-
 @pytest.fixture(scope="module")
 def clip_benchmark(torch_reference, features, tmp_path_factory):
   """CLIP_benchmark's linear-probe result on ``features`` and the order it trained them in."""
   torch, _ = torch_reference
-  from clip_benchmark.metrics import linear_probe as lp
-
   root = tmp_path_factory.mktemp("clip_benchmark_features")
-  (root / "model").mkdir()
-  for split, (x, y) in features.items():
-    torch.save(torch.from_numpy(x), root / "model" / f"features_{split}.pt")
-    torch.save(torch.from_numpy(y.astype(np.int64)), root / "model" / f"targets_{split}.pt")
-  to = torch.Tensor.to
-  threads = torch.get_num_threads()
-  with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # pin_memory without an accelerator, autocast("cuda") on CPU
-    mp.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
-    mp.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
-    mp.setattr(
-      torch.Tensor, "to", lambda self, *a, **k: to(self, *("cpu" if v == "cuda" else v for v in a), **k)
-    )
-    mp.setattr(lp, "accuracy", _topk_accuracy)
-    torch.set_num_threads(1)  # tiny matmuls: more threads only contend on a busy machine
-    try:
-      torch.manual_seed(SEED)  # as its command line does before evaluating
-      with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = lp.evaluate(
-          None,
-          None,
-          None,
-          fewshot_k=-1,
-          batch_size=64,
-          num_workers=0,
-          lr=0.1,
-          epochs=10,
-          model_id="model",
-          seed=SEED,
-          feature_root=str(root),
-          device="cuda",
-          val_dataloader=[],
-          normalize=True,
-          amp=False,
-        )
-    finally:
-      torch.set_num_threads(threads)
+  with pytest.MonkeyPatch.context() as mp:
+    lp = patch_clip_benchmark_probe_for_cpu(mp, torch)
+    result = run_clip_benchmark_probe(torch, lp, root, features, seed=SEED)
   torch.manual_seed(SEED)
   train_order = torch.randperm(len(features["train"][0])).numpy()  # evaluate's first draw
   return result, train_order

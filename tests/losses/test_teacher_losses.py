@@ -9,46 +9,23 @@ from flax import nnx
 
 from vlpt.config import load_config
 from vlpt.data.normalization import normalize_images
-from vlpt.data.preprocess import Preprocess
-from vlpt.data.tokenizers import build_tokenizer
 from vlpt.errors import ConfigError
 from vlpt.losses import cwcl_loss, distillation_loss
-from vlpt.models import build_model
 from vlpt.train.objectives.distillation import load_teacher
 from vlpt.train.setup import build
-from vlpt.weights.formats import Bundle, write_bundle
-from vlpt.weights.state import flat_params
 
 from conftest import REPO
-from e2e_utils import one_train_step, resolved_model_config
+from e2e_utils import export_random_model, one_train_step
 
 
 def demo_config():
   return load_config(os.path.join(REPO, "configs", "demo.py:tiny"))
 
 
-def _export_teacher(config, dst, *, tokenizer=None, embed_dim=48, seed=11):
-  tok = build_tokenizer(config.data.tokenizer)
-  model_cfg = resolved_model_config(config, tok)
-  model_cfg = dict(model_cfg, embed_dim=embed_dim)  # a teacher may embed differently
-  model = build_model(model_cfg, nnx.Rngs(seed))
-  write_bundle(
-    Bundle(
-      model_cfg,
-      flat_params(model),
-      tokenizer or config.data.tokenizer.to_dict(),
-      Preprocess(image_size=config.data.image_size),
-      "test",
-    ),
-    str(dst),
-  )
-  return model
-
-
 @pytest.mark.parametrize("name", ["distill", "cwcl"])
 def test_teacher_loss_step_matches_the_dense_reference(name, tmp_path):
   config = demo_config()
-  teacher = _export_teacher(config, tmp_path / "teacher")
+  teacher, _ = export_random_model(config, tmp_path / "teacher", seed=11, embed_dim=48)
   config.loss.name = name
   config.teacher.checkpoint = str(tmp_path / "teacher")
   setup, before, host, _, m = one_train_step(config)
@@ -78,13 +55,15 @@ def test_teacher_configuration_errors(tmp_path):
   with pytest.raises(ConfigError, match="needs a teacher"):
     build(config)
   config = demo_config()
-  _export_teacher(config, tmp_path / "teacher")
+  export_random_model(config, tmp_path / "teacher", seed=11, embed_dim=48)
   config.teacher.checkpoint = str(tmp_path / "teacher")
   with pytest.raises(ConfigError, match="teacher losses only"):
     build(config)
   # a teacher that reads other token ids is refused before training
   config = demo_config()
-  _export_teacher(config, tmp_path / "bpe", tokenizer={"name": "clip_bpe", "context_length": 16})
+  export_random_model(
+    config, tmp_path / "bpe", seed=11, embed_dim=48, tokenizer={"name": "clip_bpe", "context_length": 16}
+  )
   config.loss.name = "cwcl"
   config.teacher.checkpoint = str(tmp_path / "bpe")
   with pytest.raises(ConfigError, match="tokenizes text differently"):

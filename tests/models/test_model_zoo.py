@@ -9,18 +9,15 @@ import pytest
 from flax import nnx
 
 from vlpt.config import load_config
-from vlpt.data.preprocess import Preprocess
-from vlpt.data.tokenizers import build_tokenizer
 from vlpt.errors import ConfigError
 from vlpt.models import build_model
 from vlpt.models.generation import _filter_logits, generate
 from vlpt.train.evaluation import restore
 from vlpt.train.setup import build, initial_state
-from vlpt.weights.formats import Bundle, write_bundle
 from vlpt.weights.state import flat_params
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, metrics, one_train_step, resolved_model_config, run
+from e2e_utils import cli, env_with_devices, export_random_model, metrics, one_train_step, run
 
 COCA = dict(
   name="coca",
@@ -203,27 +200,9 @@ def test_patch_dropout_trains_and_is_keyed(k):
   assert np.isfinite(m["loss"])
 
 
-def _export_random_model(config, dst, seed=7):
-  tokenizer = build_tokenizer(config.data.tokenizer)
-  model_cfg = resolved_model_config(config, tokenizer)
-  model = build_model(model_cfg, nnx.Rngs(seed))
-  flat = flat_params(model)
-  write_bundle(
-    Bundle(
-      model_cfg,
-      flat,
-      config.data.tokenizer.to_dict(),
-      Preprocess(image_size=config.data.image_size),
-      "test",
-    ),
-    str(dst),
-  )
-  return flat
-
-
 def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
   config = demo_config()
-  flat = _export_random_model(config, tmp_path / "pre")
+  _, flat = export_random_model(config, tmp_path / "pre")
   config.init.checkpoint = str(tmp_path / "pre")
   setup = build(config)
   params = jax.device_get(initial_state(setup).params)
@@ -243,7 +222,7 @@ def test_init_from_pretrained_weights_with_resized_positions(tmp_path):
 
 
 def test_vlpt_eval_runs_the_evaluators_on_pretrained_weights(tmp_path, cli_env):
-  _export_random_model(demo_config(), tmp_path / "pre")
+  export_random_model(demo_config(), tmp_path / "pre")
   workdir = tmp_path / "eval"
   run(
     cli("vlpt.cli.eval", workdir, f"--config.init.checkpoint={tmp_path / 'pre'}"),
@@ -255,7 +234,7 @@ def test_vlpt_eval_runs_the_evaluators_on_pretrained_weights(tmp_path, cli_env):
 
 def test_init_from_mismatch_is_a_config_error(tmp_path):
   config = demo_config()
-  _export_random_model(config, tmp_path / "pre")
+  export_random_model(config, tmp_path / "pre")
   config.init.checkpoint = str(tmp_path / "pre")
   config.model.embed_dim = 48
   with pytest.raises(ConfigError, match="config.init.checkpoint=.*shape mismatch"):
