@@ -70,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.max_logit_scale = math.log(100)
   c.model.init_logit_bias = ml_collections.FieldReference(None, field_type=float)
   c.model.dtype = "float32"  # compute dtype; "bfloat16" for speed
+  # every attention layer's kernel: "xla" (any device), "cudnn" (cuDNN's fused flash attention,
+  # GPU only, bf16/fp16), "auto" (JAX picks cuDNN where it applies, XLA elsewhere)
+  c.model.attention = "xla"
   c.model.param_dtype = "float32"
   # CoCa only (model.name = "coca"): the multimodal decoder's kwargs (width, depth, heads,
   # mlp_dim, vocab_size, context_length; None: from the text tower / tokenizer)

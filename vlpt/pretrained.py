@@ -35,9 +35,11 @@ from vlpt.weights.state import assign_params
 class Pretrained:
   """A loaded model: jitted L2-normalized encoders, its tokenizer and image preprocessing."""
 
-  def __init__(self, bundle: Bundle, *, dtype: str = "float32"):
+  def __init__(self, bundle: Bundle, *, dtype: str = "float32", attention: str = "xla"):
     self.bundle = bundle
-    self.config = dict(bundle.model, dtype=dtype)
+    # the kernels are this machine's choice, not the checkpoint's (a model trained with cuDNN
+    # attention loads on a CPU)
+    self.config = dict(bundle.model, dtype=dtype, attention=attention)
     self.model = build_model(self.config, nnx.Rngs(0))
     assign_params(self.model, bundle.params)
     self.preprocess = bundle.preprocess
@@ -86,8 +88,13 @@ def load(
   context_length: int | None = None,
   tokenizer: dict | None = None,
   dtype: str = "float32",
+  attention: str = "xla",
 ) -> Pretrained:
-  """Loads any supported source (see the module docstring); optionally resizes positions."""
+  """Loads any supported source (see the module docstring); optionally resizes positions.
+
+  ``dtype`` / ``attention``: the compute dtype and attention kernel (config.model.attention's
+  values) the encoders run with here.
+  """
   bundle = read_checkpoint(path)
   if image_size or context_length:
     model, params = resize_model(
@@ -102,4 +109,4 @@ def load(
     bundle = Bundle(model, params, tok, pre, bundle.source)
   if tokenizer is not None:
     bundle.tokenizer = dict(tokenizer)
-  return Pretrained(bundle, dtype=dtype)
+  return Pretrained(bundle, dtype=dtype, attention=attention)

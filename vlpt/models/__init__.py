@@ -12,10 +12,12 @@ import difflib
 import inspect
 from typing import Any
 
+import jax
 from flax import nnx
 
 from vlpt.models.clip import CLIP
 from vlpt.models.coca import CoCa, MultimodalDecoder
+from vlpt.models.layers import check_attention
 from vlpt.models.text import TextTransformer
 from vlpt.models.vit import VisionTransformer
 from vlpt.registry import Registry
@@ -25,7 +27,7 @@ MODELS.register("clip")(CLIP)
 MODELS.register("coca")(CoCa)
 
 # the towers' keyword arguments that the model passes itself (not config keys)
-_SET_BY_THE_MODEL = ("self", "embed_dim", "rngs", "dtype", "param_dtype")
+_SET_BY_THE_MODEL = ("self", "embed_dim", "rngs", "dtype", "param_dtype", "attention")
 _TOWERS = (("image", VisionTransformer), ("text", TextTransformer), ("decoder", MultimodalDecoder))
 
 
@@ -86,6 +88,13 @@ def check_config(kwargs: dict) -> None:
   allocated, nothing compiles).
   """
   MODELS.get(kwargs["name"])
+  attention = kwargs.get("attention", "xla")
+  check_attention(attention)
+  if attention == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(
+      f"config.model.attention='cudnn' needs a GPU (cuDNN's fused attention); this process runs "
+      f"on {jax.default_backend()}: use 'xla' or 'auto'"
+    )
   for part, cls in _TOWERS:
     if part in kwargs:
       _check_tower_keys(f"model.{part}", kwargs[part], cls)

@@ -48,10 +48,17 @@ class CLIP(nnx.Module):
     init_logit_scale: float = math.log(1 / 0.07),
     max_logit_scale: float = math.log(100),
     init_logit_bias: float | None = None,
+    attention: str = "xla",
     dtype: str = "float32",
     param_dtype: str = "float32",
   ):
-    kw = dict(dtype=dtype_of(dtype), param_dtype=dtype_of(param_dtype), embed_dim=embed_dim, rngs=rngs)
+    kw = dict(
+      dtype=dtype_of(dtype),
+      param_dtype=dtype_of(param_dtype),
+      embed_dim=embed_dim,
+      rngs=rngs,
+      attention=attention,
+    )
     self.image = VisionTransformer(**image, **kw)
     self.text = TextTransformer(**text, **kw)
     self.logit_scale = annotated(jnp.asarray(init_logit_scale, jnp.float32))

@@ -43,12 +43,13 @@ class MultimodalDecoder(nnx.Module):
     norm_eps: float = 1e-5,
     layer_scale: float | None = None,
     remat: str = "none",
+    attention: str = "xla",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
   ):
     size = tower_size(parse_text(variant), width=width, depth=depth, heads=heads, mlp_dim=mlp_dim)
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, **kw)
+    opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, attention=attention, **kw)
     self.context_length = context_length
     self.transformer = Transformer(
       size.width, size.depth, size.heads, size.mlp_dim, opts=opts, rngs=rngs, remat=remat, decoder=True
@@ -87,6 +88,7 @@ class CoCa(CLIP):
     init_logit_scale: float = math.log(1 / 0.07),
     max_logit_scale: float = math.log(100),
     init_logit_bias: float | None = None,
+    attention: str = "xla",
     dtype: str = "float32",
     param_dtype: str = "float32",
   ):
@@ -108,6 +110,7 @@ class CoCa(CLIP):
       init_logit_scale=init_logit_scale,
       max_logit_scale=max_logit_scale,
       init_logit_bias=init_logit_bias,
+      attention=attention,
       dtype=dtype,
       param_dtype=param_dtype,
     )
@@ -115,6 +118,7 @@ class CoCa(CLIP):
       **decoder,
       rngs=rngs,
       act=image.get("act", "gelu"),
+      attention=attention,
       dtype=dtype_of(dtype),
       param_dtype=dtype_of(param_dtype),
     )

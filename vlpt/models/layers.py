@@ -49,6 +49,19 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[name]
 
 
+# config.model.attention -> jax.nn.dot_product_attention's ``implementation``: "xla" (any backend,
+# softmax in fp32), "cudnn" (cuDNN's fused flash attention; GPU only, fp16/bf16), "auto" (JAX picks:
+# cuDNN where it applies, XLA elsewhere)
+ATTENTION_IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
+
+
+def check_attention(name: str) -> None:
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(
+      f"config.model.attention={name!r}: choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockOptions:
   """What varies between the transformer blocks of the model families vlpt imports."""
@@ -56,6 +69,7 @@ class BlockOptions:
   act: str = "gelu"
   norm_eps: float = 1e-5  # torch/open_clip/HF CLIP; SigLIP uses 1e-6
   layer_scale: float | None = None  # LayerScale init (Touvron et al. 2021, CaiT Sec. 2.1)
+  attention: str = "xla"  # config.model.attention (ATTENTION_IMPLEMENTATIONS)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -140,9 +154,11 @@ class Attention(nnx.Module):
     *,
     rngs: nnx.Rngs,
     kv_dim: int | None = None,
+    attention: str = "xla",
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
   ):
+    check_attention(attention)
     if dim % heads:
       raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
     head_dim = dim // heads
@@ -157,6 +173,7 @@ class Attention(nnx.Module):
     )
     self.out_bias = nnx.Param(param(_zeros, "embed")(rngs.params(), (dim,), param_dtype))
     self.dtype = dtype
+    self.implementation = ATTENTION_IMPLEMENTATIONS[attention]
     self.heads, self.head_dim = heads, head_dim
     self.cache: KVCache | None = nnx.data(None)
 
@@ -202,9 +219,11 @@ class Attention(nnx.Module):
       visible = jnp.arange(keys.shape[1])[None, :] <= qpos[:, None]
       mask = visible[None, None] if mask is None else mask & visible[None, None]
       k, v, causal = keys, values, False
-    # jax.nn.dot_product_attention picks cuDNN flash attention on GPU when asked; the XLA path
-    # computes the softmax in fp32.
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    # the implementation config.model.attention asks for (cuDNN's fused kernel, XLA's softmax in
+    # fp32, or JAX's choice)
+    y = jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=causal, implementation=self.implementation
+    )
     dt = self.dtype
     y = jnp.einsum("blhk,hkd->bld", y, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
     return constrain(y, "activation_batch", "activation_length", "activation_embed")
@@ -252,7 +271,7 @@ class Block(nnx.Module):
     eps = opts.norm_eps
     self.ln_1 = LayerNorm(width, eps=eps, **kw)
     self.ln_1_kv = LayerNorm(width, eps=eps, **kw) if cross_attention else None
-    self.attn = Attention(width, heads, rngs=rngs, **kw)
+    self.attn = Attention(width, heads, rngs=rngs, attention=opts.attention, **kw)
     self.ls_1 = LayerScale(width, opts.layer_scale, **kw) if opts.layer_scale else None
     self.ln_2 = LayerNorm(width, eps=eps, **kw)
     self.mlp = Mlp(width, mlp_dim, act=opts.act, rngs=rngs, **kw)

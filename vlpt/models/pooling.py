@@ -30,6 +30,7 @@ class MapHead(nnx.Module):
     act: str,
     norm_eps: float,
     rngs: nnx.Rngs,
+    attention: str = "xla",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
   ):
@@ -39,7 +40,7 @@ class MapHead(nnx.Module):
         rngs.params(), (1, width), param_dtype
       )
     )
-    self.attn = Attention(width, heads, rngs=rngs, **kw)
+    self.attn = Attention(width, heads, rngs=rngs, attention=attention, **kw)
     self.ln = LayerNorm(width, eps=norm_eps, **kw)
     self.mlp = Mlp(width, mlp_dim, act=act, rngs=rngs, **kw)
     self.dtype = dtype
@@ -64,6 +65,7 @@ class AttentionalPooler(nnx.Module):
     *,
     norm_eps: float,
     rngs: nnx.Rngs,
+    attention: str = "xla",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
   ):
@@ -71,7 +73,7 @@ class AttentionalPooler(nnx.Module):
     self.query = nnx.Param(
       param(nnx.initializers.normal(1.0), "queries", "embed")(rngs.params(), (queries, dim), param_dtype)
     )
-    self.attn = Attention(dim, heads, kv_dim=context_dim, rngs=rngs, **kw)
+    self.attn = Attention(dim, heads, kv_dim=context_dim, rngs=rngs, attention=attention, **kw)
     self.ln_q = LayerNorm(dim, eps=norm_eps, **kw)
     self.ln_k = LayerNorm(context_dim, eps=norm_eps, **kw)
 

@@ -54,6 +54,7 @@ class TextTransformer(nnx.Module):
     mlp_dim: int | None = None,
     scan: bool = False,
     remat: str = "none",
+    attention: str = "xla",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
   ):
@@ -70,7 +71,7 @@ class TextTransformer(nnx.Module):
     self.cls_mask = cls_mask
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, **kw)
+    opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, attention=attention, **kw)
     self.token_embedding = nnx.Param(
       param(nnx.initializers.normal(0.02), "vocab", "embed")(rngs.params(), (vocab_size, w), param_dtype)
     )
@@ -89,7 +90,9 @@ class TextTransformer(nnx.Module):
     )
     self.ln_final = LayerNorm(w, eps=norm_eps, **kw)
     self.map_head = (
-      MapHead(w, size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs, **kw)
+      MapHead(
+        w, size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs, attention=attention, **kw
+      )
       if pool == "map"
       else None
     )

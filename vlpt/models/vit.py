@@ -52,6 +52,7 @@ class VisionTransformer(nnx.Module):
     mlp_dim: int | None = None,
     scan: bool = False,
     remat: str = "none",
+    attention: str = "xla",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
   ):
@@ -75,7 +76,7 @@ class VisionTransformer(nnx.Module):
     w = size.width
     scale = w**-0.5
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, **kw)
+    opts = BlockOptions(act=act, norm_eps=norm_eps, layer_scale=layer_scale, attention=attention, **kw)
     self.patch_embed = nnx.Param(
       param(nnx.initializers.lecun_normal(), "patch", "patch", "channels", "embed")(
         rngs.params(), (patch, patch, 3, w), param_dtype
@@ -100,13 +101,29 @@ class VisionTransformer(nnx.Module):
     pool_dim = embed_dim if pool == "coca" else w
     self.ln_post = LayerNorm(pool_dim, eps=norm_eps, **kw)
     self.map_head = (
-      MapHead(w, pooler_heads or size.heads, size.mlp_dim, act=act, norm_eps=norm_eps, rngs=rngs, **kw)
+      MapHead(
+        w,
+        pooler_heads or size.heads,
+        size.mlp_dim,
+        act=act,
+        norm_eps=norm_eps,
+        rngs=rngs,
+        attention=attention,
+        **kw,
+      )
       if pool == "map"
       else None
     )
     self.attn_pool = (
       AttentionalPooler(
-        embed_dim, w, pooler_heads or 8, pooler_queries, norm_eps=norm_eps, rngs=rngs, **kw
+        embed_dim,
+        w,
+        pooler_heads or 8,
+        pooler_queries,
+        norm_eps=norm_eps,
+        rngs=rngs,
+        attention=attention,
+        **kw,
       )
       if pool == "coca"
       else None

@@ -68,7 +68,7 @@ def load_teacher(setup: Any) -> Teacher:
       f"smaller than config.data.tokenizer's ({tok.vocab_size})"
     )
   model_cfg, flat = resize_model(bundle.model, bundle.params, context_length=tok.context_length)
-  model_cfg = dict(model_cfg, dtype=config.model.dtype)
+  model_cfg = dict(model_cfg, dtype=config.model.dtype, attention=config.model.attention)
   abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
   shardings = S.param_shardings(abstract_params, setup.mesh, setup.rules).to_pure_dict()
