@@ -25,7 +25,15 @@ from vlpt.weights.builtin import BUILTINS
 from vlpt.weights.formats import detect_format
 
 from conftest import REPO
-from e2e_utils import cli, env_with_devices, eval_rows, export_random_model, run, train_sentencepiece
+from e2e_utils import (
+  cli,
+  env_with_devices,
+  eval_rows,
+  export_random_model,
+  run,
+  train_losses,
+  train_sentencepiece,
+)
 
 RECIPES = ("clip", "align", "siglip", "coca", "lit")
 DOCS = os.path.join(REPO, "docs", "recipes.md")
@@ -307,6 +315,10 @@ def test_smoke_variant_trains_and_evaluates(name, tmp_path, cli_env, monkeypatch
   assert rows and rows[-1]["step"] == 20
   top1 = rows[-1]["heldout/zeroshot/top1"]
   assert top1 is not None and np.isfinite(top1)
+  # it learned: the recipe's objective fell over 20 steps (logged every 5)
+  losses = train_losses(workdir)
+  assert sorted(losses) == [5, 10, 15, 20]
+  assert losses[20] < 0.97 * losses[5], losses
   if name != "lit":
     return
   assert "builtin:demo is not cached yet" in proc.stderr
