@@ -11,7 +11,8 @@ instead (CIFAR-10/100, Food-101, DTD, STL-10), ``assets/label_names.json`` holds
 loaders give (see ``assets/LICENSE-label_names.txt``), so prompts equal CLIP_benchmark's.
 
 Names are in the TFDS dataset's label order (label ``i`` is ``class_names(ds)[i]``), checked as
-follows (tests/evaluation/test_prompts.py compares counts and names with the TFDS builders' label features):
+follows (tests/evaluation/test_prompts.py compares counts and names with the TFDS builders' label
+features):
 
 * ``imagenet2012`` (and ``imagenet_v2``, ``imagenet_sketch``, ``imagenet2012_subset``,
   ``imagenet2012_corrupted``, ``imagenet2012_fewshot``, ``imagenet2012_real``, ``imagenet_lt``,

@@ -56,8 +56,9 @@ class Objective:
       params = {k: jax.lax.stop_gradient(v) if k in self.locked else v for k, v in params.items()}
     return nnx.merge(self.graphdef, params)
 
-  def images(self, batch: dict[str, jax.Array]) -> jax.Array:
-    return normalize_images(batch["image"], self.config.data.normalization)
+  def normalized(self, images: jax.Array) -> jax.Array:
+    """The batch's uint8 images as the towers read them (``config.data.normalization``)."""
+    return normalize_images(images, self.config.data.normalization)
 
   @staticmethod
   def dropout_rng(keys: jax.Array | None) -> jax.Array | None:

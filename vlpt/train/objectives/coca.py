@@ -31,7 +31,7 @@ class CocaObjective(ContrastiveObjective):
   def loss(self, params, batch, aux=None):
     model = self.model(params)
     image_emb, image_tokens = model.image_features(
-      self.images(batch), dropout_rng=self.dropout_rng(batch.get("keys"))
+      self.normalized(batch["image"]), dropout_rng=self.dropout_rng(batch.get("keys"))
     )
     text_emb, logits, labels = model.caption_logits(batch["text"], image_tokens)
     contrastive, metrics = self.sharded_loss(image_emb, text_emb, *self.logit_params(params))

@@ -63,7 +63,7 @@ class ContrastiveObjective(Objective):
   ) -> tuple[jax.Array, jax.Array]:
     """uint8 images and token ids -> L2-normalized (image, text) embeddings."""
     model = self.model(params)
-    images = self.images({"image": images})
+    images = self.normalized(images)
     return (model.encode_image(images, dropout_rng=self.dropout_rng(keys)), model.encode_text(text))
 
   def loss(self, params, batch, aux=None):

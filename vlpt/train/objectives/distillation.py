@@ -122,7 +122,9 @@ class DistillationObjective(Objective):
 
   def loss(self, params, batch, aux=None):
     model = self.model(params)
-    image_emb = model.encode_image(self.images(batch), dropout_rng=self.dropout_rng(batch.get("keys")))
+    image_emb = model.encode_image(
+      self.normalized(batch["image"]), dropout_rng=self.dropout_rng(batch.get("keys"))
+    )
     text_emb = model.encode_text(batch["text"])
     return self.teacher_loss(
       image_emb, text_emb, self.logit_params(params)[0], *self.teacher_embeddings(aux, batch)
