@@ -348,6 +348,26 @@ def _check_keys(config: Any, schema: Any, prefix: str = "") -> None:
       _check_keys(value, expected, f"{path}.")
 
 
+def describe_unknown_key(config: Any, path: str) -> str | None:
+  """None when ``config.PATH`` exists; else 'unknown config key ...' with a hint at the first
+  missing level (free-key sections: the hint comes from their owner, at validation)."""
+  node, walked = config, []
+  for part in path.split("."):
+    prefix = ".".join(walked)
+    if prefix in SECTIONS_WITH_FREE_KEYS or prefix.startswith("eval.datasets"):
+      return None
+    if not hasattr(node, "keys"):
+      return f"config.{prefix} is a value, not a section: 'config.{path}' does not exist"
+    if part not in node:
+      close = difflib.get_close_matches(part, list(node.keys()), n=1)
+      where = f"{prefix}." if prefix else ""
+      hint = f" (did you mean config.{where}{close[0]}?)" if close else ""
+      return f"unknown config key 'config.{path}'{hint}"
+    node = node[part]
+    walked.append(part)
+  return None
+
+
 def check_structure(config: Any) -> None:
   """Unknown keys (with a hint), non-positive step counts and sizes: one ValueError each."""
   migrate(config)
@@ -378,7 +398,25 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
-  """A saved config (``vlpt_config.json``) as a ConfigDict, moved keys migrated quietly."""
-  config = ml_collections.ConfigDict(saved)
-  migrate(config, quiet=True)
+  """A saved config (``vlpt_config.json``) over :func:`default_config`, moved keys migrated
+  quietly: keys keep their types (an override of an unset path is still a string)."""
+  migrated = ml_collections.ConfigDict(saved)
+  migrate(migrated, quiet=True)
+  config = default_config()
+  _overlay(config, migrated)
   return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: Any, prefix: str = "") -> None:
+  with config.unlocked():
+    for key, value in saved.items():
+      path = f"{prefix}{key}"
+      target = config.get(key) if key in config else None
+      if (
+        isinstance(value, ml_collections.ConfigDict)
+        and isinstance(target, ml_collections.ConfigDict)
+        and path not in SECTIONS_WITH_FREE_KEYS
+      ):
+        _overlay(target, value, f"{path}.")
+      else:
+        config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value

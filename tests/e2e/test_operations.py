@@ -33,8 +33,8 @@ def _logged_step(workdir):
     return 0
 
 
-def _sigterm_at_some_step(command, env, workdir, min_step):
-  """Starts training; SIGTERMs it once it logged ``min_step``; returns (proc, seconds, step)."""
+def _signal_at_some_step(command, env, workdir, min_step, signum=signal.SIGTERM):
+  """Starts training; signals it once it logged ``min_step``; returns (proc, seconds, step)."""
   proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None and _logged_step(workdir) < min_step:
@@ -42,13 +42,22 @@ def _sigterm_at_some_step(command, env, workdir, min_step):
   assert proc.poll() is None, proc.stdout.read()
   signaled_step = _logged_step(workdir)
   start = time.time()
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   out, _ = proc.communicate(timeout=60)
   return proc, time.time() - start, signaled_step, out
 
 
-@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, processes, reference_run):
+@pytest.mark.parametrize(
+  "processes,signum",
+  [
+    (1, signal.SIGINT),  # Ctrl-C behaves as SIGTERM (the same handler; SIGTERM in the slow tier)
+    pytest.param(1, signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param(2, signal.SIGTERM, marks=pytest.mark.slow),
+  ],
+)
+def test_stop_signal_checkpoints_exits_zero_and_resumes_bitwise(
+  tmp_path, cli_env, processes, signum, reference_run
+):
   env = env_with_devices(cli_env, 8)
 
   def command_for(workdir):  # the reference runs on the same topology (bitwise comparison)
@@ -62,17 +71,71 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_bitwise(tmp_path, cli_env, p
     want = train_losses(tmp_path / "reference")
   workdir = tmp_path / "preempted"
   command = command_for(workdir)
-  proc, seconds, step, out = _sigterm_at_some_step(command, env, workdir, min_step=8)
+  proc, seconds, step, out = _signal_at_some_step(command, env, workdir, 8, signum)
   assert proc.returncode == 0, out
-  assert seconds < 30
+  assert seconds < 30 and "Traceback" not in out
   saved = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-  assert step <= saved < 80 and "SIGTERM: checkpointed step" in out
+  reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+  assert step <= saved < 80 and f"{reason}: checkpointed step" in out
   out = run(command, env).stdout
   assert "resumed from" in out
   got = train_losses(workdir)
-  assert sorted(got) == sorted(want)
+  assert sorted(got) == sorted(want) and _each_step_once(workdir) == sorted(want)
   for s in range(saved + 1, 81):
     assert got[s] == want[s], (s, got[s], want[s])  # bitwise
+
+
+def _start_and_wait_for_step(command, env, workdir, min_step):
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and _logged_step(workdir) < min_step:
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.communicate()
+  return proc
+
+
+def _each_step_once(workdir):
+  steps = [r["step"] for r in metrics(workdir) if "train/loss" in r]
+  assert steps == sorted(set(steps)), "a step was logged twice"
+  return steps
+
+
+def test_second_ctrl_c_exits_at_once_and_the_rerun_resumes(tmp_path, cli_env, reference_run):
+  """A second Ctrl-C exits 130 at once, without a checkpoint of its step; the last complete
+  checkpoint stays the latest, the rerun ends with the reference's losses, each step logged once."""
+  env = env_with_devices(cli_env, 8)
+  want = train_losses(reference_run("short"))
+  workdir = tmp_path / "run"
+  overrides = ("--config.eval.at_end=False",)  # (configs/demo.py:tiny: checkpoints at 10 and 20)
+  err_path = tmp_path / "stderr.txt"
+  with open(err_path, "w") as err_file:
+    proc = subprocess.Popen(
+      cli("vlpt.cli.train", workdir, *overrides),
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=err_file,
+      text=True,
+    )
+    deadline = time.time() + 240
+    while (
+      time.time() < deadline
+      and proc.poll() is None
+      and not (_logged_step(workdir) >= 12 and (workdir / "checkpoints" / "10").is_dir())
+    ):
+      time.sleep(0.02)  # (step 10's asynchronous save is renamed into place when complete)
+    proc.send_signal(signal.SIGINT)
+    while proc.poll() is None and "Ctrl-C: checkpointing" not in err_path.read_text():
+      time.sleep(0.005)  # the first one was handled: the second is not merged into it
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+  err = err_path.read_text()
+  assert proc.returncode == 130, err
+  assert "second Ctrl-C: exiting now" in err and "Traceback" not in err
+  out = run(cli("vlpt.cli.train", workdir, *overrides), env).stdout
+  assert "resumed from" in out
+  got = train_losses(workdir)
+  assert _each_step_once(workdir) == list(range(1, 21))
+  assert all(got[s] == want[s] for s in range(11, 21))  # bitwise, after the checkpoint
 
 
 def test_nonfinite_step_is_skipped_and_counted():

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import PYTHON
 from e2e_utils import (
   LONG_OVERRIDES,
   cli,
@@ -30,6 +31,8 @@ def _copy(reference, tmp_path):
 def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, reference_run):
   workdir = _copy(reference_run("short"), tmp_path)
   stdout = (reference_run("short").parent / "stdout.txt").read_text()
+  record = json.loads((workdir / "vlpt_run.json").read_text())
+  assert record["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and record["packages"]["jax"]
   assert "step     20/20" in stdout and "ex/s" in stdout and "ETA" in stdout
   rows = metrics(workdir)
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 21))
@@ -51,7 +54,10 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, ref
   assert all(np.isfinite(v) for v in losses.values())
 
   # vlpt-eval reproduces the training-time evaluation of the last checkpoint.
-  proc = run(cli("vlpt.cli.eval", workdir), env_with_devices(cli_env, 8))
+  # (without --config: the run's recorded vlpt_config.json)
+  command = [PYTHON, "-m", "vlpt.cli.eval", "--workdir", str(workdir)]
+  proc = run(command, env_with_devices(cli_env, 8))
+  assert f"config: {workdir / 'vlpt_config.json'}" in proc.stderr
   again = eval_rows(workdir)[-1]
   assert again["step"] == 20
   for key, value in evals[0].items():
@@ -137,21 +143,33 @@ def test_checkpoint_restores_on_other_topologies(tmp_path, cli_env, reference_ru
     for key, value in want.items():
       if key != "step" and value is not None:
         assert got[key] == pytest.approx(value, abs=1e-5), key
-  # Training resumes on 2 processes x 4 devices from the 8-device checkpoint.
-  # a longer schedule is a config change: refused unless allowed
+  # Training resumes on 2 processes x 4 devices from the 8-device checkpoint. A longer schedule or
+  # another batch size is a config change: refused unless allowed; operational keys change freely.
   refused = subprocess.run(
-    cli("vlpt.cli.train", workdir, "--config.total_steps=25"),
+    cli("vlpt.cli.train", workdir, "--config.total_steps=25", "--config.batch_size=64"),
     env=env_with_devices(cli_env, 8),
     capture_output=True,
     text=True,
     timeout=300,
   )
-  assert refused.returncode == 2 and "config.total_steps: 20 -> 25" in refused.stderr
+  assert refused.returncode == 2, refused.stderr
+  assert "config.batch_size: 32 -> 64" in refused.stderr and "--allow_config_change" in refused.stderr
+  assert "config.total_steps: 20 -> 25" in refused.stderr
   out = run(
-    launch(2, cli("vlpt.cli.train", workdir, "--config.total_steps=25", "--allow_config_change")),
+    launch(
+      2,
+      cli(
+        "vlpt.cli.train",
+        workdir,
+        "--config.total_steps=25",
+        "--allow_config_change",
+        "--config.log_every_steps=5",
+      ),
+    ),
     env_with_devices(cli_env, 8),
   ).stdout
-  assert "resumed from" in out and "changed config (allowed)" in out
+  assert "resumed from" in out and "changed config (allowed): config.total_steps: 20 -> 25" in out
+  assert "log_every_steps" not in out.split("changed config (allowed)")[1].splitlines()[0]
   assert max(train_losses(workdir)) == 25
 
 
@@ -171,38 +189,4 @@ def test_ring_loss_trains_like_the_gather_loss(tmp_path, cli_env, reference_run)
   a, b = train_losses(reference_run("short")), train_losses(tmp_path / "ring")
   np.testing.assert_allclose(
     [b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)], atol=1e-5, rtol=0
-  )
-
-
-def test_restart_with_another_batch_size_is_refused(tmp_path, cli_env):
-  workdir = tmp_path / "run"
-  env = env_with_devices(cli_env, 8)
-  run(cli("vlpt.cli.train", workdir, "--config.total_steps=2", "--config.eval.at_end=False"), env)
-  record = json.loads((workdir / "vlpt_run.json").read_text())
-  assert record["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and record["packages"]["jax"]
-  again = subprocess.run(
-    cli(
-      "vlpt.cli.train",
-      workdir,
-      "--config.total_steps=2",
-      "--config.eval.at_end=False",
-      "--config.batch_size=64",
-    ),
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert again.returncode == 2
-  assert "config.batch_size: 32 -> 64" in again.stderr and "--allow_config_change" in again.stderr
-  # operational keys may change freely
-  run(
-    cli(
-      "vlpt.cli.train",
-      workdir,
-      "--config.total_steps=2",
-      "--config.eval.at_end=False",
-      "--config.log_every_steps=5",
-    ),
-    env,
   )

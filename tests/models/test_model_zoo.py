@@ -40,13 +40,19 @@ def coca():
 
 
 def _greedy_without_cache(model, images, max_len):
+  """Greedy decoding by recomputing the whole prefix every step (teacher forcing, no cache).
+
+  The ids are padded to ``max_len`` throughout, so one compiled program serves every step: the
+  decoder is causal, so the logits at position i read only the prefix up to i.
+  """
   _, tokens = model.image_features(images)
-  ids = jnp.full((len(images), 1), SOT, jnp.int32)
-  for _ in range(max_len - 1):
-    padded = jnp.concatenate([ids, jnp.zeros((len(images), 1), jnp.int32)], 1)
-    _, logits, _ = model.caption_logits(padded, tokens)  # teacher forcing on the prefix
-    ids = jnp.concatenate([ids, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)], 1)
-  return np.asarray(ids)
+  teacher_forced = nnx.jit(lambda m, ids, tokens: m.caption_logits(ids, tokens)[1])
+  ids = np.zeros((len(images), max_len), np.int32)
+  ids[:, 0] = SOT
+  for i in range(max_len - 1):
+    logits = teacher_forced(model, jnp.asarray(ids), tokens)
+    ids[:, i + 1] = np.asarray(jnp.argmax(logits[:, i], -1))
+  return ids
 
 
 def _log_prob(model, images, ids):
@@ -263,27 +269,14 @@ def test_model_config_errors():
     build(config)
 
 
-def test_vlpt_load_of_a_training_workdir(tmp_path, cli_env):
+def test_vlpt_load_of_a_training_workdir(reference_run):
   import vlpt
 
-  workdir = tmp_path / "run"
-  run(
-    cli(
-      "vlpt.cli.train",
-      workdir,
-      "--config.total_steps=2",
-      "--config.eval.at_end=False",
-      "--config.checkpoint_every_steps=2",
-    ),
-    env_with_devices(cli_env, 8),
-  )
+  workdir = reference_run("short")  # (read only)
   loaded = vlpt.load(str(workdir))
   # the parameters alone, read to the host, equal the trainer's restore of the whole state
-  import json
 
-  import ml_collections
-
-  config = ml_collections.ConfigDict(json.loads((workdir / "vlpt_config.json").read_text()))
+  config = load_config(str(workdir / "vlpt_config.json"))
   setup, state = restore(config, str(workdir))
   want = flat_params(nnx.merge(setup.graphdef, jax.device_get(state.params)))
   assert set(loaded.bundle.params) == set(want)

@@ -1,4 +1,7 @@
-"""``vlpt-eval --config CONFIG --workdir DIR``: evaluates the latest checkpoint in DIR.
+"""``vlpt-eval --workdir DIR [--config CONFIG]``: evaluates the latest checkpoint in DIR.
+
+Without ``--config`` the run's own recorded config (``DIR/vlpt_config.json``) is used, overrides
+(``--config.key=value``) on top.
 
 Results are printed and appended to ``WORKDIR/metrics.jsonl`` at the checkpoint's step. With no
 checkpoint in DIR and ``config.init.checkpoint`` set, the pretrained weights themselves are
@@ -23,7 +26,7 @@ def main() -> None:
 
 
 def run() -> None:
-  define_flags()
+  define_flags(config_from_workdir=True)
   run_main(main)
 
 

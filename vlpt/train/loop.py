@@ -93,7 +93,7 @@ def train(
   objective = objective_class(config)(setup)
   train_step = make_train_step(setup, objective)
   evaluator = eval_suite(setup) if config.eval.datasets else None
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=first_step)
   progress = Progress(config.total_steps, config.batch_size, first_step)
   preemption = PreemptionWatch()
   nonfinite = NonFiniteWatch(config.max_consecutive_nonfinite)
@@ -137,7 +137,8 @@ def train(
             checkpointer.save(step, state, loader, force=True)
           checkpointer.wait()
           _say(
-            f"SIGTERM: checkpointed step {step} in {checkpointer.directory}; exiting (restart to resume)"
+            f"{preemption.reason}: checkpointed step {step} in {checkpointer.directory}; exiting "
+            "(restart to resume)"
           )
           return results
   finally:

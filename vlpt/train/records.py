@@ -16,7 +16,7 @@ import ml_collections
 
 from vlpt.config import WORKDIR_CONFIG, config_from_dict
 from vlpt.errors import ConfigError
-from vlpt.train.writers import METRICS_FILE
+from vlpt.train.writers import METRICS_FILE, read_rows
 
 RUN_RECORD = "vlpt_run.json"
 
@@ -127,11 +127,9 @@ def recorded_results(workdir: str, step: int) -> dict[str, float]:
   path = os.path.join(workdir, METRICS_FILE)
   results: dict[str, float] = {}
   if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        row = json.loads(line)
-        if row.get("step") == step:
-          results.update(
-            {k: v for k, v in row.items() if k != "step" and not k.startswith(("train/", "data/"))}
-          )
+    for row in read_rows(path):
+      if row.get("step") == step:
+        results.update(
+          {k: v for k, v in row.items() if k != "step" and not k.startswith(("train/", "data/"))}
+        )
   return results

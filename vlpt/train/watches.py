@@ -3,7 +3,9 @@ producing non-finite steps."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Any
 
 import jax
@@ -13,18 +15,39 @@ from vlpt.errors import TrainingError
 
 
 class PreemptionWatch:
-  """SIGTERM (preemption, time limits, ``launch/local.py`` forwarding) -> a clean stop.
+  """SIGTERM (preemption, time limits, ``launch/local.py`` forwarding) or Ctrl-C (SIGINT) -> a
+  clean stop.
 
   The handler only sets a flag; every step the processes agree (an all-gather of the flags) so
-  all of them checkpoint the same step and exit 0 together.
+  all of them checkpoint the same step and exit 0 together. A second Ctrl-C exits at once (exit
+  130): checkpoints are written to a temporary directory and renamed when complete, so an
+  interrupted save leaves the previous checkpoint as the latest, and the next run resumes there.
   """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
+    self.reason = "a stop request"  # (from another process, when this one saw no signal)
     self._tpu = jax.devices()[0].platform == "tpu" and jax.process_count() > 1
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
+    if signum == signal.SIGINT and self.requested:
+      print(
+        "\n[vlpt] second Ctrl-C: exiting now, without a checkpoint of this step (the last "
+        "saved checkpoint stays the latest; rerun to resume from it)",
+        file=sys.stderr,
+        flush=True,
+      )
+      os._exit(130)
+    if signum == signal.SIGINT and jax.process_index() == 0:
+      print(
+        "\n[vlpt] Ctrl-C: checkpointing at the next step, then exiting (Ctrl-C again to exit at once)",
+        file=sys.stderr,
+        flush=True,
+      )
+    self.reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     self.requested = True
 
   def agreed_to_stop(self, step: int) -> bool:
@@ -40,7 +63,8 @@ class PreemptionWatch:
     return self._tpu and multihost_utils.reached_preemption_sync_point(step)
 
   def restore(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 class NonFiniteWatch:

@@ -18,16 +18,23 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per line, with "step"
 
 
 class MetricWriter:
-  """Writes scalar dicts keyed by step to JSONL and TensorBoard."""
+  """Writes scalar dicts keyed by step to JSONL and TensorBoard.
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  ``resume_step``: a run resuming from that checkpoint first drops the rows logged after it (by
+  the interrupted run, and logged again now), so ``metrics.jsonl`` holds every step once.
+  """
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int | None = None):
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+    path = os.path.join(workdir, METRICS_FILE)
+    if resume_step is not None and os.path.exists(path):
+      _keep_rows_until(path, resume_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
 
@@ -53,6 +60,26 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def read_rows(path: str) -> list[dict]:
+  """The rows of a ``metrics.jsonl``; a last line cut off by a kill is left out."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # (only a torn last line: every write is one flushed line)
+        continue
+  return rows
+
+
+def _keep_rows_until(path: str, step: int) -> None:
+  rows = [r for r in read_rows(path) if r.get("step", 0) <= step]
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)
 
 
 class Progress:
