@@ -115,4 +115,8 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict 
   # (np.ascontiguousarray would turn 0-d scalars such as logit_scale into shape (1,))
   arrays = {k: np.array(v, order="C", copy=True) for k, v in tensors.items()}
   save_file(arrays, tmp, metadata=metadata)
+  # safetensors creates the file private (0600); an export is an ordinary file: 0666 less umask
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   os.replace(tmp, path)
