@@ -18,7 +18,9 @@ from vlpt.errors import WeightsError
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="vlpt-convert", description=__doc__.splitlines()[0])
-  parser.add_argument("src", help="checkpoint to read (format detected)")
+  parser.add_argument(
+    "src", help="checkpoint to read (format detected; a training workdir or WORKDIR/checkpoints/STEP)"
+  )
   parser.add_argument("dst", nargs="?", help="output directory (must not exist or be empty)")
   parser.add_argument(
     "--to", choices=("vlpt", "open_clip", "hf"), default="vlpt", help="output format (default: vlpt)"
@@ -32,16 +34,22 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--print-config", action="store_true", help="print the matching vlpt config.model as JSON and exit"
   )
+  parser.add_argument(
+    "--step",
+    type=int,
+    default=None,
+    help="a training workdir's checkpoint of this step (default: the latest)",
+  )
   args = parser.parse_args(argv)
   if not args.print_config and not args.dst:
     parser.error("DST is required (or use --print-config)")
-  from vlpt.train.initialization import read_checkpoint
+  from vlpt.train.initialization import read_checkpoint, step_directory
   from vlpt.weights.formats import detect_format, write_bundle
   from vlpt.weights.resize import resize_model
 
   try:
-    kind = detect_format(args.src)
-    bundle = read_checkpoint(args.src)
+    bundle = read_checkpoint(args.src, args.step)
+    kind = "workdir" if step_directory(args.src) else detect_format(args.src)
     if args.image_size or args.context_length:
       bundle.model, bundle.params = resize_model(
         bundle.model, bundle.params, image_size=args.image_size, context_length=args.context_length

@@ -32,6 +32,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The complete checkpoints' steps, in order."""
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: TrainState, loader: Any, *, force: bool = False) -> bool:
     return self._manager.save(
       step,

@@ -79,7 +79,7 @@ def evaluate(
         f"{e} with vlpt-train, or set config.init.checkpoint to evaluate pretrained weights"
       ) from None
   results = eval_suite(setup)(state.params)
-  writer = MetricWriter(workdir, tensorboard=False)
+  writer = MetricWriter(workdir)  # metrics.jsonl and TensorBoard, beside the training curves
   writer.write(int(state.step), results)
   writer.close()
   return results

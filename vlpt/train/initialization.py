@@ -72,10 +72,31 @@ def check_config(config: Any) -> None:
       raise ValueError(f"config.init.checkpoint: {e}") from None
 
 
+def step_directory(path: str) -> tuple[str, int] | None:
+  """``WORKDIR/checkpoints/STEP`` -> (WORKDIR, STEP); None for any other path."""
+  parent, name = os.path.split(os.path.normpath(path))
+  workdir, checkpoints = os.path.split(parent)
+  if (
+    name.isdigit()
+    and checkpoints == "checkpoints"
+    and os.path.isfile(os.path.join(workdir, WORKDIR_CONFIG))
+  ):
+    return workdir or ".", int(name)
+  return None
+
+
 def read_checkpoint(path: str, step: int | None = None) -> Bundle:
-  """Any source ``vlpt.load`` accepts, as a :class:`~vlpt.weights.formats.Bundle`."""
+  """Any source ``vlpt.load`` accepts, as a :class:`~vlpt.weights.formats.Bundle`: a workdir's
+  latest checkpoint, or ``step`` (also named as ``WORKDIR/checkpoints/STEP``)."""
+  at_step = step_directory(path)
+  if at_step is not None:
+    if step is not None and step != at_step[1]:
+      raise WeightsError(f"{path} is step {at_step[1]}, not the requested step {step}")
+    return read_workdir(*at_step)
   if detect_format(path) == "workdir":
     return read_workdir(path, step)
+  if step is not None:
+    raise WeightsError(f"{path} is not a training workdir: a step applies to workdirs only")
   return read_bundle(path)
 
 
@@ -94,9 +115,12 @@ def read_workdir(path: str, step: int | None = None) -> Bundle:
   graphdef, abstract = nnx.split(model, nnx.Param)
   checkpointer = Checkpointer(path, keep=1, async_save=False)
   try:
-    step = checkpointer.latest_step() if step is None else step
+    steps = checkpointer.all_steps()
+    step = (steps[-1] if steps else None) if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first")
+    if step not in steps:
+      raise WeightsError(f"{path} has no checkpoint of step {step}; it has {steps}")
     params = checkpointer.restore_params(step, abstract.to_pure_dict())
   finally:
     checkpointer.close()

@@ -111,6 +111,9 @@ def train(
       for step in range(first_step + 1, config.total_steps + 1):
         is_last = step == config.total_steps
         state, step_metrics = train_step(state, next(loader))
+        if step == first_step + 1:  # once: rates and ETA are timed from here (not compilation)
+          jax.block_until_ready(step_metrics)
+          progress.started(step)
         nonfinite.observe(step, step_metrics)
         interval_metrics = (
           step_metrics if interval_metrics is None else interval_metrics.merge(step_metrics)

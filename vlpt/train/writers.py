@@ -83,26 +83,43 @@ def _keep_rows_until(path: str, step: int) -> None:
 
 
 class Progress:
-  """One line per log interval: step, loss, examples/s, ETA."""
+  """One line per log interval: step, loss, examples/s, ETA.
+
+  The clock starts when the first step has run (:meth:`started`), so neither the rate nor the
+  ETA counts compilation; a log line of that first step reports its time instead.
+  """
 
   def __init__(self, total_steps: int, batch_size: int, first_step: int):
     self.total = total_steps
     self.batch = batch_size
     self._last_step = first_step
     self._last_time = time.perf_counter()
+    self.first_step_s = None
     self.enabled = jax.process_index() == 0
 
-  def update(self, step: int, metrics: Mapping[str, float]) -> float:
+  def started(self, step: int) -> None:
+    """``step``, the first of this run, has finished (compiled and run)."""
     now = time.perf_counter()
-    steps = max(step - self._last_step, 1)
-    rate = steps * self.batch / max(now - self._last_time, 1e-9)
-    eta = (self.total - step) * (now - self._last_time) / steps
+    self.first_step_s = now - self._last_time
     self._last_step, self._last_time = step, now
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> float:
+    """Prints the line for ``step``; returns examples/s since the last line (NaN for a line of
+    the first step alone)."""
+    now = time.perf_counter()
+    steps = step - self._last_step
+    if steps > 0:
+      rate = steps * self.batch / max(now - self._last_time, 1e-9)
+      speed = f"{rate:,.0f} ex/s | ETA {_hms((self.total - step) * (now - self._last_time) / steps)}"
+      self._last_step, self._last_time = step, now
+    else:
+      rate = float("nan")
+      speed = f"first step {self.first_step_s or 0:.1f}s (compilation included)"
     if self.enabled:
       extras = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if k != "train/loss")
       print(
         f"[vlpt] step {step:>6d}/{self.total} loss={metrics.get('train/loss', float('nan')):.4f}"
-        f" {extras} | {rate:,.0f} ex/s | ETA {_hms(eta)}",
+        f" {extras} | {speed}",
         file=sys.stdout,
         flush=True,
       )
