@@ -134,6 +134,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # grain worker processes per host
   c.data.read_threads = 2
   c.data.prefetch = 8
+  # "word": DEMO-ONLY (the built-in dataset's words); own captions: clip_bpe, hf, sentencepiece,
+  # wordpiece (docs/data.md)
   c.data.tokenizer = ml_collections.ConfigDict({"name": "word", "context_length": 16})
   # source: synthetic | wds:PATTERN (dir/{00000..00009}.tar, a glob, a .txt list of shards;
   # `vlpt-data build` writes them) | tfds:NAME (array_record, read without TensorFlow) |
@@ -161,6 +163,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the next usable one and logged as data/skipped_<reason>; above this fraction of the examples
   # a process read (once it read bad_fraction_min_reads) training stops naming the worst shard
   c.data.max_bad_fraction = 0.1
+  # a tokenizer that maps more than this fraction of (256 sampled) training captions to its unknown
+  # token stops the run before training (e.g. the demo-only word tokenizer on own captions)
+  c.data.max_unknown_fraction = 0.1
   c.data.bad_fraction_min_reads = 256
   c.data.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
   # the image / caption field of parquet columns, arrayrecord records and tfds features;

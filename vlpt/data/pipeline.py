@@ -238,5 +238,46 @@ def check_config(data_config: Any) -> None:
     )
   if not float(tc.color_jitter) >= 0:
     raise ValueError(f"config.data.train.color_jitter={tc.color_jitter} must be >= 0 (0: off)")
-  if not 0 <= dc.max_bad_fraction <= 1:
-    raise ValueError(f"config.data.max_bad_fraction={dc.max_bad_fraction} must be in [0, 1]")
+  for key in ("max_bad_fraction", "max_unknown_fraction"):
+    if not 0 <= dc[key] <= 1:
+      raise ValueError(f"config.data.{key}={dc[key]} must be in [0, 1]")
+
+
+def check_vocabulary(data_config: Any, tokenizer: Any, *, sample: int = 256) -> None:
+  """Refuses a tokenizer that does not know the training captions' words (ValueError).
+
+  Reads ``sample`` captions spread over every training source and tokenizes them; when more than
+  ``config.data.max_unknown_fraction`` of them hold the tokenizer's unknown token, the run would
+  train on unknown ids: the error says which tokenizer to use instead.
+  """
+  from vlpt.data.tokenizers import unknown_fraction
+
+  if getattr(tokenizer, "unk_id", None) is None:
+    return
+  tc = data_config.train
+  for spec, _ in tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),):
+    source = build_source(
+      spec,
+      split=tc.split,
+      image_size=data_config.image_size,
+      seed=0,
+      options=file_source_options(data_config, train=True),
+    )
+    n = min(sample, len(source))
+    captions = [source[int(i)]["caption"] for i in np.linspace(0, len(source) - 1, n).astype(int)]
+    fraction = unknown_fraction(tokenizer, captions)
+    if fraction > data_config.max_unknown_fraction:
+      example = next(c for c in captions if unknown_fraction(tokenizer, [c]) > 0)
+      name = data_config.tokenizer.name
+      advice = (
+        "the word tokenizer is demo-only: it knows the built-in dataset's words and nothing else"
+        if name == "word"
+        else "it lacks these captions' words"
+      )
+      raise ValueError(
+        f"config.data.tokenizer ({name}) maps {fraction:.0%} of {n} sampled captions of {spec!r} "
+        f"to its unknown token (e.g. {example[:60]!r}): {advice}. Use "
+        "--config.data.tokenizer.name=clip_bpe (CLIP's byte-level BPE, no unknown token) or the "
+        "pretrained model's own tokenizer (docs/data.md); config.data.max_unknown_fraction="
+        f"{data_config.max_unknown_fraction} sets the limit"
+      )

@@ -35,7 +35,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 class WordTokenizer:
-  """Lower-cased word-level tokenizer over a fixed vocabulary (for the built-in dataset).
+  """Lower-cased word-level tokenizer over a fixed vocabulary: DEMO-ONLY, it knows the built-in
+  dataset's words and nothing else (own captions: ``clip_bpe``, or the model's own tokenizer).
 
   Ids: 0 pad, 1 unknown word, 2.. the vocabulary, then SOT and EOT (the largest id).
   """
@@ -169,6 +170,7 @@ class ClipBpeTokenizer:
   """
 
   pad_id = 0
+  unk_id = None  # byte-level: every text has ids
   cache_size = 1 << 18  # distinct pre-tokens remembered; the cache starts over when full
 
   def __init__(self, context_length: int = 77, vocab_path: str | None = None):
@@ -315,6 +317,8 @@ class HFTokenizer:
       default_pad = saved_pad if saved_pad is not None else _hf_pad_token_id(self._tok, file)
     self.pad_id = pad_id if pad_id is not None else default_pad
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    unk = getattr(self._tok.model, "unk_token", None)  # (None: byte-level BPE, CLIP's)
+    self.unk_id = self._tok.token_to_id(unk) if unk else None
 
   def _added_specials(self) -> tuple[int | None, int | None]:
     """(opening, closing) special token the post-processor adds around a text, None where none."""
@@ -465,6 +469,7 @@ class SentencePieceTokenizer:
     self.eot_id = self._sp.eos_id() if add_eos else None
     self.pad_id = pad_id if pad_id is not None else max(self._sp.pad_id(), 0)
     self.vocab_size = self._sp.get_piece_size()
+    self.unk_id = self._sp.unk_id() if self._sp.unk_id() >= 0 else None
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     """Texts -> int32 ids [N, context_length]."""
@@ -506,6 +511,7 @@ class WordPieceTokenizer:
     self.eot_id = self._tok.token_to_id("[SEP]")
     pad = self._tok.token_to_id("[PAD]")
     self.pad_id = 0 if pad is None else pad
+    self.unk_id = self._tok.token_to_id("[UNK]")
     self.vocab_size = self._tok.get_vocab_size()
 
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
@@ -516,6 +522,15 @@ class WordPieceTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids])
+
+
+def unknown_fraction(tokenizer, texts: Sequence[str]) -> float:
+  """The fraction of ``texts`` with at least one token the tokenizer does not know (0 for
+  tokenizers without an unknown token, such as CLIP's byte-level BPE)."""
+  unk = getattr(tokenizer, "unk_id", None)
+  if unk is None or not texts:
+    return 0.0
+  return float(np.mean((tokenizer(list(texts)) == unk).any(axis=1)))
 
 
 @TOKENIZERS.register("word")

@@ -18,7 +18,8 @@ import numpy as np
 
 from vlpt import sharding as S
 from vlpt.data.loader import DeviceLoader
-from vlpt.data.pipeline import SkipCounter, train_dataset
+from vlpt.data.pipeline import SkipCounter, check_vocabulary, train_dataset
+from vlpt.errors import ConfigError
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.evaluation import eval_suite
 from vlpt.train.objectives import objective_class
@@ -72,6 +73,12 @@ def train(
       "workdir); returning its recorded final evaluation"
     )
     return recorded_results(workdir, latest)
+
+  try:  # a tokenizer that does not know the captions' words: refused before anything compiles
+    check_vocabulary(config.data, setup.tokenizer)
+  except ValueError as e:
+    checkpointer.close()
+    raise ConfigError(str(e)) from None
 
   # The state, and the data stream where it left off: the iterator's saved position when this
   # topology saved one, else the stream restarted at the restored step (it is deterministic).
