@@ -34,7 +34,27 @@ VLPT_WEIGHTS = "model.safetensors"
 _SIGLIP_PREPROCESS = dict(
   mean=SIGLIP_MEAN, std=SIGLIP_STD, resize_mode="squash", interpolation="bilinear"
 )
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model", "vocab.txt")
+_TOKENIZER_FILES = (
+  "tokenizer.json",
+  "vocab.json",
+  "merges.txt",
+  "spiece.model",
+  "vocab.txt",
+  # HF's settings of the same tokenizer (special tokens, model_max_length): kept on round trips
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+)
+# HF CLIPTokenizer's settings for CLIP's vocabulary (as openai/clip-vit-* publish them)
+_HF_CLIP_TOKENIZER_CONFIG = {
+  "tokenizer_class": "CLIPTokenizer",
+  "bos_token": "<|startoftext|>",
+  "eos_token": "<|endoftext|>",
+  "unk_token": "<|endoftext|>",
+  "pad_token": "<|endoftext|>",
+  "do_lower_case": True,
+  "errors": "replace",
+  "add_prefix_space": False,
+}
 
 
 @dataclasses.dataclass
@@ -235,6 +255,25 @@ def _copy_tokenizer_files(tok: dict | None, dst: str) -> dict | None:
   return out
 
 
+def _write_hf_tokenizer_config(dst: str, model_type: str, context_length: int) -> None:
+  """``tokenizer_config.json`` with ``model_max_length`` = the model's context length, so HF's
+  tokenizers truncate where the model's positions end (``truncation=True``); a CLIP vocabulary
+  gets CLIPTokenizer's special tokens; a copied source config keeps its other settings."""
+  path = os.path.join(dst, "tokenizer_config.json")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      settings = json.load(f)
+  elif model_type == "clip" and os.path.isfile(os.path.join(dst, "vocab.json")):
+    settings = dict(_HF_CLIP_TOKENIZER_CONFIG)
+  elif any(os.path.isfile(os.path.join(dst, n)) for n in ("tokenizer.json", "spiece.model")):
+    settings = {}
+  else:
+    return  # no tokenizer exported
+  settings["model_max_length"] = int(context_length)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(settings, f, indent=2)
+
+
 def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:
   """Writes ``bundle`` as a vlpt export, an open_clip directory or an HF directory."""
   if to not in ("vlpt", "open_clip", "hf"):
@@ -331,3 +370,4 @@ def _write_files(
       write_hf_clip_vocab(dst)
     else:
       _copy_tokenizer_files(tok if tok.get("name") in ("hf", "sentencepiece") else None, dst)
+    _write_hf_tokenizer_config(dst, cfg["model_type"], bundle.model["text"]["context_length"])
