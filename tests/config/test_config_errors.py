@@ -64,26 +64,23 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("overrides,message", CLI_CASES)
-def test_cli_config_errors(tmp_path, cli_env, overrides, message):
-  start = time.perf_counter()
-  proc = subprocess.run(
-    [
-      PYTHON,
-      "-m",
-      "vlpt.cli.train",
-      "--config",
-      f"{REPO}/configs/demo.py",
-      "--workdir",
-      str(tmp_path / "w"),
-      *overrides,
-    ],
+def _train_cli(tmp_path, cli_env, *overrides):
+  """vlpt-train on configs/demo.py as a user types it (``tmp_path/w`` as the workdir)."""
+  command = [PYTHON, "-m", "vlpt.cli.train", "--config", f"{REPO}/configs/demo.py", "--workdir"]
+  return subprocess.run(
+    [*command, str(tmp_path / "w"), *overrides],
     capture_output=True,
     text=True,
     env=cli_env,
     timeout=120,
     cwd=tmp_path,
   )
+
+
+@pytest.mark.parametrize("overrides,message", CLI_CASES)
+def test_cli_config_errors(tmp_path, cli_env, overrides, message):
+  start = time.perf_counter()
+  proc = _train_cli(tmp_path, cli_env, *overrides)
   assert proc.returncode == 2
   err = [line for line in proc.stderr.splitlines() if line.strip()]
   assert any(message in line and line.startswith("vlpt: error: ") for line in err), proc.stderr
@@ -148,24 +145,7 @@ def test_moved_keys_keep_working_for_one_release(capsys):
 
 
 def test_moved_key_on_the_command_line(tmp_path, cli_env):
-  proc = subprocess.run(
-    [
-      PYTHON,
-      "-m",
-      "vlpt.cli.train",
-      "--config",
-      f"{REPO}/configs/demo.py",
-      "--workdir",
-      str(tmp_path / "w"),
-      "--config.model.init_from=/no/such",
-      "--config.total_steps=0",
-    ],
-    capture_output=True,
-    text=True,
-    env=cli_env,
-    timeout=120,
-    cwd=tmp_path,
-  )
+  proc = _train_cli(tmp_path, cli_env, "--config.model.init_from=/no/such", "--config.total_steps=0")
   assert proc.returncode == 2, proc.stderr
   assert (
     "[vlpt] note: --config.model.init_from is now --config.init.checkpoint (the old flag is "
