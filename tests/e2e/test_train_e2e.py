@@ -54,6 +54,16 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, ref
   assert all(np.isfinite(v) for v in losses.values())
 
   # vlpt-eval reproduces the training-time evaluation of the last checkpoint.
+  # a config whose model does not fit the checkpoint: one line naming the first parameter
+  refused = subprocess.run(
+    cli("vlpt.cli.eval", workdir, "--config.model.embed_dim=48"),
+    env=env_with_devices(cli_env, 8),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+  assert "parameter image/proj/kernel is (64, 32) there and (64, 48) in this config" in refused.stderr
   # (without --config: the run's recorded vlpt_config.json)
   command = [PYTHON, "-m", "vlpt.cli.eval", "--workdir", str(workdir)]
   proc = run(command, env_with_devices(cli_env, 8))

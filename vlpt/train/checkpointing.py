@@ -50,9 +50,31 @@ class Checkpointer:
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     return os.path.isfile(os.path.join(self.directory, str(step), "data", name))
 
+  def check_parameters(self, step: int, abstract_params: Any) -> None:
+    """A ConfigError naming the first parameter whose shape differs between ``step`` and this
+    config's model (or that only one of them has), before orbax reads any array."""
+    from etils import epath
+
+    from vlpt.errors import ConfigError
+
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "state")
+    saved = getattr(metadata, "tree", metadata)["params"]
+    name = lambda path: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)  # noqa: E731
+    ours = {name(p): tuple(a.shape) for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    theirs = {name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(saved)}
+    for key in sorted(set(ours) | set(theirs)):
+      if ours.get(key) != theirs.get(key):
+        raise ConfigError(
+          f"{self.directory}/{step} was written by another model: parameter {key} is "
+          f"{theirs.get(key, 'absent')} there and {ours.get(key, 'absent')} in this config. Use the "
+          "run's own config (vlpt-eval --workdir W without --config reads W/vlpt_config.json) or "
+          "one with the same config.model and tokenizer"
+        )
+
   def restore(self, step: int, abstract_state: TrainState, loader: Any | None) -> TrainState:
     """Restores ``step`` onto the shardings in ``abstract_state``, and ``loader``'s position when
-    one is given (only when :meth:`has_data_state`)."""
+    one is given (only when :meth:`has_data_state`); a model that does not fit is one line."""
+    self.check_parameters(step, abstract_state.params)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if loader is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(loader)
