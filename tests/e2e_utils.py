@@ -135,3 +135,34 @@ def train_sentencepiece(directory):
     minloglevel=2,
   )
   return str(directory / "m.model")
+
+
+def data_config(source, workers=0, shuffle=True, crop_scale=(1.0, 1.0)):
+  """The default config reading ``source`` at 32 px (input-pipeline tests)."""
+  from vlpt.config import default_config
+
+  c = default_config()
+  c.data.image_size = 32
+  c.data.num_workers = workers
+  c.data.train.source = source
+  c.data.train.shuffle = shuffle
+  c.data.train.crop_scale = crop_scale
+  return c
+
+
+def data_stream(c, process_index=0, process_count=1, batch=8):
+  """This process's batches of ``c``'s training stream (seed 0)."""
+  from vlpt.data.pipeline import train_dataset
+  from vlpt.data.tokenizers import build_tokenizer
+
+  tok = build_tokenizer(c.data.tokenizer)
+  return iter(
+    train_dataset(
+      c.data,
+      tokenizer=tok,
+      global_batch=batch,
+      seed=0,
+      process_index=process_index,
+      process_count=process_count,
+    )
+  )

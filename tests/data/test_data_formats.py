@@ -20,6 +20,8 @@ from vlpt.data.transforms import augment, color_jitter
 from vlpt.errors import ConfigError, DataError
 from vlpt.train.validation import validate
 
+from e2e_utils import data_config
+
 FORMATS = ("wds", "arrayrecord", "parquet")
 SUFFIX = {"wds": "tar", "arrayrecord": "array_record", "parquet": "parquet"}
 
@@ -48,18 +50,8 @@ def write_set(fmt, out, n, shard_size, *, bad=None, size=32, row_group_size=4):
   return f"{fmt}:{writer.close()}"
 
 
-def _config(source, workers=0, shuffle=True, crop_scale=(1.0, 1.0)):
-  c = default_config()
-  c.data.image_size = 32
-  c.data.num_workers = workers
-  c.data.train.source = source
-  c.data.train.shuffle = shuffle
-  c.data.train.crop_scale = crop_scale
-  return c
-
-
 def _source(spec, **options):
-  c = _config(spec)
+  c = data_config(spec)
   opts = file_source_options(c.data, train=False)
   opts.update(options)
   return build_source(spec, split="train", image_size=32, seed=0, options=opts)
@@ -107,7 +99,7 @@ def test_parquet_columns_found_by_name_or_configured(tmp_path):
   )
   with pytest.raises(ValueError, match="no caption field 'nope'"):
     _source(f"parquet:{tmp_path}/hf.parquet", caption_field="nope")
-  c = _config(f"parquet:{tmp_path}/hf.parquet")
+  c = data_config(f"parquet:{tmp_path}/hf.parquet")
   c.data.caption_field = "sentences"
   source = build_source(
     c.data.train.source,
@@ -300,12 +292,12 @@ def test_png_format_flag_still_means_wds(tmp_path, capsys):
 
 def test_config_accepts_new_sources_and_checks_files(tmp_path):
   spec = write_set("parquet", tmp_path, 4, 2)
-  c = _config(spec)
+  c = data_config(spec)
   validate(c, num_devices=1)
   c.data.train.source = f"arrayrecord:{tmp_path}/{{00000..00003}}.array_record"
   with pytest.raises(ConfigError, match=r"00000.array_record does not exist \(4 of 4"):
     validate(c, num_devices=1)
-  c = _config("synthetic")
+  c = data_config("synthetic")
   c.data.train.color_jitter = -0.5
   with pytest.raises(ConfigError, match="color_jitter=-0.5 must be >= 0"):
     validate(c, num_devices=1)
@@ -341,7 +333,7 @@ def test_train_transform_flip_and_jitter_by_position():
   outs = [aug((p, example))["image"] for p in range(8)]
   assert all(np.array_equal(o, aug((p, example))["image"]) for p, o in enumerate(outs))
   assert len({o.tobytes() for o in outs}) == 8
-  c = _config("synthetic", shuffle=False)
+  c = data_config("synthetic", shuffle=False)
   c.data.train.flip, c.data.train.color_jitter = True, 0.2
   tok = build_tokenizer(c.data.tokenizer)
   batch = next(
@@ -369,7 +361,7 @@ def _skip_iterator(c):
 
 def test_skip_counts_survive_a_restore(tmp_path):
   bad = {k: ("garbage" if k % 2 else "empty") for k in range(0, 40, 5)}
-  c = _config(write_set("arrayrecord", tmp_path, 40, 10, bad=bad))
+  c = data_config(write_set("arrayrecord", tmp_path, 40, 10, bad=bad))
   c.data.max_bad_fraction = 0.5
   it = _skip_iterator(c)
   for _ in range(4):
@@ -398,7 +390,7 @@ def test_device_loader_reports_counts_of_consumed_batches(tmp_path):
 
   from vlpt.data.loader import DeviceLoader
 
-  c = _config(write_set("parquet", tmp_path, 24, 8, bad={1: "garbage", 9: "empty"}))
+  c = data_config(write_set("parquet", tmp_path, 24, 8, bad={1: "garbage", 9: "empty"}))
   c.data.max_bad_fraction = 0.5
   from vlpt.sharding import make_mesh
 
@@ -449,8 +441,8 @@ def test_lossless_shards_stream_like_the_in_memory_source(tmp_path, fmt):
     )
     == 0
   )
-  memory = _config("synthetic", shuffle=False)
-  files = _config(f"{fmt}:{tmp_path}/shards.txt", shuffle=False)
+  memory = data_config("synthetic", shuffle=False)
+  files = data_config(f"{fmt}:{tmp_path}/shards.txt", shuffle=False)
   tok = build_tokenizer(memory.data.tokenizer)
   streams = [
     iter(train_dataset(c.data, tokenizer=tok, global_batch=8, seed=0, process_index=0, process_count=1))

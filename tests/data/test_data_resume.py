@@ -7,8 +7,8 @@ import tensorflow_datasets as tfds
 from test_data_formats import FORMATS, write_set
 
 from vlpt.config import default_config
-from vlpt.data.pipeline import train_dataset
-from vlpt.data.tokenizers import build_tokenizer
+
+from e2e_utils import data_stream
 
 SOURCES = ("synthetic", "tfds") + FORMATS
 
@@ -64,32 +64,18 @@ def _config(kind, tmp_path, workers):
   return c
 
 
-def _iterator(c, process_index=0, process_count=1, batch=8):
-  tok = build_tokenizer(c.data.tokenizer)
-  return iter(
-    train_dataset(
-      c.data,
-      tokenizer=tok,
-      global_batch=batch,
-      seed=0,
-      process_index=process_index,
-      process_count=process_count,
-    )
-  )
-
-
 @pytest.mark.parametrize("kind", SOURCES)
 def test_mid_epoch_resume_with_workers(tmp_path, kind):
   """State taken after 3 batches (24 examples: mid-epoch of 20, past one boundary); a fresh
   iterator with 2 workers restored from it yields exactly the uninterrupted batches 4..8."""
   c = _config(kind, tmp_path, workers=2)
-  it = _iterator(c)
+  it = data_stream(c)
   for _ in range(3):
     next(it)
   state = it.get_state()
   want = [next(it) for _ in range(5)]  # crosses two more epoch boundaries
   it.close()
-  fresh = _iterator(c)
+  fresh = data_stream(c)
   fresh.set_state(state)
   for w in want:
     got = next(fresh)
@@ -112,7 +98,7 @@ def test_process_shares_are_disjoint_and_cover_an_epoch(tmp_path, kind):
     c.data.train.source = write_set(kind, tmp_path / "clean", 20, 6)
   seen = []
   for p in range(2):
-    it = _iterator(c, p, 2, batch=4)
+    it = data_stream(c, p, 2, batch=4)
     values = np.concatenate([next(it)["image"][:, 0, 0, 0] for _ in range(5)])
     assert len(values) == 10
     seen.append(values)

@@ -9,19 +9,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vlpt.config import default_config
 from vlpt.data.files import expand_shards
-from vlpt.data.pipeline import train_dataset
 from vlpt.data.shards import ShardWriter, encode_image
 from vlpt.data.sources import build_source, file_source_options
-from vlpt.data.tokenizers import build_tokenizer
 from vlpt.data.transforms import CenterCrop, RandomResizedCrop, decode_image
 from vlpt.data.webdataset import WebDatasetSource
 from vlpt.errors import ConfigError, DataError
 from vlpt.train.validation import validate
 
 from conftest import PYTHON, require
-from e2e_utils import cli, metrics, run, train_losses
+from e2e_utils import cli, data_config, data_stream, metrics, run, train_losses
 
 
 def _write(out, n, shard_size, *, fmt="png", size=32, bad=None):
@@ -45,30 +42,6 @@ def _write(out, n, shard_size, *, fmt="png", size=32, bad=None):
   return w.close()
 
 
-def _config(source, workers=0, shuffle=True, crop_scale=(1.0, 1.0)):
-  c = default_config()
-  c.data.image_size = 32
-  c.data.num_workers = workers
-  c.data.train.source = source
-  c.data.train.shuffle = shuffle
-  c.data.train.crop_scale = crop_scale
-  return c
-
-
-def _iterator(c, process_index=0, process_count=1, batch=8):
-  tok = build_tokenizer(c.data.tokenizer)
-  return iter(
-    train_dataset(
-      c.data,
-      tokenizer=tok,
-      global_batch=batch,
-      seed=0,
-      process_index=process_index,
-      process_count=process_count,
-    )
-  )
-
-
 def test_shard_patterns(tmp_path):
   pattern = _write(tmp_path, 25, 10)
   assert pattern == f"{tmp_path}/{{00000..00002}}.tar"
@@ -86,7 +59,7 @@ def test_shard_patterns(tmp_path):
   ex = source[13]
   assert ex["image"].shape == (32, 32, 3) and int(ex["image"][0, 0, 0]) == 13
   assert ex["caption"] == "a red circle" and ex["key"] == "000010003"
-  c = _config(f"wds:{tmp_path}/{{00000..00005}}.tar")
+  c = data_config(f"wds:{tmp_path}/{{00000..00005}}.tar")
   with pytest.raises(ConfigError, match=r"00003.tar does not exist \(3 of 6 shard"):
     validate(c, num_devices=1)
 
@@ -302,7 +275,7 @@ class VlptTestCaptions(tfds.core.GeneratorBasedBuilder):
 
 def test_tfds_source_without_tensorflow(tmp_path):
   VlptTestCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-  c = _config("tfds:vlpt_test_captions", shuffle=False)
+  c = data_config("tfds:vlpt_test_captions", shuffle=False)
   c.data.tfds_data_dir = str(tmp_path)
   source = build_source(
     c.data.train.source,
@@ -317,7 +290,7 @@ def test_tfds_source_without_tensorflow(tmp_path):
     assert ex["image"].shape == (32, 32, 3)
     assert ex["caption"] == f"sample {int(ex['image'][0, 0, 0])}"
   assert sum(int(ex["skips"][1]) for ex in examples) == 1  # the empty caption, replaced
-  batch = next(_iterator(c, batch=4))
+  batch = next(data_stream(c, batch=4))
   assert batch["image"].shape == (4, 32, 32, 3) and batch["skips"].shape == (4, 3)
 
 
@@ -367,10 +340,10 @@ def test_weighted_mixture_of_sources(tmp_path):
   """Shards (constant images) mixed 3:1 with the synthetic source (textured images): the stream
   holds them in that proportion, deterministically."""
   a = _write(tmp_path / "a", 40, 10)
-  c = _config("synthetic", shuffle=True)
+  c = data_config("synthetic", shuffle=True)
   c.data.train.mixture = ((f"wds:{a}", 3.0), ("synthetic", 1.0))
-  batches = [next(it) for it in [_iterator(c)] for _ in range(25)]
-  again = [next(it) for it in [_iterator(c)] for _ in range(25)]
+  batches = [next(it) for it in [data_stream(c)] for _ in range(25)]
+  again = [next(it) for it in [data_stream(c)] for _ in range(25)]
   constant = sum(int((batch["image"].reshape(8, -1).std(axis=1) == 0).sum()) for batch in batches)
   assert constant == 150  # 3/4 of 200 examples
   for x, y in zip(batches, again):
