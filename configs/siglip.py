@@ -42,7 +42,13 @@ import math
 
 import ml_collections
 
-from vlpt.config import default_config, imagenet_zeroshot_eval, recipe_variants, smoke_run
+from vlpt.config import (
+  default_config,
+  imagenet_zeroshot_eval,
+  large_tower_defaults,
+  recipe_variants,
+  smoke_run,
+)
 
 PAPER = "arXiv:2303.15343"
 DATA_PLACEHOLDER = "wds:/path/to/your/image-text-shards/{00000..12799}.tar"
@@ -127,6 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train.shuffle = True
 
   imagenet_zeroshot_eval(c)
+  large_tower_defaults(c)  # ViT-L and larger: scanned blocks, remat (docs/scale.md)
 
   if "smoke" in variants:
     _smoke(c)

@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices (set before JAX starts), absl flags, reference stack."""
 
+import glob
 import importlib
 import os
 import sys
@@ -8,6 +9,14 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   ).strip()
+
+# libtpu (in the test extra, for vlpt-plan's TPU compiles) makes JAX try a TPU first at every
+# start: ~1.5 s and a screen of warnings on a machine without one. Without a TPU or GPU device
+# file, the tests run on the CPU directly.
+if "JAX_PLATFORMS" not in os.environ and not any(
+  glob.glob(pattern) for pattern in ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
+):
+  os.environ["JAX_PLATFORMS"] = "cpu"
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
@@ -60,6 +69,22 @@ def cli_environment() -> dict:
 @pytest.fixture
 def cli_env():
   return cli_environment()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A GCS emulator on loopback for the session; its environment reaches CLI subprocesses."""
+  from gcs_server import GCSServer
+
+  server = GCSServer()
+  yield server
+  server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server):
+  """``gs://NAME`` of a new empty bucket on the emulator."""
+  return f"gs://{gcs_server.bucket()}"
 
 
 @pytest.fixture(scope="session")

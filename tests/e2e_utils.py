@@ -4,6 +4,9 @@ import json
 import os
 import re
 import subprocess
+import tarfile
+
+import numpy as np
 
 from conftest import PYTHON, REPO
 
@@ -33,10 +36,25 @@ def launch(n, command):
   return [PYTHON, os.path.join(REPO, "launch", "local.py"), "-n", str(n), "--", *command]
 
 
-def run(command, env, timeout=300):
-  proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+def run(command, env, timeout=300, cwd=None):
+  proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
   assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
   return proc
+
+
+def same_topology_reference(processes, reference_run, env, directory, overrides=LONG_OVERRIDES):
+  """(``command_for(workdir)``, the losses of an uninterrupted run of the same topology) for a
+  run of ``processes`` (1 or 2) to compare bitwise: the session's shared long reference run for
+  one process, a run in ``directory/reference`` for two."""
+
+  def command_for(workdir):
+    command = cli("vlpt.cli.train", workdir, *overrides)
+    return launch(2, command) if processes == 2 else command
+
+  if processes == 1:
+    return command_for, train_losses(reference_run("long"))
+  run(command_for(directory / "reference"), env)
+  return command_for, train_losses(directory / "reference")
 
 
 def metrics(workdir):
@@ -166,3 +184,39 @@ def data_stream(c, process_index=0, process_count=1, batch=8):
       process_count=process_count,
     )
   )
+
+
+def write_shards(out, n, shard_size, *, fmt="png", size=32, bad=None):
+  """Sample k: a constant image of value k (so k can be read back), caption 'a red circle'.
+
+  ``bad``: {k: 'garbage' | 'cut_jpeg' | 'empty'} corrupts sample k.
+  """
+  from vlpt.data.shards import ShardWriter, encode_image
+
+  bad = bad or {}
+  with ShardWriter(str(out), shard_size) as w:
+    for k in range(n):
+      image = np.full((size, size + 8 * (k % 3), 3), k, np.uint8)
+      data, ext, caption = encode_image(image, fmt), fmt, "a red circle"
+      if bad.get(k) == "garbage":
+        data = b"this is not an image"
+      elif bad.get(k) == "cut_jpeg":
+        data, ext = encode_image(np.random.default_rng(k).integers(0, 255, (64, 64, 3)), "jpg"), "jpg"
+        data = data[: len(data) // 2]
+      elif bad.get(k) == "empty":
+        caption = "  "
+      w.write(data, ext, caption, {"k": k} if k % 2 else None)
+  return w.close()
+
+
+def broken_shards(out):
+  """100 samples in 4 shards with 5 bad examples (garbage and cut images, empty captions) and the
+  last shard cut inside sample 90's image -> the pattern."""
+  bad = {3: "garbage", 17: "cut_jpeg", 30: "empty", 41: "empty", 42: "garbage"}
+  pattern = write_shards(out, 100, 25, bad=bad)
+  last = out / "00003.tar"
+  with tarfile.open(last) as tf:
+    cut = tf.getmember("000030015.png").offset_data + 10
+  with open(last, "r+b") as f:  # cut the last shard inside sample 90's image
+    f.truncate(cut)
+  return pattern

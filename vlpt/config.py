@@ -46,10 +46,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.max_consecutive_nonfinite = 10
   # testing aid: these steps get a non-finite gradient, as a poisoned batch would give
   c.debug_nonfinite_steps = ()
+  # several processes: they agree on a stop request (SIGTERM, Ctrl-C) every this many steps and
+  # on log and checkpoint steps, through the coordination service (no collective); one process
+  # checks its own flag after every step
+  c.preemption_check_every_steps = 10
   # CPU only: simulate this many devices unless XLA_FLAGS already sets a count (demos, tests)
   c.host_device_count = ml_collections.FieldReference(None, field_type=int)
 
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # dcn_data: slices the data axis spans (multi-slice TPU; -1: the devices' slice count)
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": -1})
   c.sharding_rules = ()  # (logical name, mesh axis or axes or None) pairs over the defaults
 
   c.model = ml_collections.ConfigDict()
@@ -92,11 +97,16 @@ def default_config() -> ml_collections.ConfigDict:
   # allow_random_lock is set (a frozen random tower: ablations and tests only)
   c.init.lock_towers = ()
   c.init.allow_random_lock = False
+  # train the checkpoint's own architecture: its towers (config.model), tokenizer, resolution
+  # and normalization replace the config's (vlpt-convert SRC --print-config shows them)
+  c.init.architecture_from_checkpoint = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "softmax"  # softmax (CLIP) | sigmoid (SigLIP)
   c.loss.impl = "gather"  # gather: b x B logits per device; ring: tiled ring, memory ~ B/n
   c.loss.tile_size = 4096  # ring tile (rows); must divide the per-device batch
+  # ring only: the tiles' matmuls: "bf16" (bf16 inputs, f32 accumulation) | "highest" (f32)
+  c.loss.precision = "bf16"
   c.loss.label_smoothing = 0.0  # ALIGN uses 0.1 (softmax, impl=gather)
   # Matryoshka (Kusupati et al. 2022): sum the loss over these nested embedding prefixes
   # (e.g. (32, 64, 128)); empty: the full embedding only
@@ -143,6 +153,8 @@ def default_config() -> ml_collections.ConfigDict:
   # formats and keys: docs/data.md.
   # crop_scale / crop_ratio: RandomResizedCrop of file images; (1.0, 1.0): resize + center crop.
   # flip: random horizontal flips; color_jitter: brightness/contrast/saturation strength (0: off)
+  # boxes: batches also carry the objects' boxes (boxes, box_labels, box_phrases; docs/data.md),
+  # for LocCa-style targets; the synthetic source only
   c.data.train = ml_collections.ConfigDict(
     {
       "source": "synthetic",
@@ -153,9 +165,16 @@ def default_config() -> ml_collections.ConfigDict:
       "crop_ratio": (3 / 4, 4 / 3),
       "flip": False,
       "color_jitter": 0.0,
+      "boxes": False,
       # several sources with sampling weights, e.g. (("wds:/a/{0..99}.tar", 0.7),
       # ("wds:/b/shards.txt", 0.3)); when set it replaces `source`
       "mixture": (),
+      # access: random (each example read on its own: local disks) | stream (wds only: each
+      # process reads whole shards, shuffled per epoch, examples shuffled within windows of
+      # stream_window shards; gs:// shards are fetched into stream_cache, default a temp folder)
+      "access": "random",
+      "stream_window": 4,
+      "stream_cache": "",
     }
   )
   c.data.interpolation = "bicubic"  # bicubic | bilinear (wds/tfds resizing)
@@ -217,6 +236,26 @@ def smoke_run(c: ml_collections.ConfigDict) -> None:
   )
 
 
+# Towers this large scan their blocks (one block is traced and compiled whatever the depth:
+# minutes, not tens of minutes, for a pod-sized compile) and keep only the outputs of the weight
+# matmuls for the backward pass ("dots_no_batch": the attention scores and elementwise work are
+# recomputed, the activation memory of a block falls several-fold); docs/scale.md has the figures.
+LARGE_TOWERS = ("L", "H", "g", "So400m")
+
+
+def large_tower_defaults(c: ml_collections.ConfigDict, remat: str = "dots_no_batch") -> None:
+  """Scan and remat for every tower of ViT-L size or deeper than 16 blocks, unless the recipe set
+  them; called by the recipes after they choose their towers."""
+  towers = [c.model.image, c.model.text] + ([c.model.decoder] if c.model.get("decoder") else [])
+  for tower in towers:
+    size = str(tower.get("variant", "")).split("/")[0]
+    if size in LARGE_TOWERS or (tower.get("depth") or 0) > 16:
+      with tower.unlocked():
+        if tower is not c.model.get("decoder"):  # a decoder with a KV cache does not scan
+          tower.scan = tower.get("scan", True)
+        tower.remat = tower.get("remat", remat)
+
+
 def imagenet_zeroshot_eval(c: ml_collections.ConfigDict) -> None:
   """The recipes' headline evaluation: zero-shot ImageNet-1k (TFDS imagenet2012 validation)."""
   c.eval.batch_size = 1024
@@ -255,6 +294,7 @@ POSITIVE_INTS = (
   "eval_every_steps",
   "checkpoint_every_steps",
   "keep_checkpoints",
+  "preemption_check_every_steps",
 )
 
 
@@ -267,7 +307,8 @@ def _get(config: Any, path: str) -> tuple[bool, Any]:
   return True, node
 
 
-def _set(config: Any, path: str, value: Any) -> None:
+def set_path(config: Any, path: str, value: Any) -> None:
+  """``config.<path> = value`` for a dotted ``path`` (the caller unlocks the config if needed)."""
   *parents, leaf = path.split(".")
   node = config
   for part in parents:
@@ -312,7 +353,7 @@ def migrate(config: Any, *, quiet: bool = False) -> list[str]:
           f"to {value!r} and {current!r}; keep config.{new} only"
         )
       else:
-        _set(config, new, value)
+        set_path(config, new, value)
       _delete(config, old)
     notices.append(f"config.{old} is now config.{new} (the old key is accepted until vlpt 0.3)")
   if notices and not quiet:
@@ -408,13 +449,18 @@ def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
   migrated = ml_collections.ConfigDict(saved)
   migrate(migrated, quiet=True)
   config = default_config()
-  _overlay(config, migrated)
+  overlay(config, migrated)
   return config
 
 
-def _overlay(config: ml_collections.ConfigDict, saved: Any, prefix: str = "") -> None:
+def overlay(config: ml_collections.ConfigDict, values: Any, prefix: str = "") -> None:
+  """Sets every leaf of the nested dict ``values`` on ``config``; the free sections (tower
+  kwargs, tokenizer, eval datasets) are replaced whole. E.g. the JSON that ``vlpt-convert SRC
+  --print-config`` prints, to describe a checkpoint's architecture in a config file."""
+  if not isinstance(values, ml_collections.ConfigDict):
+    values = ml_collections.ConfigDict(values)
   with config.unlocked():
-    for key, value in saved.items():
+    for key, value in values.items():
       path = f"{prefix}{key}"
       target = config.get(key) if key in config else None
       if (
@@ -422,6 +468,6 @@ def _overlay(config: ml_collections.ConfigDict, saved: Any, prefix: str = "") ->
         and isinstance(target, ml_collections.ConfigDict)
         and path not in SECTIONS_WITH_FREE_KEYS
       ):
-        _overlay(target, value, f"{path}.")
+        overlay(target, value, f"{path}.")
       else:
         config[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value

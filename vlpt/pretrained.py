@@ -6,8 +6,10 @@ Sources (detected from the path; :func:`vlpt.train.initialization.read_checkpoin
 - a vlpt training workdir (``vlpt_config.json`` + ``checkpoints/``): its latest checkpoint;
 - an open_clip directory (``open_clip_config.json`` + ``open_clip_model.safetensors`` or
   ``open_clip_pytorch_model.bin``);
-- an HF transformers ``CLIPModel`` / ``SiglipModel`` directory (``config.json`` +
-  ``model.safetensors`` or ``pytorch_model.bin``), with its own tokenizer files when present;
+- an HF transformers ``CLIPModel`` / ``SiglipModel`` / ``Siglip2Model`` (NaFlex) directory
+  (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), with its own tokenizer files
+  when present; a NaFlex model's ``preprocess`` returns, and its ``encode_image`` takes, the
+  patch dicts of transformers' Siglip2ImageProcessor;
 - a big_vision SigLIP ``.npz``;
 - ``builtin:NAME``: a small model vlpt trains itself, offline, on first use and caches
   (:mod:`vlpt.weights.builtin`; ``builtin:demo`` is a tiny CLIP).
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vlpt.data.tokenizers import build_tokenizer
@@ -61,7 +65,19 @@ class Pretrained:
     return self._tokenizer
 
   def encode_image(self, images) -> jax.Array:
-    """Preprocessed float images [B, H, W, 3] -> L2-normalized embeddings [B, D]."""
+    """Preprocessed float images [B, H, W, 3] -> L2-normalized embeddings [B, D].
+
+    A NaFlex model (HF ``Siglip2Model``) also takes the processor's dict: ``pixel_values``
+    [B, N, p*p*3], ``pixel_attention_mask`` [B, N], ``spatial_shapes`` [B, 2] (numpy, torch or
+    jax arrays; ``preprocess(image, max_num_patches=N)`` or transformers' Siglip2ImageProcessor).
+    One compilation serves each N, whatever the images' aspect ratios.
+    """
+    if isinstance(images, Mapping):
+      from vlpt.models.vit import NAFLEX_KEYS
+
+      dtypes = (jnp.float32, jnp.int32, jnp.int32)
+      images = {k: jnp.asarray(np.asarray(images[k]), dt) for k, dt in zip(NAFLEX_KEYS, dtypes)}
+      return self._image(self._state, images)
     return self._image(self._state, jnp.asarray(images, jnp.float32))
 
   def encode_text(self, token_ids) -> jax.Array:

@@ -20,6 +20,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# config.mesh keys besides the axis sizes: dcn_data, the slices the data axis spans over the
+# data-center network (-1: as many as the devices come in; every other axis stays in a slice)
+MESH_OPTIONS = ("dcn_data",)
 BATCH_AXES = ("data", "fsdp")  # the global batch is split over both
 
 LogicalRules = tuple[tuple[str, Any], ...]
@@ -89,14 +92,44 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ..
 def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over all devices (of all processes) with GSPMD-style (Auto) axes.
 
-  Devices are ordered process-major so each process's devices hold one contiguous slice of the
-  batch, which is what assembling global arrays from process-local data requires.
+  TPU devices are laid out by their torus coordinates (:func:`tpu_device_array`). Other devices
+  are ordered process-major so each process's devices hold one contiguous slice of the batch,
+  which is what assembling global arrays from process-local data requires.
   """
   devices = list(devices if devices is not None else jax.devices())
-  devices.sort(key=lambda d: (d.process_index, d.id))
   sizes = resolve_mesh_shape(shape, len(devices))
-  arr = np.asarray(devices, dtype=object).reshape(sizes)
+  if devices[0].platform == "tpu" and hasattr(devices[0], "coords"):
+    arr = tpu_device_array(sizes, devices, int(shape.get("dcn_data", -1)))
+  else:
+    devices.sort(key=lambda d: (d.process_index, d.id))
+    arr = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def tpu_device_array(sizes: tuple[int, ...], devices: Sequence[jax.Device], dcn_data: int = -1):
+  """(data, fsdp, tensor) devices following the interconnect: within a slice JAX's mesh utilities
+  map the axes onto the torus so neighbours along an axis (the ring loss's ppermute, FSDP's
+  gathers) are physical neighbours; across slices only the data axis goes over the data-center
+  network (one gradient all-reduce per step), as multi-slice training needs."""
+  from jax.experimental import mesh_utils
+
+  slices = num_slices(devices)
+  dcn = slices if dcn_data == -1 else dcn_data
+  if dcn != slices:
+    raise ValueError(f"mesh: dcn_data={dcn_data} but the devices form {slices} slice(s); use -1")
+  if sizes[0] % dcn:
+    raise ValueError(
+      f"mesh: data={sizes[0]} must be a multiple of the {dcn} slices (only the data axis spans "
+      "slices); put fsdp and tensor within a slice"
+    )
+  if dcn == 1:
+    return mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+  ici = (sizes[0] // dcn, *sizes[1:])
+  return mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices, allow_split_physical_axes=True)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

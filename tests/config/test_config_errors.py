@@ -23,6 +23,11 @@ CASES = [
   ({"model.image.variant": "B/7"}, "not divisible by the patch size"),
   ({"loss.name": "softmaxx"}, "config.loss.name='softmaxx' is not one of"),
   ({"loss.impl": "ring", "loss.label_smoothing": 0.1}, "needs impl='gather'"),
+  # (256 rows over 8 devices: 32 each; before, this failed only while the step was traced)
+  (
+    {"loss.impl": "ring", "loss.tile_size": 12},
+    "config.loss.tile_size=12 does not divide the per-device batch 32",
+  ),
   ({"loss.matryoshka_dims": (8, 1024)}, "exceeds config.model.embed_dim=128"),
   ({"loss.name": "sigmoid"}, "needs a logit bias"),
   ({"optimizer.name": "sgd"}, "config.optimizer.name='sgd' is not one of"),
@@ -109,6 +114,15 @@ def test_mesh_must_match_devices():
     validate(c, num_devices=8)
   c.mesh.data = -1
   assert validate(c, num_devices=8).mesh_shape == (4, 2, 1)
+
+
+def test_batch_shards_must_split_over_the_processes():
+  c = default_config()
+  c.mesh.data, c.mesh.tensor = 1, 8  # one batch shard: two processes cannot each feed their rows
+  with pytest.raises(ConfigError, match=r"data x fsdp = 1 x 1 = 1 batch shards do not split over 2"):
+    validate(c, num_devices=8, num_processes=2)
+  c.mesh.data, c.mesh.tensor = 2, 4
+  assert validate(c, num_devices=8, num_processes=2).mesh_shape == (2, 1, 4)
 
 
 def test_moved_keys_keep_working_for_one_release(capsys):

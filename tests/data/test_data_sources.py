@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vlpt.data.files import expand_shards
-from vlpt.data.shards import ShardWriter, encode_image
+from vlpt.data.shards import encode_image
 from vlpt.data.sources import build_source, file_source_options
 from vlpt.data.transforms import CenterCrop, RandomResizedCrop, decode_image
 from vlpt.data.webdataset import WebDatasetSource
@@ -18,32 +18,20 @@ from vlpt.errors import ConfigError, DataError
 from vlpt.train.validation import validate
 
 from conftest import PYTHON, require
-from e2e_utils import cli, data_config, data_stream, metrics, run, train_losses
-
-
-def _write(out, n, shard_size, *, fmt="png", size=32, bad=None):
-  """Sample k: a constant image of value k (so k can be read back), caption 'a red circle'.
-
-  ``bad``: {k: 'garbage' | 'cut_jpeg' | 'empty'} corrupts sample k.
-  """
-  bad = bad or {}
-  with ShardWriter(str(out), shard_size) as w:
-    for k in range(n):
-      image = np.full((size, size + 8 * (k % 3), 3), k, np.uint8)
-      data, ext, caption = encode_image(image, fmt), fmt, "a red circle"
-      if bad.get(k) == "garbage":
-        data = b"this is not an image"
-      elif bad.get(k) == "cut_jpeg":
-        data, ext = encode_image(np.random.default_rng(k).integers(0, 255, (64, 64, 3)), "jpg"), "jpg"
-        data = data[: len(data) // 2]
-      elif bad.get(k) == "empty":
-        caption = "  "
-      w.write(data, ext, caption, {"k": k} if k % 2 else None)
-  return w.close()
+from e2e_utils import (
+  broken_shards,
+  cli,
+  data_config,
+  data_stream,
+  metrics,
+  run,
+  train_losses,
+  write_shards,
+)
 
 
 def test_shard_patterns(tmp_path):
-  pattern = _write(tmp_path, 25, 10)
+  pattern = write_shards(tmp_path, 25, 10)
   assert pattern == f"{tmp_path}/{{00000..00002}}.tar"
   paths = [str(tmp_path / f"0000{i}.tar") for i in range(3)]
   assert expand_shards(pattern) == paths
@@ -79,19 +67,8 @@ def test_transforms_are_deterministic_and_drafted():
   assert CenterCrop(224)(image).shape == (224, 224, 3)
 
 
-def _broken_set(out):
-  bad = {3: "garbage", 17: "cut_jpeg", 30: "empty", 41: "empty", 42: "garbage"}
-  pattern = _write(out, 100, 25, bad=bad)
-  last = out / "00003.tar"
-  with tarfile.open(last) as tf:
-    cut = tf.getmember("000030015.png").offset_data + 10
-  with open(last, "r+b") as f:  # cut the last shard inside sample 90's image
-    f.truncate(cut)
-  return pattern
-
-
 def test_broken_examples_are_replaced_and_counted(tmp_path):
-  pattern = _broken_set(tmp_path)
+  pattern = broken_shards(tmp_path)
   source = WebDatasetSource(pattern, image_size=32, max_bad_fraction=0.5)
   assert source.truncated_shards == 1
   n = len(source)
@@ -112,7 +89,7 @@ def test_broken_examples_are_replaced_and_counted(tmp_path):
 
 
 def test_inspect_cli(tmp_path, cli_env):
-  pattern = _broken_set(tmp_path)
+  pattern = broken_shards(tmp_path)
   out = run([PYTHON, "-m", "vlpt.cli.data", "inspect", pattern], cli_env).stdout.splitlines()
   samples = len(WebDatasetSource(pattern, image_size=32))
   assert out == [f"samples {samples}", "undecodable_images 3", "empty_captions 2", "truncated_shards 1"]
@@ -129,7 +106,7 @@ def _broken_run_flags(pattern):
 
 
 def test_train_on_broken_shards_reports_skips(tmp_path, cli_env):
-  pattern = _broken_set(tmp_path / "shards")
+  pattern = broken_shards(tmp_path / "shards")
   work = tmp_path / "work"
   run(cli("vlpt.cli.train", work, *_broken_run_flags(pattern), "--config.total_steps=8"), cli_env)
   rows = [r for r in metrics(work) if "data/skipped_truncated" in r]
@@ -141,7 +118,7 @@ def test_train_on_broken_shards_reports_skips(tmp_path, cli_env):
 
 @pytest.mark.slow
 def test_train_on_broken_shards_resumes_exactly(tmp_path, cli_env):
-  pattern = _broken_set(tmp_path / "shards")
+  pattern = broken_shards(tmp_path / "shards")
   common = _broken_run_flags(pattern)
   run(cli("vlpt.cli.train", tmp_path / "work", *common, "--config.total_steps=8"), cli_env)
   # interrupted at step 5 (mid-epoch: 160 of 91 examples), resumed from the checkpoint
@@ -159,7 +136,7 @@ def test_train_on_broken_shards_resumes_exactly(tmp_path, cli_env):
 
 
 def test_too_many_bad_examples_stop_training_naming_the_shard(tmp_path, cli_env):
-  pattern = _broken_set(tmp_path / "shards")
+  pattern = broken_shards(tmp_path / "shards")
   proc = subprocess.run(
     cli(
       "vlpt.cli.train",
@@ -223,7 +200,7 @@ def test_demo_from_png_shards_matches_in_memory(tmp_path, cli_env):
 
 
 def test_truncated_tar_header_only(tmp_path):
-  _write(tmp_path, 4, 10)
+  write_shards(tmp_path, 4, 10)
   path = tmp_path / "00000.tar"
   with open(path, "r+b") as f:
     f.truncate(300)  # inside the first header
@@ -339,7 +316,7 @@ def test_build_from_folder_csv_and_parquet(tmp_path, capsys):
 def test_weighted_mixture_of_sources(tmp_path):
   """Shards (constant images) mixed 3:1 with the synthetic source (textured images): the stream
   holds them in that proportion, deterministically."""
-  a = _write(tmp_path / "a", 40, 10)
+  a = write_shards(tmp_path / "a", 40, 10)
   c = data_config("synthetic", shuffle=True)
   c.data.train.mixture = ((f"wds:{a}", 3.0), ("synthetic", 1.0))
   batches = [next(it) for it in [data_stream(c)] for _ in range(25)]

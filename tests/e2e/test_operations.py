@@ -20,6 +20,7 @@ from e2e_utils import (
   metrics,
   one_train_step,
   run,
+  same_topology_reference,
   train_losses,
 )
 
@@ -60,15 +61,7 @@ def test_stop_signal_checkpoints_exits_zero_and_resumes_bitwise(
 ):
   env = env_with_devices(cli_env, 8)
 
-  def command_for(workdir):  # the reference runs on the same topology (bitwise comparison)
-    command = cli("vlpt.cli.train", workdir, *OVERRIDES)
-    return launch(2, command) if processes == 2 else command
-
-  if processes == 1:
-    want = train_losses(reference_run("long"))
-  else:
-    run(command_for(tmp_path / "reference"), env)
-    want = train_losses(tmp_path / "reference")
+  command_for, want = same_topology_reference(processes, reference_run, env, tmp_path)
   workdir = tmp_path / "preempted"
   command = command_for(workdir)
   proc, seconds, step, out = _signal_at_some_step(command, env, workdir, 8, signum)

@@ -334,3 +334,43 @@ def test_coca_demo_captions_beat_the_shuffled_baseline(tmp_path, cli_env):
   cider, shuffled = final["heldout/captioning/cider"], final["heldout/captioning/cider_shuffled"]
   assert cider > 3.0 and cider > 4 * shuffled, (cider, shuffled)
   assert final["heldout/captioning/bleu4"] > 2 * final["heldout/captioning/bleu4_shuffled"]
+
+
+@pytest.mark.parametrize(
+  "image",
+  [
+    dict(),  # CLIP: class token, token pooling
+    dict(class_token=False, pool="map", ln_pre=False, patch_bias=True, proj=False),  # SigLIP
+    dict(class_token=False, pool="gap", final_ln_after_pool=True),
+    "coca",
+  ],
+)
+def test_patch_tokens_are_what_the_pooling_reads(image):
+  """``patch_tokens``: one token per patch, the very tokens the tower pools (dense tasks read them)."""
+  if image == "coca":
+    model = build_model(COCA, nnx.Rngs(0))
+  else:
+    model = build_model(
+      dict(
+        name="clip",
+        embed_dim=64,
+        image=dict(variant="micro/8", image_size=32, **image),
+        text=dict(variant="micro", vocab_size=50, context_length=8),
+      ),
+      nnx.Rngs(0),
+    )
+  tower = model.image
+  tokens = tower.patch_tokens(IMAGES)
+  pooled, returned = tower.features(IMAGES)
+  assert tokens.shape == (3, 16, 64)  # 4x4 patches of 8 px, width 64
+  if image == "coca":  # features' tokens are the pooler's queries; patch_tokens what it attends to
+    x, valid = tower.encode(IMAGES)
+    assert valid is None
+    np.testing.assert_allclose(tokens, x[:, 1:], rtol=1e-6)
+    np.testing.assert_allclose(tower.ln_post(tower.attn_pool(x))[:, 1:], returned, rtol=1e-5, atol=1e-6)
+    return
+  np.testing.assert_allclose(tokens, returned, rtol=1e-6)
+  if image.get("pool") == "map":
+    np.testing.assert_allclose(tower.map_head(tokens), pooled, rtol=1e-5, atol=1e-6)
+  if image.get("pool") == "gap":
+    np.testing.assert_allclose(tower.proj(tower.ln_post(tokens.mean(1))), pooled, rtol=1e-5, atol=1e-6)

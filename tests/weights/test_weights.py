@@ -364,7 +364,8 @@ def test_vlpt_convert_cli(torch_reference, tmp_path, cli_env):
   out = run(str(tmp_path / "v"), str(tmp_path / "oc"), "--to", "open_clip")
   assert out.returncode == 0, out.stderr
   out = run(str(tmp_path / "oc"), "--print-config")
-  assert json.loads(out.stdout)["image"]["width"] == 32
+  printed = json.loads(out.stdout)
+  assert printed["model"]["image"]["width"] == 32 and printed["data"]["image_size"] == 32
   out = run(str(tmp_path / "nowhere"), str(tmp_path / "x"))
   assert out.returncode == 2 and "no such checkpoint" in out.stderr
   ids = _ids(100, 16, 99)

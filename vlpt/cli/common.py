@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import sys
@@ -12,6 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from vlpt import storage
 from vlpt.config import MOVED_KEYS
 from vlpt.errors import ConfigError, TrainingError
 
@@ -76,7 +78,7 @@ def _flag_value(argv: list[str], name: str) -> tuple[str | None, list[str]]:
 def _load_config(argv: list[str]):
   """The config ``--config`` names (or, where allowed, the workdir's recorded one) -> (config,
   argv without ``--config``)."""
-  from vlpt.config import WORKDIR_CONFIG, load_config
+  from vlpt.config import WORKDIR_CONFIG, config_from_dict, load_config
 
   spec, rest = _flag_value(argv, "config")
   if spec is None and any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
@@ -85,12 +87,16 @@ def _load_config(argv: list[str]):
     return default_config(), rest  # (absl prints the help and exits)
   if spec is None:
     workdir, _ = _flag_value(argv, "workdir")
-    recorded = os.path.join(workdir, WORKDIR_CONFIG) if workdir else None
-    if not (_OPTIONS["config_from_workdir"] and recorded and os.path.isfile(recorded)):
+    recorded = storage.join(workdir, WORKDIR_CONFIG) if workdir else None
+    if not (_OPTIONS["config_from_workdir"] and recorded and storage.isfile(recorded)):
       where = f"; {recorded} does not exist" if _OPTIONS["config_from_workdir"] and recorded else ""
       fail(f"--config is required ({CONFIG_HELP}){where}")
     spec = recorded
     print(f"[vlpt] config: {recorded} (the run's own; overrides on top)", file=sys.stderr, flush=True)
+  if storage.is_remote(spec):  # a run's vlpt_config.json on GCS (a recipe is a local .py file)
+    if not spec.endswith(".json") or not storage.isfile(spec):
+      fail(f"config {spec!r} is not a vlpt_config.json that exists")
+    return config_from_dict(json.loads(storage.read_text(spec))), rest
   path = spec.split(":", 1)[0]
   if not os.path.isfile(path):
     fail(f"config file {path!r} does not exist (e.g. --config configs/demo.py)")

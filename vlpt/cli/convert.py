@@ -2,9 +2,12 @@
 
 SRC is detected: a vlpt export or training workdir, an open_clip directory
 (``open_clip_config.json`` + ``open_clip_model.safetensors``), an HF ``CLIPModel`` /
-``SiglipModel`` directory (``config.json`` + ``model.safetensors``) or a big_vision ``.npz``.
+``SiglipModel`` / ``Siglip2Model`` directory (``config.json`` + ``model.safetensors``) or a big_vision
+``.npz``.
 DST must not exist (or be empty); it appears only once fully written.
-``--print-config`` prints the vlpt ``config.model`` that matches SRC (for training configs).
+``--print-config`` prints the config keys that describe SRC's architecture (``model``, and
+``data.image_size`` / ``tokenizer`` / ``normalization``) as JSON: ``vlpt.config.overlay(config,
+json.load(f))`` in a config file, or ``--config.init.architecture_from_checkpoint=True``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     "--context-length", type=int, default=None, help="resize text position embeddings to this length"
   )
   parser.add_argument(
-    "--print-config", action="store_true", help="print the matching vlpt config.model as JSON and exit"
+    "--print-config",
+    action="store_true",
+    help="print the config keys describing SRC's architecture (model, data) as JSON and exit",
   )
   parser.add_argument(
     "--step",
@@ -61,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
       if args.context_length and bundle.tokenizer:
         bundle.tokenizer = dict(bundle.tokenizer, context_length=args.context_length)
     if args.print_config:
-      print(json.dumps(bundle.model, indent=2))
+      from vlpt.train.initialization import architecture
+
+      print(json.dumps(architecture(bundle), indent=2))
       return 0
     write_bundle(bundle, args.dst, args.to)
   except (WeightsError, ValueError, OSError) as e:

@@ -5,6 +5,7 @@
   vlpt-data build --from folder DIR --out OUT      # images + same-name .txt captions
   vlpt-data build --from csv FILE.csv|tsv|parquet --out OUT   # columns path (or image bytes), caption
   vlpt-data inspect PATTERN                         # counts, one per line
+  vlpt-data index PATTERN [--out PATH]              # WebDataset: write the shards' index once
 
 ``--format`` picks the container (default ``wds``; ``jpg``/``png``/``webp`` there still mean WebDataset
 shards with that image encoding). ``build`` prints the pattern to use as
@@ -69,7 +70,33 @@ def _parser() -> argparse.ArgumentParser:
     "*.array_record / *.parquet files, or an arrayrecord: / parquet: "
     "prefixed pattern",
   )
+  x = sub.add_parser("index", help="scan WebDataset shards once and write their index")
+  x.add_argument("pattern", help="tar shards (wds: prefix optional), local or gs://")
+  x.add_argument(
+    "--out",
+    default=None,
+    help="index file (local or gs://; train with wds:PATH); default: beside the shards, "
+    "where training over the same pattern finds it",
+  )
+  x.add_argument("--threads", type=int, default=16, help="shards scanned at once")
   return p
+
+
+def index(args: argparse.Namespace) -> str:
+  import time
+
+  from vlpt.data.files import expand_shards
+  from vlpt.data.wds_index import write_index
+
+  pattern = args.pattern.removeprefix("wds:")
+  paths = expand_shards(pattern)
+  if not paths:
+    raise FileNotFoundError(f"no shards match {pattern!r}")
+  t0 = time.perf_counter()
+  out, samples = write_index(paths, args.out, threads=args.threads)
+  print(f"indexed {samples} samples in {len(paths)} shard(s) in {time.perf_counter() - t0:.1f} s: {out}")
+  print(f"train with --config.data.train.source=wds:{out if args.out else pattern}")
+  return out
 
 
 def _formats(args: argparse.Namespace) -> tuple[str, str]:
@@ -163,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command == "build":
       build(args)
+    elif args.command == "index":
+      index(args)
     else:
       inspect(args)
   except (FileNotFoundError, DataError, ValueError) as e:  # missing files, unreadable, no columns

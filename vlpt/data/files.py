@@ -15,13 +15,14 @@ shard.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import threading
 
 import numpy as np
 
+from vlpt import storage
+from vlpt.data import wds_index
 from vlpt.errors import DataError
 
 SKIP_REASONS = ("undecodable_image", "empty_caption", "truncated")
@@ -46,17 +47,17 @@ def expand_shards(spec: str) -> list[str]:
   """A shard spec (braces, globs, ``.txt`` list files, ``::``-joined) -> shard paths, in order."""
   paths: list[str] = []
   for part in filter(None, spec.split("::")):
-    if part.endswith((".txt", ".shards")) and os.path.isfile(part):
-      base = os.path.dirname(os.path.abspath(part))
-      with open(part, encoding="utf-8") as f:
-        for line in f:
-          line = line.strip()
-          if line and not line.startswith("#"):
-            paths.extend(expand_shards(line if os.path.isabs(line) else os.path.join(base, line)))
+    if part.endswith((".txt", ".shards")) and storage.isfile(part):
+      base = storage.split(storage.resolve(part))[0]
+      for line in storage.read_text(part).splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+          absolute = os.path.isabs(line) or storage.is_remote(line)
+          paths.extend(expand_shards(line if absolute else storage.join(base, line)))
       continue
     for p in _expand_braces(part):
       if any(ch in p for ch in "*?["):
-        paths.extend(sorted(glob.glob(p)))
+        paths.extend(storage.glob(p))
       else:
         paths.append(p)
   return paths
@@ -64,8 +65,17 @@ def expand_shards(spec: str) -> list[str]:
 
 def check_files_exist(spec: str) -> None:
   """A ``wds:`` / ``arrayrecord:`` / ``parquet:`` spec whose shards are all present."""
-  paths = expand_shards(spec.partition(":")[2])
-  missing = [p for p in paths if not os.path.isfile(p)]
+  kind, _, pattern = spec.partition(":")
+  if kind == "wds" and pattern.endswith(wds_index.SUFFIX):  # an index that names its shards
+    if not storage.isfile(pattern):
+      raise ValueError(f"data source {spec!r}: the index {pattern} does not exist")
+    return
+  paths = expand_shards(pattern)
+  if kind == "wds" and paths and wds_index.find_index(paths):
+    return  # indexed: a missing shard shows as unreadable samples, not a stat of every file
+  if paths and storage.is_remote(paths[0]):  # a request per object: the ends of the list
+    paths = paths[:1] + paths[-1:]
+  missing = [p for p in paths if not storage.isfile(p)]
   if not paths or missing:
     raise ValueError(
       f"data source {spec!r}: "

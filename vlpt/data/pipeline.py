@@ -20,6 +20,8 @@ import numpy as np
 from vlpt.data.files import SKIP_REASONS, check_files_exist
 from vlpt.data.normalization import check_normalization
 from vlpt.data.sources import SOURCES, build_source, file_source_options
+from vlpt.data.streaming import ShardStream
+from vlpt.data.synthetic import MAX_OBJECTS
 from vlpt.data.transforms import augment
 
 
@@ -59,6 +61,11 @@ class TrainTransform:
   ``crop`` (file-backed sources: decoded PIL images) the crop draws from its own position-keyed
   generator, and so do the optional horizontal ``flip`` and ``color_jitter`` (any source).
   ``skips`` (examples a source passed over, by reason) is passed through when present.
+
+  ``boxes`` > 0 (sources that annotate their objects: the synthetic one) adds ``boxes`` float32
+  [boxes, 4] (normalized ``[y0, x0, y1, x1]``, mirrored with the image), ``box_labels`` int32
+  [boxes] (-1: an empty slot) and ``box_phrases`` int32 [boxes, L] (the objects' phrases,
+  tokenized; empty slots hold only padding).
   """
 
   tokenizer: Any
@@ -67,6 +74,7 @@ class TrainTransform:
   crop: Any = None
   flip: bool = False
   color_jitter: float = 0.0
+  boxes: int = 0
 
   def __call__(self, item: tuple[int, dict]) -> dict[str, np.ndarray]:
     position, example = item
@@ -87,11 +95,28 @@ class TrainTransform:
         jitter=self.color_jitter,
       )
     out = {"image": image, "text": self.tokenizer([caption])[0]}
+    if self.boxes:
+      # augment's first draw decides the flip: the same draw mirrors the boxes
+      flipped = self.flip and np.random.default_rng([self.seed, 0xF71B, position]).random() < 0.5
+      out.update(self._boxes(example, flipped))
     if "skips" in example:
       out["skips"] = example["skips"]
     elif self.crop is not None:  # an in-memory source mixed with file sources: nothing skipped
       out["skips"] = np.zeros(len(SKIP_REASONS), np.int32)
     return out
+
+  def _boxes(self, example: dict, flipped: bool) -> dict[str, np.ndarray]:
+    k = min(len(example["box_labels"]), self.boxes)
+    boxes = np.zeros((self.boxes, 4), np.float32)
+    boxes[:k] = example["boxes"][:k]
+    if flipped:
+      boxes[:k, 1], boxes[:k, 3] = 1.0 - boxes[:k, 3], 1.0 - boxes[:k, 1]
+    labels = np.full((self.boxes,), -1, np.int32)
+    labels[:k] = example["box_labels"][:k]
+    phrases = np.full((self.boxes, self.tokenizer.context_length), self.tokenizer.pad_id, np.int32)
+    if k:
+      phrases[:k] = self.tokenizer(list(example["box_phrases"][:k]))
+    return {"boxes": boxes, "box_labels": labels, "box_phrases": phrases}
 
 
 def train_dataset(
@@ -107,14 +132,32 @@ def train_dataset(
   """The unbounded training stream of this process's local batches, from ``start_batch`` on."""
   tc = data_config.train
   mixture = tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),)
+  boxes = bool(tc.get("boxes", False))
   parts, crop = [], None
-  for i, (spec, _) in enumerate(mixture):
+  if tc.get("access", "random") == "stream":  # whole shards in a shuffled order (object storage)
+    options = file_source_options(data_config, train=True)
+    options.update(cache_dir=stream_cache_dir(data_config), cache_shards=3 * int(tc.stream_window))
+    source = build_source(
+      tc.source, split=tc.split, image_size=data_config.image_size, seed=seed, options=options
+    )
+    crop = source.crop
+    ds = ShardStream(
+      source,
+      seed=seed,
+      window=tc.stream_window,
+      shuffle=tc.shuffle,
+      global_batch=global_batch,
+      process_index=process_index,
+      process_count=process_count,
+    )
+  for i, (spec, _) in enumerate(() if crop is not None else mixture):
     source = build_source(
       spec,
       split=tc.split,
       image_size=data_config.image_size,
       seed=seed,
       options=file_source_options(data_config, train=True),
+      **({"annotations": True} if boxes else {}),  # check_config: synthetic sources only
     )
     if crop is None and getattr(source, "train", False):
       crop = getattr(source, "crop", None)
@@ -126,10 +169,11 @@ def train_dataset(
     parts.append(part)
   # a mixture interleaves the (endless) sources deterministically in proportion to the weights,
   # so stream positions, per-process shares and resume work as for one source
-  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [float(w) for _, w in mixture])
-  ds = GlobalBatchShare(
-    ds, global_batch=global_batch, process_index=process_index, process_count=process_count
-  )
+  if parts:
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [float(w) for _, w in mixture])
+    ds = GlobalBatchShare(
+      ds, global_batch=global_batch, process_index=process_index, process_count=process_count
+    )
   ds = ds.map(
     TrainTransform(
       tokenizer,
@@ -138,6 +182,7 @@ def train_dataset(
       crop=crop,
       flip=bool(tc.get("flip", False)),
       color_jitter=float(tc.get("color_jitter", 0.0)),
+      boxes=MAX_OBJECTS if boxes else 0,
     )
   )
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
@@ -149,6 +194,15 @@ def train_dataset(
   if data_config.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return it
+
+
+def stream_cache_dir(data_config: Any) -> str:
+  """Where streaming keeps fetched remote shards: ``config.data.train.stream_cache``, else a
+  folder in the system's temporary directory, shared by the host's processes."""
+  import tempfile
+
+  default = os.path.join(tempfile.gettempdir(), "vlpt-shard-cache")
+  return data_config.train.get("stream_cache", "") or default
 
 
 class SkipCounter:
@@ -220,6 +274,11 @@ def check_config(data_config: Any) -> None:
     where = "config.data.train.mixture" if spec is not tc.source else "config.data.train.source"
     if kind not in SOURCES:
       raise ValueError(f"{where}={kind!r} is not one of: {', '.join(SOURCES.names())}")
+    if tc.get("boxes", False) and kind != "synthetic":
+      raise ValueError(
+        f"config.data.train.boxes=True needs sources that know where their objects are (the "
+        f"built-in 'synthetic' one); {where} has {spec!r}"
+      )
     if kind in ("wds", "arrayrecord", "parquet") and arg:
       check_files_exist(spec)
   tok = dc.tokenizer
@@ -236,11 +295,25 @@ def check_config(data_config: Any) -> None:
     raise ValueError(
       f"config.data.train.crop_scale={tuple(tc.crop_scale)} must satisfy 0 < min <= max <= 1"
     )
+  _check_access(tc)
   if not float(tc.color_jitter) >= 0:
     raise ValueError(f"config.data.train.color_jitter={tc.color_jitter} must be >= 0 (0: off)")
   for key in ("max_bad_fraction", "max_unknown_fraction"):
     if not 0 <= dc[key] <= 1:
       raise ValueError(f"config.data.{key}={dc[key]} must be in [0, 1]")
+
+
+def _check_access(tc: Any) -> None:
+  access = tc.get("access", "random")
+  if access not in ("random", "stream"):
+    raise ValueError(f"config.data.train.access must be random or stream, got {access!r}")
+  if access == "stream" and (tc.mixture or not tc.source.startswith("wds:")):
+    raise ValueError(
+      "config.data.train.access='stream' reads WebDataset shards whole: it needs one wds: source "
+      f"(no mixture), got {tc.source!r}"
+    )
+  if int(tc.get("stream_window", 1)) < 1:
+    raise ValueError(f"config.data.train.stream_window={tc.stream_window} must be >= 1")
 
 
 def check_vocabulary(data_config: Any, tokenizer: Any, *, sample: int = 256) -> None:

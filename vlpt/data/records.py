@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from vlpt import storage
 from vlpt.data.files import RobustSource, expand_shards
 from vlpt.data.transforms import CenterCrop, decode_image
 from vlpt.errors import DataError
@@ -128,7 +129,7 @@ class RecordSource(RobustSource):
     paths = expand_shards(spec)
     if not paths:
       raise FileNotFoundError(f"no files match {spec!r}")
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not storage.isfile(p)]
     if missing:
       raise FileNotFoundError(f"{len(missing)} file(s) of {spec!r} do not exist, e.g. {missing[0]}")
     self.train = train

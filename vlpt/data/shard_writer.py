@@ -2,13 +2,18 @@
 
 The container formats subclass :class:`ShardSetWriter` (tar in :mod:`vlpt.data.shards`,
 ArrayRecord in :mod:`vlpt.data.arrayrecord`, Parquet in :mod:`vlpt.data.parquet`);
-:func:`vlpt.data.shards.make_writer` picks one by name.
+:func:`vlpt.data.shards.make_writer` picks one by name. The output directory may be ``gs://``: each
+shard is written to a local temporary file and uploaded when full (:mod:`vlpt.storage`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
+
+from vlpt import storage
 
 
 class ShardSetWriter:
@@ -30,15 +35,17 @@ class ShardSetWriter:
     self.count = 0
     self.paths: list[str] = []
     self._file: Any = None
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
+    # a remote shard is written here first, then uploaded whole (GCS has no append)
+    self._local_dir = tempfile.mkdtemp(prefix="vlpt-shards-") if storage.is_remote(out_dir) else None
 
   def write(self, image: bytes, ext: str, caption: str | None, meta: dict | None = None) -> str:
     shard, row = divmod(self.count, self.shard_size)
     if row == 0:
       self._finish_file()
-      path = os.path.join(self.out_dir, f"{shard:05d}{self.suffix}")
+      path = storage.join(self.out_dir, f"{shard:05d}{self.suffix}")
       self.paths.append(path)
-      self._file = self._open_file(path)
+      self._file = self._open_file(self._local(path))
     key = f"{shard:05d}{row:04d}" if self.shard_size <= 10000 else f"{shard:05d}{row:09d}"
     self._write_sample(key, image, ext, caption, meta)
     self.count += 1
@@ -48,10 +55,20 @@ class ShardSetWriter:
     if self._file is not None:
       self._close_file(self._file)
       self._file = None
+      if self._local_dir is not None:
+        local = self._local(self.paths[-1])
+        storage.upload(local, self.paths[-1])
+        os.remove(local)
+
+  def _local(self, path: str) -> str:
+    """Where the shard ``path`` is written: itself, or a local file uploaded when complete."""
+    return path if self._local_dir is None else os.path.join(self._local_dir, storage.basename(path))
 
   def close(self) -> str:
     """Closes the last shard; writes ``shards.txt`` and returns the brace pattern of the shards."""
     self._finish_file()
+    if self._local_dir is not None:
+      shutil.rmtree(self._local_dir, ignore_errors=True)
     return finish_shards(self.out_dir, self.paths, self.suffix)
 
   def __enter__(self):
@@ -74,12 +91,13 @@ class ShardSetWriter:
 
 def shard_pattern(out_dir: str, n: int, suffix: str = ".tar") -> str:
   if n == 1:
-    return os.path.join(out_dir, f"00000{suffix}")
-  return os.path.join(out_dir, f"{{00000..{n - 1:05d}}}{suffix}")
+    return storage.join(out_dir, f"00000{suffix}")
+  return storage.join(out_dir, f"{{00000..{n - 1:05d}}}{suffix}")
 
 
 def finish_shards(out_dir: str, paths: list[str], suffix: str) -> str:
   """Writes ``out_dir/shards.txt`` (one file name a line); returns the brace pattern."""
-  with open(os.path.join(out_dir, "shards.txt"), "w", encoding="utf-8") as f:
-    f.writelines(os.path.basename(p) + "\n" for p in paths)
+  storage.write_text(
+    storage.join(out_dir, "shards.txt"), "".join(storage.basename(p) + "\n" for p in paths)
+  )
   return shard_pattern(out_dir, len(paths), suffix)

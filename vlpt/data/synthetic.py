@@ -8,6 +8,14 @@ object, which the model must bind to the right object.
 Every example is a pure function of ``(seed, split, index)`` (NumPy's Philox-free
 ``default_rng([seed, split_id, index])``), so any process, worker or order of access sees the
 same bytes. Held-out splits use other split ids than ``train`` and never overlap it.
+
+With ``annotations=True`` an example also says where its objects are (drawn from the same
+masks, so the pixels are unchanged): ``boxes`` float32 [k, 4] normalized ``[y0, x0, y1, x1]``
+around each object's visible pixels, ``box_labels`` int32 [k] (class ids, as ``label``),
+``box_phrases`` (the class names, e.g. ``"red circle"``) and ``mask`` uint8 [H, W] (the class
+covering each pixel, :data:`BACKGROUND` elsewhere). Object 0 is the target the captions
+describe, object 1 the distractor when there is one. This is what LocCa-style referring
+expressions and grounded captions (Wan et al. 2024) and dense probes need.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
+BACKGROUND = len(CLASS_NAMES)  # the id of pixels no object covers in ``mask``
+MAX_OBJECTS = 2  # the target and at most one distractor
 PROMPT_TEMPLATES: tuple[str, ...] = (
   "a photo of a {}.",
   "a picture of a {}.",
@@ -146,10 +156,25 @@ def _object_color(rng: np.random.Generator, name: str) -> np.ndarray:
   return np.asarray(COLORS[name], np.float32) + jitter
 
 
+def _box(mask: np.ndarray) -> np.ndarray:
+  """Normalized [y0, x0, y1, x1] around a non-empty mask's pixels (pixel edges, not centres)."""
+  n = mask.shape[0]
+  ys, xs = np.nonzero(mask)
+  return np.asarray([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], np.float32) / n
+
+
 def render_example(
-  rng: np.random.Generator, image_size: int, distractor_prob: float, captions_per_image: int
+  rng: np.random.Generator,
+  image_size: int,
+  distractor_prob: float,
+  captions_per_image: int,
+  *,
+  annotate: bool = False,
 ) -> dict:
-  """Draws one image and its captions from ``rng``."""
+  """Draws one image and its captions from ``rng`` (``annotate``: also boxes and class mask).
+
+  The annotations use no random draws, so the image and captions are the same either way.
+  """
   n = image_size
   color_i = int(rng.integers(len(COLORS)))
   shape_i = int(rng.integers(len(SHAPES)))
@@ -163,7 +188,7 @@ def render_example(
   cx = np.clip((col + rng.uniform(0.3, 0.7)) * n / 3, r, n - r)
   canvas = _background(rng, n, bg)
 
-  distractor = None
+  distractor, d_mask, d_class = None, None, -1
   if rng.random() < distractor_prob:
     d_class = int(rng.integers(len(CLASS_NAMES) - 1))
     d_class += d_class >= color_i * len(SHAPES) + shape_i  # any class but the main one
@@ -174,9 +199,11 @@ def render_example(
     far = max(cells, key=lambda c: (c[0] - row) ** 2 + (c[1] - col) ** 2 + rng.random())
     dy = np.clip((far[0] + 0.5) * n / 3, dr, n - dr)
     dx = np.clip((far[1] + 0.5) * n / 3, dr, n - dr)
-    _paint(canvas, shape_mask(d_shape, n, dy, dx, dr), _object_color(rng, d_color))
+    d_mask = shape_mask(d_shape, n, dy, dx, dr)
+    _paint(canvas, d_mask, _object_color(rng, d_color))
     distractor = (d_color, d_shape)
-  _paint(canvas, shape_mask(shape, n, cy, cx, r), _object_color(rng, color))
+  main_mask = shape_mask(shape, n, cy, cx, r)
+  _paint(canvas, main_mask, _object_color(rng, color))
   image = np.clip(canvas, 0, 255).astype(np.uint8)
 
   templates = list(_MAIN_TEMPLATES) + (list(_DISTRACTOR_TEMPLATES) if distractor else [])
@@ -195,12 +222,22 @@ def render_example(
         dshape=distractor[1] if distractor else "",
       )
     )
-  return {
-    "image": image,
-    "caption": captions[0],
-    "captions": captions,
-    "label": np.int32(color_i * len(SHAPES) + shape_i),
-  }
+  label = color_i * len(SHAPES) + shape_i
+  example = {"image": image, "caption": captions[0], "captions": captions, "label": np.int32(label)}
+  if annotate:
+    # the main object is painted last: it hides what it overlaps of the distractor
+    class_mask = np.full((n, n), BACKGROUND, np.uint8)
+    objects = [(label, main_mask)]
+    if d_mask is not None:
+      class_mask[d_mask] = d_class
+      objects.append((d_class, d_mask & ~main_mask))
+    class_mask[main_mask] = label
+    objects = [(c, m) for c, m in objects if m.any()]
+    example["boxes"] = np.stack([_box(m) for _, m in objects]).astype(np.float32)
+    example["box_labels"] = np.asarray([c for c, _ in objects], np.int32)
+    example["box_phrases"] = [CLASS_NAMES[c] for c, _ in objects]
+    example["mask"] = class_mask
+  return example
 
 
 class SyntheticCaptions:
@@ -219,6 +256,7 @@ class SyntheticCaptions:
     num_examples: int | None = None,
     distractor_prob: float = 0.3,
     captions_per_image: int = 5,
+    annotations: bool = False,
   ):
     if split not in _SPLIT_IDS:
       raise ValueError(f"unknown split {split!r}; choose one of {sorted(_SPLIT_IDS)}")
@@ -235,6 +273,7 @@ class SyntheticCaptions:
     self.seed = seed
     self.distractor_prob = distractor_prob
     self.captions_per_image = captions_per_image
+    self.annotations = annotations
     self._len = num_examples or _DEFAULT_SIZES[split]
     self.class_names = CLASS_NAMES
     self.prompt_templates = PROMPT_TEMPLATES
@@ -247,7 +286,9 @@ class SyntheticCaptions:
     if not 0 <= index < self._len:
       raise IndexError(f"index {index} out of range for {self._len} examples")
     rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
-    example = render_example(rng, self.image_size, self.distractor_prob, self.captions_per_image)
+    example = render_example(
+      rng, self.image_size, self.distractor_prob, self.captions_per_image, annotate=self.annotations
+    )
     example["index"] = np.int64(index)
     return example
 

@@ -270,6 +270,9 @@ class HFTokenizer:
     Only padding and truncation are ours: cut to ``context_length`` (keeping its closing token, if it
     adds one, last) and pad with ``pad_id`` (default: its padding or pad token, else 0).
     ``lower_case=True`` lower-cases texts first (for tokenizers that expect it but do not do it).
+    ``specials`` = [opening, closing] token (either None) replaces the post-processor's: what HF
+    does when ``tokenizer_config.json`` sets ``add_bos_token`` / ``add_eos_token`` (SigLIP 2's
+    Gemma files: no BOS, EOS appended).
   - a CLIP directory (``vocab.json`` + ``merges.txt``, as HF's CLIPTokenizer reads them): CLIP's BPE
     rebuilt as a ``tokenizers`` model with open_clip's cleaning (``lower_case=False`` keeps case,
     open_clip's "whitespace" cleaning), SOT/EOT and pad 0: the same ids as open_clip (its character
@@ -277,7 +280,12 @@ class HFTokenizer:
   """
 
   def __init__(
-    self, path: str, context_length: int = 77, pad_id: int | None = None, lower_case: bool | None = None
+    self,
+    path: str,
+    context_length: int = 77,
+    pad_id: int | None = None,
+    lower_case: bool | None = None,
+    specials: Sequence[str | None] | None = None,
   ):
     from tokenizers import Tokenizer
 
@@ -306,6 +314,8 @@ class HFTokenizer:
       )
     self._tok.no_padding()
     self._tok.no_truncation()
+    if specials is not None and not self._clip:
+      self._tok.post_processor = special_tokens_template(self._tok, specials)
     if self._clip:
       self.sot_id = self._tok.token_to_id("<|startoftext|>")
       self.eot_id = self._tok.token_to_id("<|endoftext|>")
@@ -368,6 +378,20 @@ class HFTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids if int(i) != self.pad_id])
+
+
+def special_tokens_template(tok, specials: Sequence[str | None]):
+  """A post-processor adding exactly ``specials`` = (opening, closing) around a text."""
+  from tokenizers import processors
+
+  bos, eos = specials
+  names = [t for t in (bos, eos) if t]
+  ids = {t: tok.token_to_id(t) for t in names}
+  unknown = [t for t, i in ids.items() if i is None]
+  if unknown:
+    raise ValueError(f"special token(s) {', '.join(unknown)} are not in the tokenizer's vocabulary")
+  single = " ".join([*([bos] if bos else []), "$A", *([eos] if eos else [])])
+  return processors.TemplateProcessing(single=single, special_tokens=[(t, ids[t]) for t in names])
 
 
 def _hf_pad_token_id(tok, file: str) -> int:

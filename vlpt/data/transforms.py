@@ -81,12 +81,19 @@ class CenterCrop:
 
 @dataclasses.dataclass(frozen=True)
 class RandomResizedCrop:
-  """torchvision-style RandomResizedCrop, seeded by the caller's generator."""
+  """torchvision-style RandomResizedCrop, seeded by the caller's generator.
+
+  ``draft`` (JPEG DCT-scaled decoding) and ``reducing_gap`` (integer pre-shrink) are the fast
+  paths; ``draft=False, reducing_gap=None`` resizes exactly as torchvision's PIL path does (the
+  input benchmark's ``--same-work``).
+  """
 
   size: int
   scale: tuple[float, float] = (0.9, 1.0)
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   interpolation: str = "bicubic"
+  draft: bool = True
+  reducing_gap: float | None = 3.0
 
   def __post_init__(self):
     lo, hi = self.scale
@@ -97,6 +104,8 @@ class RandomResizedCrop:
     _resample(self.interpolation)
 
   def min_short_side(self) -> int:
+    if not self.draft:
+      return 0  # decode at full size
     # the smallest crop side is about sqrt(min area * min ratio) of the short side
     return math.ceil(self.size / math.sqrt(self.scale[0] * min(1.0, self.ratio[0])))
 
@@ -127,7 +136,8 @@ class RandomResizedCrop:
     s = self.size
     box = self.box(*image.size, rng)
     # reducing_gap: large downscales first shrink by an integer factor (box filter), then resample
-    image = image.resize((s, s), resample=_resample(self.interpolation), box=box, reducing_gap=3.0)
+    resample = _resample(self.interpolation)
+    image = image.resize((s, s), resample=resample, box=box, reducing_gap=self.reducing_gap)
     return np.asarray(image, np.uint8)
 
 

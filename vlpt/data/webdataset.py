@@ -4,11 +4,12 @@ A shard is a tar file whose members are grouped into samples by key (the member 
 first dot of its base name): ``KEY.jpg|jpeg|png|webp`` holds the image, ``KEY.txt`` and/or
 ``KEY.json`` (field ``caption`` or ``text``; a ``captions`` list gives several) the caption.
 
-Instead of streaming the tars, every shard's headers are scanned once (:func:`index_shard`, cached
-in memory per file) to record where each member's bytes lie; reading example ``i`` is then a
-``pread`` of those bytes. Being random-access, the source plugs into the grain ``MapDataset``
-pipeline unchanged: global shuffling, disjoint per-process shares, and exact mid-epoch resume
-from the iterator state come for free.
+Instead of streaming the tars, the shards' index (:mod:`vlpt.data.wds_index`: written once by
+``vlpt-data index``, else built by scanning every tar header at start) records where each member's
+bytes lie; reading example ``i`` is then one ``pread`` (one ranged request on GCS) of the image
+with its tar header (which names the key), and one per caption member. Being random-access, the
+source plugs into the grain ``MapDataset`` pipeline unchanged: global shuffling, disjoint
+per-process shares, and exact mid-epoch resume from the iterator state come for free.
 
 Unusable examples (undecodable image, empty or missing caption, a member cut off by a truncated
 tar) are replaced and counted as every file source does (:mod:`vlpt.data.files`); a truncated tar
@@ -17,132 +18,23 @@ keeps what it holds up to the cut. Shard lists: :func:`vlpt.data.files.expand_sh
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import tarfile
-import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
+from vlpt import storage
 from vlpt.data.files import RobustSource, expand_shards
 from vlpt.data.transforms import CenterCrop, decode_image
+from vlpt.data.wds_index import (
+  BLOCK,
+  IMAGE_EXTS,
+  SUFFIX,
+  find_index,
+  key_from_header,
+  read_index,
+  scanned_tables,
+)
 from vlpt.errors import DataError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-# ---------------------------------------------------------------------------------------------
-# the index
-
-
-@dataclasses.dataclass
-class ShardIndex:
-  """Where each sample's members lie in one tar (offsets/sizes; -1: absent)."""
-
-  path: str
-  keys: list[str]
-  image: np.ndarray  # int64 [n, 2]: offset, size
-  image_ext: list[str]
-  txt: np.ndarray  # int64 [n, 2]
-  json: np.ndarray  # int64 [n, 2]
-  truncated: np.ndarray  # bool [n]: a member of the sample runs past the end of the file
-  shard_truncated: bool
-  missing_image: int  # keys with no image member (not indexed)
-
-  def __len__(self) -> int:
-    return len(self.keys)
-
-
-_INDEX_CACHE: dict[tuple, ShardIndex] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _split_name(name: str) -> tuple[str, str]:
-  directory, base = os.path.split(name)
-  stem, dot, ext = base.partition(".")
-  return os.path.join(directory, stem) if directory else stem, ext.lower() if dot else ""
-
-
-def index_shard(path: str) -> ShardIndex:
-  """Scans one tar's headers (no member data is read); cached by (path, size, mtime)."""
-  st = os.stat(path)
-  cache_key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-  with _CACHE_LOCK:
-    hit = _INDEX_CACHE.get(cache_key)
-  if hit is not None:
-    return hit
-  size = st.st_size
-  samples: dict[str, dict[str, Any]] = {}
-  order: list[str] = []
-  shard_truncated = False
-  try:
-    with tarfile.open(path, "r:") as tf:
-      while True:
-        try:
-          member = tf.next()
-        except (tarfile.ReadError, EOFError, OSError):
-          shard_truncated = True
-          break
-        if member is None:
-          # no end-of-archive marker (two zero blocks) after the last member: cut at a boundary
-          if tf.offset + 2 * tarfile.BLOCKSIZE > size:
-            shard_truncated = True
-          break
-        if not member.isfile():
-          continue
-        key, ext = _split_name(member.name)
-        if key not in samples:
-          samples[key] = {}
-          order.append(key)
-        cut = member.offset_data + member.size > size
-        samples[key][ext] = (member.offset_data, member.size, cut)
-        if cut:
-          shard_truncated = True
-          break
-  except tarfile.ReadError:  # not even a first header
-    shard_truncated = True
-  keys, image, image_ext, txt, js, truncated = [], [], [], [], [], []
-  missing_image = 0
-  for key in order:
-    members = samples[key]
-    ext = next((e for e in IMAGE_EXTS if e in members), None)
-    if ext is None:
-      missing_image += 1
-      continue
-    keys.append(key)
-    image.append(members[ext][:2])
-    image_ext.append(ext)
-    txt.append(members["txt"][:2] if "txt" in members else (-1, -1))
-    js.append(members["json"][:2] if "json" in members else (-1, -1))
-    truncated.append(any(m[2] for m in members.values()))
-  as_pairs = lambda x: np.asarray(x, np.int64).reshape(-1, 2)  # noqa: E731
-  index = ShardIndex(
-    path=path,
-    keys=keys,
-    image=as_pairs(image),
-    image_ext=image_ext,
-    txt=as_pairs(txt),
-    json=as_pairs(js),
-    truncated=np.asarray(truncated, bool),
-    shard_truncated=shard_truncated,
-    missing_image=missing_image,
-  )
-  with _CACHE_LOCK:
-    _INDEX_CACHE[cache_key] = index
-  return index
-
-
-def index_shards(paths: Iterable[str], threads: int = 8) -> list[ShardIndex]:
-  paths = list(paths)
-  if len(paths) <= 1:
-    return [index_shard(p) for p in paths]
-  with ThreadPoolExecutor(min(threads, len(paths))) as pool:
-    return list(pool.map(index_shard, paths))
-
 
 # ---------------------------------------------------------------------------------------------
 # captions
@@ -195,72 +87,121 @@ class WebDatasetSource(RobustSource):
     crop: Any = None,
     max_bad_fraction: float = 0.1,
     min_reads: int = 256,
+    cache_dir: str | None = None,
+    cache_shards: int = 16,
   ):
     super().__init__(max_bad_fraction=max_bad_fraction, min_reads=min_reads)
     self.spec = spec
-    paths = expand_shards(spec)
-    if not paths:
-      raise FileNotFoundError(f"no shards match {spec!r}")
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-      raise FileNotFoundError(f"{len(missing)} shard(s) of {spec!r} do not exist, e.g. {missing[0]}")
-    self.paths = paths
+    # remote shards are fetched whole into cache_dir (streaming order: vlpt.data.streaming)
+    self.cache_dir, self.cache_shards = cache_dir, int(cache_shards)
+    self._fetched: list[int] = []
+    if spec.endswith(SUFFIX):  # an index written with `vlpt-data index --out`: it names the shards
+      tables = read_index(spec)
+    else:
+      paths = expand_shards(spec)
+      if not paths:
+        raise FileNotFoundError(f"no shards match {spec!r}")
+      index = find_index(paths)
+      if index is None:
+        missing = [p for p in paths if not storage.isfile(p)]
+        if missing:
+          raise FileNotFoundError(f"{len(missing)} shard(s) of {spec!r} do not exist, e.g. {missing[0]}")
+      tables = read_index(index) if index else scanned_tables(paths)
+    self.paths = tables.paths
+    self.tables = tables
     self.train = train
     self.crop = crop if crop is not None else CenterCrop(image_size)
     self._min_short = self.crop.min_short_side()
-    shards = index_shards(paths)
-    self.truncated_shards = sum(s.shard_truncated for s in shards)
-    self.missing_image = sum(s.missing_image for s in shards)
-    counts = np.asarray([len(s) for s in shards], np.int64)
-    self._shard = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
-    self._row = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0)
-    self._shards = shards
-    if not len(self._shard):
+    self.truncated_shards = len(tables.truncated)
+    self.missing_image = tables.missing_image
+    if not tables.num_samples:
       raise DataError(f"the shards of {spec!r} hold no samples with an image")
     self._fds: dict[int, int] = {}
     self._pid = os.getpid()
 
   def __getstate__(self):
     state = super().__getstate__()
-    state["_fds"] = {}
+    state["_fds"], state["_fetched"] = {}, []
     return state
 
   def __len__(self) -> int:
-    return len(self._shard)
+    return self.tables.num_samples
 
   def __repr__(self) -> str:
     return f"WebDatasetSource({self.spec!r}, shards={len(self.paths)}, len={len(self)})"
 
-  def _read(self, shard: int, span) -> bytes | None:
-    offset, size = int(span[0]), int(span[1])
-    if offset < 0:
-      return None
+  def _read(self, shard: int, offset: int, size: int) -> bytes:
+    path = self.paths[shard]
+    remote = storage.is_remote(path)
+    if remote and not self.cache_dir:
+      return storage.read_range(path, offset, size)
     if self._pid != os.getpid():  # forked: do not share descriptors with the parent
-      self._fds, self._pid = {}, os.getpid()
+      self._fds, self._fetched, self._pid = {}, [], os.getpid()
     fd = self._fds.get(shard)
     if fd is None:
-      fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+      with self._lock:
+        fd = self._fds.get(shard)
+        if fd is None:
+          fd = self._fds[shard] = os.open(self._fetch(shard) if remote else path, os.O_RDONLY)
     return os.pread(fd, size, offset)
 
-  def locate(self, index: int) -> tuple[ShardIndex, int]:
-    return self._shards[self._shard[index]], int(self._row[index])
+  def _fetch(self, shard: int) -> str:
+    """The local copy of remote shard ``shard``: read whole, sequentially, by the first process
+    that needs it (a lock file keeps the others waiting, then they share it). This process
+    forgets (and deletes) the oldest of the shards it fetched beyond ``cache_shards``; a process
+    that still reads one keeps its open descriptor, a later one fetches it again."""
+    import fcntl
+    import hashlib
+    import shutil
+
+    path = self.paths[shard]
+    os.makedirs(self.cache_dir, exist_ok=True)
+    name = hashlib.sha1(path.encode()).hexdigest()[:20] + ".tar"
+    local = os.path.join(self.cache_dir, name)
+    with open(local + ".lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not os.path.exists(local):
+        part = f"{local}.{os.getpid()}.part"
+        with storage.open_read(path) as src, open(part, "wb") as dst:
+          shutil.copyfileobj(src, dst, 8 << 20)
+        os.replace(part, local)
+    self._fetched.append(shard)
+    while len(self._fetched) > self.cache_shards:
+      old = self._fetched.pop(0)
+      fd = self._fds.pop(old, None)
+      if fd is not None:
+        os.close(fd)
+      old_local = os.path.join(
+        self.cache_dir, hashlib.sha1(self.paths[old].encode()).hexdigest()[:20] + ".tar"
+      )
+      for victim in (old_local, old_local + ".lock"):
+        try:
+          os.remove(victim)
+        except OSError:
+          pass
+    return local
+
+  def locate(self, index: int) -> tuple[int, int]:
+    """Example ``index`` -> (shard, row in the shard)."""
+    return self.tables.locate(index)
 
   def read_raw(self, index: int) -> dict:
     """Member bytes of example ``index``: key, url, image, image_ext, txt, json, truncated."""
-    s = int(self._shard[index])
-    shard, row = self._shards[s], int(self._row[index])
-    out = {
-      "key": shard.keys[row],
-      "url": shard.path,
-      "image_ext": shard.image_ext[row],
-      "truncated": bool(shard.truncated[row]),
-    }
-    for field in ("image", "txt", "json"):
-      span = getattr(shard, field)[row]
-      data = self._read(s, span)
-      if data is not None and len(data) < span[1]:
+    s, row = self.tables.locate(index)
+    rec = self.tables.record(s, row)
+    flags = int(rec["flags"])
+    out = {"url": self.paths[s], "image_ext": IMAGE_EXTS[flags & 3], "truncated": bool(flags & 4)}
+    offset, size = int(rec["image"]) * BLOCK, int(rec["image_size"])
+    data = self._read(s, offset - BLOCK, size + BLOCK)  # with its header, which names the key
+    out["key"] = self.tables.key(s, row) or key_from_header(data[:BLOCK])
+    out["image"] = data[BLOCK:]
+    if len(data) < size + BLOCK:
+      out["truncated"] = True
+    for field in ("txt", "json"):
+      size = int(rec[f"{field}_size"])
+      out[field] = None if size < 0 else self._read(s, int(rec[field]) * BLOCK, size)
+      if out[field] is not None and len(out[field]) < size:
         out["truncated"] = True
-      out[field] = data
     return out
 
   def _load(self, index: int) -> tuple[dict | None, str, str]:
@@ -287,6 +228,7 @@ class WebDatasetSource(RobustSource):
     for fd in self._fds.values():
       os.close(fd)
     self._fds = {}
+    self.tables.close()
 
 
 def inspect(spec: str) -> dict[str, int]:

@@ -47,6 +47,9 @@ class EvalReader:
   prompt_templates: tuple[str, ...] | None = None  # the source's own prompts ("{}" placeholder)
   has_labels: bool = False
   has_captions: bool = False
+  has_masks: bool = False  # per-pixel class masks (dense_probe): the class set, background's id
+  mask_classes: int | None = None
+  mask_background: int | None = None
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -61,19 +64,25 @@ class EvalReader:
   def captions(self, index: int) -> list[str]:
     raise NotImplementedError
 
+  def mask(self, index: int) -> np.ndarray:
+    """[S, S] class ids of the pixels of :meth:`image` (``mask_background`` where no object is)."""
+    raise NotImplementedError
+
 
 @READERS.register("synthetic")
 class SyntheticReader(EvalReader):
   """The built-in dataset's held-out ``eval`` / ``test`` splits."""
 
-  has_labels = has_captions = True
+  has_labels = has_captions = has_masks = True
 
   def __init__(self, argument: str, *, split: str, crop: CenterCrop, seed: int, **unused: Any):
-    from vlpt.data.synthetic import SyntheticCaptions
+    from vlpt.data.synthetic import BACKGROUND, SyntheticCaptions
 
     if argument:
       raise ValueError(f"the synthetic source takes no argument, got 'synthetic:{argument}'")
     self._data = SyntheticCaptions(split, image_size=crop.size, seed=seed)
+    self._annotated = SyntheticCaptions(split, image_size=crop.size, seed=seed, annotations=True)
+    self.mask_classes, self.mask_background = BACKGROUND + 1, BACKGROUND
     self.name = f"synthetic[{split}]"
     self.class_names = tuple(self._data.class_names)
     self.prompt_templates = tuple(self._data.prompt_templates)
@@ -89,6 +98,9 @@ class SyntheticReader(EvalReader):
 
   def captions(self, index: int) -> list[str]:
     return list(self._data[index]["captions"])
+
+  def mask(self, index: int) -> np.ndarray:
+    return self._annotated[index]["mask"]
 
 
 @READERS.register("tfds")

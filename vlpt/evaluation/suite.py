@@ -9,7 +9,10 @@
   the evaluated split;
 * ``captioning`` (CoCa): greedy or beam captions scored with CIDEr-D and BLEU-4 against the
   split's captions; ``cider_shuffled`` scores the same captions against the references of other
-  images (the level an image-blind captioner reaches).
+  images (the level an image-blind captioner reaches);
+* ``dense_probe``: a linear probe of the image tower's patch tokens onto per-patch class labels
+  from the source's object masks, fitted on ``train_split``, scored on the evaluated split
+  (:mod:`vlpt.evaluation.dense_probe`).
 
 Metric definitions are CLIP_benchmark's (:mod:`vlpt.evaluation.metrics`). Images are read in
 shares (each process decodes its rows of every global batch), embedded by the towers sharded over
@@ -36,7 +39,7 @@ from vlpt.evaluation.datasets import READERS, EvalReader, open_reader, stream_im
 from vlpt.evaluation.embedding import embed_in_batches, fetch_rows
 from vlpt.sharding import LogicalRules, activate, batch_sharding, replicated
 
-TASKS = ("zeroshot", "retrieval", "linear_probe", "captioning")
+TASKS = ("zeroshot", "retrieval", "linear_probe", "captioning", "dense_probe")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 # every key of a config.eval.datasets entry, with its default
@@ -53,7 +56,7 @@ DATASET_DEFAULTS: dict[str, Any] = {
   "image_key": None,
   "label_key": None,
   "caption_key": None,
-  # linear_probe
+  # linear_probe and dense_probe (dense_probe: num_train_examples None -> as many as evaluated)
   "train_split": "train",
   "num_train_examples": None,
   # captioning
@@ -118,6 +121,12 @@ def check_config(eval_config: Any, *, model_name: str) -> None:
       raise ValueError(f"config.eval.datasets.{name}.source={s['source']!r}: no such directory")
     if kind == "wds" and arg:
       check_files_exist(s["source"])
+    if "dense_probe" in s["tasks"] and not READERS.get(kind).has_masks:
+      raise ValueError(
+        f"config.eval.datasets.{name}.tasks has 'dense_probe', which needs per-pixel class masks; "
+        f"the {kind!r} source has none (sources with masks: "
+        f"{', '.join(k for k in READERS.names() if READERS.get(k).has_masks)})"
+      )
     if "captioning" in s["tasks"] and model_name != "coca":
       raise ValueError(
         f"config.eval.datasets.{name}.tasks has 'captioning', which needs a "
@@ -281,6 +290,15 @@ class DatasetEvaluator:
       self.num_train = min(settings["num_train_examples"] or m, m)
     if "captioning" in tasks:
       self._captioner = make_captioner(ctx, settings)
+    if "dense_probe" in tasks:
+      from vlpt.evaluation.dense_probe import DenseProbe
+
+      fit_reader = opened(settings["train_split"])
+      num_fit = min(settings["num_train_examples"] or self.num_examples, len(fit_reader))
+      try:
+        self._dense = DenseProbe(ctx, self.reader, self.num_examples, fit_reader, num_fit)
+      except ValueError as e:
+        raise ValueError(f"config.eval.datasets.{name}: {e}") from None
 
   def _zeroshot_prompts(self) -> tuple[list[str], list[str]]:
     s, reader = self.settings, self.reader
@@ -336,6 +354,8 @@ class DatasetEvaluator:
       out.update(_keyed(self.name, "linear_probe", probe))
     if "captioning" in tasks:
       out.update(_keyed(self.name, "captioning", self._caption_scores(params)))
+    if "dense_probe" in tasks:
+      out.update(_keyed(self.name, "dense_probe", self._dense(params)))
     return out
 
   def _caption_scores(self, params: Any) -> dict[str, float]:

@@ -26,7 +26,7 @@ from vlpt.losses.contrastive import (
   softmax_uniformity_alignment_sharded,
   uniformity_alignment,
 )
-from vlpt.losses.ring import sigmoid_ring_sharded, softmax_ring_sharded
+from vlpt.losses.ring import check_precision, sigmoid_ring_sharded, softmax_ring_sharded
 from vlpt.losses.teacher import cwcl_loss, distillation_loss
 from vlpt.registry import Registry
 
@@ -47,24 +47,37 @@ def _check_impl(impl: str) -> None:
 
 
 @LOSSES.register("softmax")
-def _softmax(label_smoothing: float = 0.0, impl: str = "gather", tile_size: int = 4096) -> Callable:
+def _softmax(
+  label_smoothing: float = 0.0, impl: str = "gather", tile_size: int = 4096, precision: str = "bf16"
+) -> Callable:
   _check_impl(impl)
+  _check_precision(impl, precision)
   if impl == "ring":
     if label_smoothing:
       raise ValueError(
         "config.loss.label_smoothing needs impl='gather' (the ring folds rows into "
         "log-sum-exps and has no smoothed targets)"
       )
-    return functools.partial(softmax_ring_sharded, tile_size=tile_size)
+    return functools.partial(softmax_ring_sharded, tile_size=tile_size, precision=precision)
   return functools.partial(softmax_contrastive_sharded, label_smoothing=label_smoothing)
 
 
 @LOSSES.register("sigmoid")
-def _sigmoid(impl: str = "gather", tile_size: int = 4096) -> Callable:
+def _sigmoid(impl: str = "gather", tile_size: int = 4096, precision: str = "bf16") -> Callable:
   _check_impl(impl)
+  _check_precision(impl, precision)
   if impl == "ring":
-    return functools.partial(sigmoid_ring_sharded, tile_size=tile_size)
+    return functools.partial(sigmoid_ring_sharded, tile_size=tile_size, precision=precision)
   return sigmoid_contrastive_sharded
+
+
+def _check_precision(impl: str, precision: str) -> None:
+  check_precision(precision)
+  if impl != "ring" and precision != "bf16":
+    raise ValueError(
+      f"config.loss.precision={precision!r} is the ring's tile precision (config.loss.impl='ring'); "
+      "the gather loss computes in the embeddings' dtype"
+    )
 
 
 def _gather_only(name: str, impl: str) -> None:

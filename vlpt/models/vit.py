@@ -7,9 +7,16 @@ positions -> [patch dropout] -> [ln_pre] -> pre-LN blocks -> ln_post -> pool -> 
 - SigLIP (big_vision, HF): no class token, patch bias, no ln_pre, MAP pooling, no projection.
 - CoCa (open_clip): attentional pooler with many queries; the first pooled query, projected, is
   the contrastive embedding and the rest are the captioner's image tokens.
+- NaFlex (SigLIP 2, Tschannen et al. 2025, arXiv 2502.14786, Sec. 2.4.2; after NaViT, Dehghani et
+  al. 2023): ``naflex=True`` also takes images at their native aspect ratio as a dict of patches
+  (:data:`NAFLEX_KEYS`, transformers' names): a variable number of patches up to the batch's
+  sequence length, padding masked in attention and in the MAP head, and the learned square
+  position grid resized to each image's (h, w) patch grid (bilinear, antialiased when shrinking).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +28,58 @@ from vlpt.models.pooling import AttentionalPooler, MapHead
 from vlpt.models.sizes import parse_vit, tower_size
 
 POOLINGS = ("token", "gap", "map", "coca")
+# a NaFlex batch: patches [B, N, p*p*3] (row-major within a patch: y, x, channel), which of the N
+# are real [B, N] (1) or padding (0), and each image's patch grid (rows, columns) [B, 2]
+NAFLEX_KEYS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+
+
+def _triangle_weights(index: jax.Array, size: jax.Array, grid: int) -> jax.Array:
+  """Weights [..., grid] that resample a ``grid``-long axis to ``size`` samples, at output ``index``.
+
+  The linear (triangle) filter with half-pixel centers, widened by the scale factor when shrinking
+  (antialiasing) and normalized to sum to 1: torch's ``interpolate(mode="bilinear",
+  align_corners=False, antialias=True)`` along one axis, as SigLIP 2 resizes its positions.
+  ``index`` and ``size`` broadcast together; they may be traced (one size per image under jit).
+  """
+  size = size.astype(jnp.float32)
+  scale = grid / size
+  support = jnp.maximum(scale, 1.0)
+  center = (index.astype(jnp.float32) + 0.5) * scale  # in source coordinates (pixel edges at ints)
+  src = jnp.arange(grid, dtype=jnp.float32) + 0.5
+  w = jnp.maximum(0.0, 1.0 - jnp.abs(src - center[..., None]) / support[..., None])
+  return w / jnp.sum(w, axis=-1, keepdims=True)
+
+
+def resize_positions(grid: jax.Array, spatial_shapes: jax.Array, length: int) -> jax.Array:
+  """A learned position grid [G, G, D] resized to each image's patch grid -> [B, length, D].
+
+  Image b's (h, w) = ``spatial_shapes[b]`` positions are laid out row-major in the first h*w
+  slots; the padding slots after them get the first position (never attended to, but finite).
+  Both axes' weights are computed per image (traced sizes: one compilation serves every aspect
+  ratio), and the separable resize is one matmul over the flattened grid.
+  """
+  g, d = grid.shape[0], grid.shape[-1]
+  shapes = spatial_shapes.astype(jnp.int32)
+  rows, cols = shapes[:, :1], shapes[:, 1:]  # [B, 1]
+  n = jnp.arange(length, dtype=jnp.int32)[None, :]
+  real = n < rows * cols
+  r = jnp.where(real, n // jnp.maximum(cols, 1), 0)
+  c = jnp.where(real, n % jnp.maximum(cols, 1), 0)
+  wr = _triangle_weights(r, rows, g)  # [B, N, G]
+  wc = _triangle_weights(c, cols, g)
+  weights = (wr[..., :, None] * wc[..., None, :]).reshape(*wr.shape[:2], g * g)
+  flat = grid.reshape(g * g, d).astype(jnp.float32)
+  out = jnp.einsum("bnk,kd->bnd", weights, flat, precision=jax.lax.Precision.HIGHEST)
+  return out.astype(grid.dtype)
 
 
 class VisionTransformer(nnx.Module):
-  """Images [B, H, W, 3] (already normalized) -> embeddings [B, embed_dim]."""
+  """Images [B, H, W, 3] (already normalized) -> embeddings [B, embed_dim].
+
+  With ``naflex=True`` the input may also be a NaFlex dict (:data:`NAFLEX_KEYS`); the position
+  grid then holds (image_size / patch)^2 entries that are resized to each image's patch grid
+  (SigLIP 2's NaFlex: ``image_size`` = sqrt(HF ``num_patches``) * patch).
+  """
 
   def __init__(
     self,
@@ -52,6 +107,7 @@ class VisionTransformer(nnx.Module):
     mlp_dim: int | None = None,
     scan: bool = False,
     remat: str = "none",
+    naflex: bool = False,
     attention: str = "xla",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -69,6 +125,11 @@ class VisionTransformer(nnx.Module):
       raise ValueError("pool='token' needs class_token=True (or use pool='gap' / 'map')")
     if not 0.0 <= patch_dropout < 1.0:
       raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
+    if naflex and (class_token or pool not in ("map", "gap")):
+      raise ValueError(
+        "naflex=True needs a tower without class token pooled by 'map' or 'gap' (SigLIP 2's layout)"
+      )
+    self.naflex = naflex
     self.patch, self.grid, self.pool = patch, image_size // patch, pool
     self.class_token, self.final_ln_after_pool = class_token, final_ln_after_pool
     self.patch_dropout = patch_dropout
@@ -170,45 +231,125 @@ class VisionTransformer(nnx.Module):
     return jnp.concatenate([x[:, :prefix], kept], axis=1)
 
   def features(
-    self, images: jax.Array, *, dropout_rng: jax.Array | None = None
+    self, images: jax.Array | Mapping, *, dropout_rng: jax.Array | None = None
   ) -> tuple[jax.Array, jax.Array]:
     """(pooled embedding [B, embed_dim] before normalization, tokens [B, T, D] after ln_post).
 
+    ``images``: [B, H, W, 3], or a NaFlex dict (:data:`NAFLEX_KEYS`) for a ``naflex`` tower; then
+    ``tokens`` are [B, N, D] with the padding slots' values meaningless.
+
     ``dropout_rng`` (a key, or one key per example) turns patch dropout on (training only).
     """
-    dt = self.dtype
-    patches = self.patchify(images.astype(dt))
-    kernel = self.patch_embed[...].astype(dt).reshape(-1, self.patch_embed.shape[-1])
-    x = jnp.dot(patches, kernel)
-    if self.patch_bias is not None:
-      x = x + self.patch_bias[...].astype(dt)
-    if self.class_embedding is not None:
-      cls = jnp.broadcast_to(self.class_embedding[...].astype(dt), (x.shape[0], 1, x.shape[-1]))
-      x = jnp.concatenate([cls, x], axis=1)
-    x = x + self.positional_embedding[...].astype(dt)
-    if dropout_rng is not None and self.patch_dropout > 0:
-      x = self._drop_patches(x, dropout_rng)
-    x = constrain(x, "activation_batch", "activation_length", "activation_embed")
-    if self.ln_pre is not None:
-      x = self.ln_pre(x)
-    x = self.transformer(x)
+    x, valid = self.encode(images, dropout_rng=dropout_rng)
+    mask = None if valid is None else valid[:, None, None, :]
     prefix = int(self.class_token)
     if self.pool == "coca":
       x = self.ln_post(self.attn_pool(x))
       pooled, tokens = x[:, 0], x[:, 1:]
     elif self.pool == "map":
       x = self.ln_post(x)
-      pooled, tokens = self.map_head(x), x[:, prefix:]
+      pooled, tokens = self.map_head(x, mask=mask), x[:, prefix:]
     elif self.final_ln_after_pool:
-      pooled = x[:, 0] if self.pool == "token" else x[:, prefix:].mean(axis=1)
+      pooled = x[:, 0] if self.pool == "token" else self._mean(x[:, prefix:], valid)
       pooled, tokens = self.ln_post(pooled), x[:, prefix:]
     else:
       x = self.ln_post(x)
-      pooled = x[:, 0] if self.pool == "token" else x[:, prefix:].mean(axis=1)
+      pooled = x[:, 0] if self.pool == "token" else self._mean(x[:, prefix:], valid)
       tokens = x[:, prefix:]
     if self.proj is not None:
       pooled = self.proj(pooled)
     return pooled, tokens
+
+  def patch_tokens(self, images: jax.Array | Mapping) -> jax.Array:
+    """The patch tokens [B, N, width] before pooling, in ``patchify``'s row-major order.
+
+    What dense tasks read (LocCa's decoder, Wan et al. 2024; the ``dense_probe`` evaluation): the
+    tokens ``features`` returns for token / gap / MAP pooling (after ``ln_post`` unless it follows
+    the pooling), and the transformer's output for CoCa, whose ``tokens`` are its pooler's
+    queries instead. A NaFlex batch's padding slots hold meaningless values.
+    """
+    x, _ = self.encode(images)
+    x = x[:, int(self.class_token) :]
+    if self.pool != "coca" and not self.final_ln_after_pool:
+      x = self.ln_post(x)
+    return x
+
+  def encode(
+    self, images: jax.Array | Mapping, *, dropout_rng: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """(the transformer's output tokens [B, T, width], class token first if any; which of a
+    NaFlex batch's N patches are real [B, N], None for plain images): everything before pooling."""
+    dt = self.dtype
+    valid = None  # [B, N] real patches of a NaFlex batch
+    if (
+      self.naflex
+      and not isinstance(images, Mapping)
+      and images.shape[1:3] != (self.grid * self.patch,) * 2
+    ):
+      images = self.as_naflex(images)  # another resolution or aspect ratio: positions resized
+    if isinstance(images, Mapping):
+      patches, valid, positions = self._naflex_inputs(images)
+    else:
+      patches, positions = self.patchify(images.astype(dt)), self.positional_embedding[...]
+    kernel = self.patch_embed[...].astype(dt).reshape(-1, self.patch_embed.shape[-1])
+    x = jnp.dot(patches.astype(dt), kernel)
+    if self.patch_bias is not None:
+      x = x + self.patch_bias[...].astype(dt)
+    if self.class_embedding is not None:
+      cls = jnp.broadcast_to(self.class_embedding[...].astype(dt), (x.shape[0], 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], axis=1)
+    x = x + positions.astype(dt)
+    if dropout_rng is not None and self.patch_dropout > 0:
+      if valid is not None:
+        raise ValueError("patch dropout is not supported on NaFlex (padded) batches")
+      x = self._drop_patches(x, dropout_rng)
+    x = constrain(x, "activation_batch", "activation_length", "activation_embed")
+    if self.ln_pre is not None:
+      x = self.ln_pre(x)
+    mask = None if valid is None else valid[:, None, None, :]  # keys: padding never attended to
+    return self.transformer(x, mask=mask), valid
+
+  @staticmethod
+  def _mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """Mean over tokens, over the real ones only in a NaFlex batch."""
+    if valid is None:
+      return x.mean(axis=1)
+    w = valid.astype(x.dtype)[..., None]
+    return jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+
+  def as_naflex(self, images: jax.Array) -> dict[str, jax.Array]:
+    """[B, H, W, 3] images (H, W multiples of the patch) as a NaFlex dict without padding."""
+    b, h, w, c = images.shape
+    p = self.patch
+    if h % p or w % p:
+      raise ValueError(f"{h}x{w} images are not a whole number of {p}x{p} patches")
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return {
+      "pixel_values": x.reshape(b, (h // p) * (w // p), p * p * c),
+      "pixel_attention_mask": jnp.ones((b, (h // p) * (w // p)), jnp.int32),
+      "spatial_shapes": jnp.tile(jnp.asarray([[h // p, w // p]], jnp.int32), (b, 1)),
+    }
+
+  def _naflex_inputs(self, batch: Mapping) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A NaFlex dict -> (patches [B, N, p*p*3], valid [B, N] bool, positions [B, N, D])."""
+    if not self.naflex:
+      raise ValueError(
+        "this image tower takes [B, H, W, 3] images; a dict of patches needs a NaFlex tower "
+        "(config.model.image.naflex=True)"
+      )
+    missing = [k for k in NAFLEX_KEYS if k not in batch]
+    if missing:
+      raise ValueError(f"a NaFlex batch needs {', '.join(NAFLEX_KEYS)}; missing {', '.join(missing)}")
+    patches = jnp.asarray(batch["pixel_values"])
+    b, n, dim = patches.shape
+    if dim != self.patch * self.patch * 3:
+      raise ValueError(
+        f"NaFlex patches of {dim} values; this tower's patch is {self.patch}x{self.patch}x3"
+      )
+    valid = jnp.asarray(batch["pixel_attention_mask"]).astype(bool)
+    grid = self.positional_embedding[...].reshape(self.grid, self.grid, -1)
+    positions = resize_positions(grid, jnp.asarray(batch["spatial_shapes"]), n)
+    return patches, valid, positions
 
   def __call__(self, images: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
     return self.features(images, dropout_rng=dropout_rng)[0]

@@ -4,11 +4,14 @@ Saves are asynchronous (training continues while arrays are written) and keep th
 The data iterator state is per process (``data/process_<i>-of-<n>.json``); a checkpoint written by
 a different number of processes has none for this one (:meth:`Checkpointer.has_data_state`), and
 the caller starts the (deterministic) stream at the restored step instead.
+
+The workdir may be ``gs://``: every process opens the same directory, orbax's primary process
+writes the metadata and commits a step, and all processes list the same steps
+(:meth:`Checkpointer.latest_step`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grain
@@ -16,12 +19,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vlpt import storage
 from vlpt.train.state import TrainState
 
 
 class Checkpointer:
   def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = storage.join(storage.resolve(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -48,7 +52,7 @@ class Checkpointer:
   def has_data_state(self, step: int) -> bool:
     """Whether ``step`` holds this process's data-iterator state (saved by as many processes)."""
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    return os.path.isfile(os.path.join(self.directory, str(step), "data", name))
+    return storage.isfile(storage.join(self.directory, str(step), "data", name))
 
   def check_parameters(self, step: int, abstract_params: Any) -> None:
     """A ConfigError naming the first parameter whose shape differs between ``step`` and this

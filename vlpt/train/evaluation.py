@@ -10,6 +10,7 @@ import ml_collections
 from vlpt.errors import ConfigError
 from vlpt.evaluation.suite import EvalContext, EvalSuite
 from vlpt.train.checkpointing import Checkpointer
+from vlpt.train.initialization import resolve_architecture
 from vlpt.train.setup import Setup, build, initial_state
 from vlpt.train.writers import MetricWriter
 
@@ -69,7 +70,7 @@ def evaluate(
   has_checkpoint = checkpointer.latest_step() is not None
   checkpointer.close()
   if not has_checkpoint and step is None and config.init.checkpoint:
-    setup = build(config)
+    setup = build(resolve_architecture(config))
     state = initial_state(setup)
   else:
     try:

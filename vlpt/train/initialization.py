@@ -9,15 +9,16 @@ tower, resized to the config, and which towers stay locked.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from vlpt import sharding as S
-from vlpt.config import WORKDIR_CONFIG, config_from_dict
+from vlpt import storage
+from vlpt.config import WORKDIR_CONFIG, config_from_dict, overlay
 from vlpt.data.normalization import NORMALIZATION
 from vlpt.data.preprocess import Preprocess
 from vlpt.data.tokenizers import build_tokenizer
@@ -51,6 +52,16 @@ def check_config(config: Any) -> None:
     raise ValueError(
       f"config.init.towers={towers} needs config.init.checkpoint (the checkpoint to take them from)"
     )
+  if init.architecture_from_checkpoint and not init.checkpoint:
+    raise ValueError(
+      "config.init.architecture_from_checkpoint=True needs config.init.checkpoint (the "
+      "checkpoint whose architecture to train)"
+    )
+  if init.architecture_from_checkpoint and towers:
+    raise ValueError(
+      f"config.init.architecture_from_checkpoint=True takes the whole architecture; with "
+      f"config.init.towers={towers} describe the new towers in config.model instead"
+    )
   loaded = set(towers or parts) if init.checkpoint else set()
   random = [t for t in init.lock_towers if t not in loaded]
   if random and not init.allow_random_lock:
@@ -74,12 +85,12 @@ def check_config(config: Any) -> None:
 
 def step_directory(path: str) -> tuple[str, int] | None:
   """``WORKDIR/checkpoints/STEP`` -> (WORKDIR, STEP); None for any other path."""
-  parent, name = os.path.split(os.path.normpath(path))
-  workdir, checkpoints = os.path.split(parent)
+  parent, name = storage.split(path)
+  workdir, checkpoints = storage.split(parent)
   if (
     name.isdigit()
     and checkpoints == "checkpoints"
-    and os.path.isfile(os.path.join(workdir, WORKDIR_CONFIG))
+    and storage.isfile(storage.join(workdir, WORKDIR_CONFIG))
   ):
     return workdir or ".", int(name)
   return None
@@ -102,8 +113,7 @@ def read_checkpoint(path: str, step: int | None = None) -> Bundle:
 
 def read_workdir(path: str, step: int | None = None) -> Bundle:
   """A training run's latest (or ``step``) checkpoint: its parameters only, read to the host."""
-  with open(os.path.join(path, WORKDIR_CONFIG), encoding="utf-8") as f:
-    config = config_from_dict(json.load(f))
+  config = config_from_dict(json.loads(storage.read_text(storage.join(path, WORKDIR_CONFIG))))
   tokenizer = build_tokenizer(config.data.tokenizer)
   model_cfg = model_kwargs(
     config.model,
@@ -141,38 +151,118 @@ def place(value: Any, sharding: jax.sharding.Sharding, dtype: Any = np.float32) 
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
+ARCHITECTURE_HINT = (
+  "print the checkpoint's architecture with `vlpt-convert {path} --print-config`, or set "
+  "config.init.architecture_from_checkpoint=True to train with it (its towers, tokenizer, "
+  "resolution and normalization)"
+)
+_read: dict[str, Bundle] = {}  # config.init.checkpoint, read once per run (see _checkpoint)
+
+
+def architecture(bundle: Bundle) -> dict:
+  """The config keys that describe ``bundle``'s architecture, as a nested dict to
+  :func:`vlpt.config.overlay` onto a config: ``model`` (towers as their constructor kwargs) and
+  ``data`` (``image_size``, ``tokenizer`` when the checkpoint names one, ``normalization`` when
+  its mean/std are a known pair, ``interpolation``)."""
+  model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in bundle.model.items()}
+  image_size = model["image"].pop("image_size")
+  for key in ("vocab_size", "context_length"):  # (the tokenizer's, filled in by model_kwargs)
+    model["text"].pop(key, None)
+  if model.get("decoder"):
+    model["decoder"] = {
+      k: v for k, v in model["decoder"].items() if k not in ("vocab_size", "context_length")
+    }
+  data: dict[str, Any] = {"image_size": int(image_size)}
+  if bundle.tokenizer:
+    data["tokenizer"] = dict(bundle.tokenizer)
+  pre = bundle.preprocess
+  for name, (mean, std) in NORMALIZATION.items():
+    if np.allclose(mean, pre.mean, atol=1e-4) and np.allclose(std, pre.std, atol=1e-4):
+      data["normalization"] = name
+      break
+  if pre.interpolation in ("bicubic", "bilinear"):  # (the filters the training pipeline has)
+    data["interpolation"] = pre.interpolation
+  return {"model": model, "data": data}
+
+
+def resolve_architecture(config: Any) -> Any:
+  """``config`` with ``config.init.checkpoint``'s architecture (:func:`architecture`) in place of
+  its own when ``config.init.architecture_from_checkpoint`` is set (a copy; the log says what was
+  taken); otherwise ``config`` itself, and nothing is read."""
+  path = config.init.checkpoint
+  if not config.init.architecture_from_checkpoint:
+    return config  # (validation checks config.init with the rest)
+  try:
+    check_config(config)  # (config.init's own keys first: a typo costs no checkpoint read)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  bundle = _checkpoint(path)
+  config = ml_collections.ConfigDict(config.to_dict())  # (the caller's config is left as is)
+  arch = architecture(bundle)
+  overlay(config, arch)
+  taken = ", ".join(f"data.{k}" for k in arch["data"])
+  _say(
+    f"architecture from {path} ({bundle.source}): config.model, {taken}"
+    + ("" if "tokenizer" in arch["data"] else " (it names no tokenizer: config.data.tokenizer kept)")
+  )
+  return config
+
+
+def check_checkpoint_fits(setup: Any) -> None:
+  """A ConfigError line when ``config.init.checkpoint`` does not fit the built model (``setup``:
+  its config already validated; towers resized to its resolution and context length), naming
+  the first misfit and the command that prints the checkpoint's architecture; else says what is
+  loaded from where. Cheap (shapes only), so a mismatch stops a run before anything compiles; the
+  checkpoint read here is kept for :func:`pretrained_params`."""
+  config = setup.config
+  path = config.init.checkpoint
+  if not path:
+    return
+  bundle = _checkpoint(path)
+  try:
+    _checkpoint_trees(config, setup.model_config, bundle)
+  except (WeightsError, ValueError) as e:
+    raise ConfigError(
+      f"config.init.checkpoint={path!r} does not fit config.model: {e}; "
+      + ARCHITECTURE_HINT.format(path=path)
+    ) from None
+  towers = tuple(config.init.towers or ())
+  parts = " and ".join(towers) + " tower(s)" if towers else "all parameters"
+  _say(f"init: {parts} from {path} ({bundle.source} checkpoint, {len(bundle.params)} tensors)")
+
+
+def _checkpoint(path: str) -> Bundle:
+  """``path`` read once for this run's initialization (kept until :func:`pretrained_params`)."""
+  if path not in _read:
+    try:
+      bundle = read_checkpoint(path)
+    except (WeightsError, ValueError, OSError) as e:
+      raise ConfigError(f"config.init.checkpoint={path!r}: {e}") from None
+    _read.clear()
+    _read[path] = bundle
+  return _read[path]
+
+
 def pretrained_params(setup: Any, random_params: Any = None) -> Any:
   """``config.init.checkpoint`` read, resized to the config, placed with the params' shardings
   (``setup``: a :class:`vlpt.train.setup.Setup`).
 
-  The config's model must describe the checkpoint's architecture (``vlpt-convert SRC
-  --print-config`` prints it); any mismatch is reported by tensor name. With
-  ``config.init.towers`` (e.g. ``("image",)`` for LiT) only those parts are taken from the
-  checkpoint (only they must match it, and only they are resized); everything else keeps the
-  random initialization drawn from ``config.seed`` (``random_params``, the placed random
-  parameters; drawn again here when not given).
+  The config's model must describe the checkpoint's architecture (:func:`check_checkpoint_fits`
+  checks it up front); any mismatch is reported by tensor name. With ``config.init.towers``
+  (e.g. ``("image",)`` for LiT) only those parts are taken from the checkpoint (only they must
+  match it, and only they are resized); everything else keeps the random initialization drawn
+  from ``config.seed`` (``random_params``, the placed random parameters; drawn again here when
+  not given).
   """
   config = setup.config
   path = config.init.checkpoint
-  towers = tuple(config.init.towers or ())
-  whole = not towers
   try:
-    bundle = read_checkpoint(path)
-    _, flat = resize_model(
-      bundle.model,
-      bundle.params,
-      image_size=config.data.image_size if whole or "image" in towers else None,
-      context_length=(
-        setup.model_config["text"]["context_length"] if whole or "text" in towers else None
-      ),
-    )
-    abstract_model = nnx.eval_shape(lambda: build_model(setup.model_config, nnx.Rngs(0)))
-    if whole:
-      trees = {None: pure_tree(abstract_model, flat)}
-    else:
-      trees = {tower: _tower_tree(abstract_model, flat, tower, towers) for tower in towers}
+    bundle = _read.pop(path, None) or read_checkpoint(path)
+    trees = _checkpoint_trees(config, setup.model_config, bundle)
   except (WeightsError, ValueError) as e:
-    raise ConfigError(f"config.init.checkpoint={path!r}: {e}") from None
+    raise ConfigError(
+      f"config.init.checkpoint={path!r}: {e}; " + ARCHITECTURE_HINT.format(path=path)
+    ) from None
   shardings = setup.state_shardings.params
   dtypes = jax.tree.map(lambda a: a.dtype, setup.abstract_state.params)
   if None in trees:
@@ -187,6 +277,28 @@ def pretrained_params(setup: Any, random_params: Any = None) -> Any:
   for tower, tree in trees.items():
     params[tower] = jax.tree.map(place, tree, shardings[tower], dtypes[tower])
   return params
+
+
+def _checkpoint_trees(config: Any, model_config: dict, bundle: Bundle) -> dict:
+  """The checkpoint's parameters as pure trees of ``model_config``'s model, resized: {None:
+  whole} or {tower: tree} for ``config.init.towers`` (a WeightsError names the first misfit)."""
+  towers = tuple(config.init.towers or ())
+  whole = not towers
+  _, flat = resize_model(
+    bundle.model,
+    bundle.params,
+    image_size=config.data.image_size if whole or "image" in towers else None,
+    context_length=model_config["text"]["context_length"] if whole or "text" in towers else None,
+  )
+  abstract_model = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(0)))
+  if whole:
+    return {None: pure_tree(abstract_model, flat)}
+  return {tower: _tower_tree(abstract_model, flat, tower, towers) for tower in towers}
+
+
+def _say(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f"[vlpt] {message}", flush=True)
 
 
 def _tower_tree(abstract_model: Any, flat: dict, tower: str, towers: tuple[str, ...]) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from vlpt import storage
 from vlpt.config import WORKDIR_CONFIG, config_from_dict
 from vlpt.errors import ConfigError
 from vlpt.train.writers import METRICS_FILE, read_rows
@@ -40,6 +40,7 @@ OPERATIONAL_KEYS = (
   "host_device_count",
   "eval.",
   "max_consecutive_nonfinite",
+  "preemption_check_every_steps",
   "debug_",
   "data.num_workers",
   "data.read_threads",
@@ -62,11 +63,10 @@ def check_config_unchanged(
   config: ml_collections.ConfigDict, workdir: str, *, allow_change: bool = False
 ) -> None:
   """Refuses to resume checkpoints written under another config (unless ``allow_change``)."""
-  path = os.path.join(workdir, WORKDIR_CONFIG)
-  if not os.path.exists(path):
+  path = storage.join(workdir, WORKDIR_CONFIG)
+  if not storage.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    old = config_from_dict(json.load(f))  # an older run's moved keys compare at their new place
+  old = config_from_dict(json.loads(storage.read_text(path)))  # (moved keys at their new place)
   diffs = config_differences(
     json.loads(old.to_json_best_effort()), json.loads(config.to_json_best_effort())
   )
@@ -82,13 +82,10 @@ def check_config_unchanged(
 
 def write_run_record(config: ml_collections.ConfigDict, workdir: str, setup: Any) -> None:
   """The resolved config (what ``vlpt.load`` reads back) and the run's environment: package
-  versions, devices and mesh, in ``vlpt_run.json``. Written atomically."""
+  versions, devices and mesh, in ``vlpt_run.json``. Written atomically, by process 0 only."""
 
   def atomic(name: str, text: str) -> None:
-    tmp = os.path.join(workdir, name + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, name))
+    storage.write_text(storage.join(workdir, name), text)
 
   atomic(WORKDIR_CONFIG, config.to_json_best_effort(indent=2))
   versions = {}
@@ -124,9 +121,9 @@ def write_run_record(config: ml_collections.ConfigDict, workdir: str, setup: Any
 
 def recorded_results(workdir: str, step: int) -> dict[str, float]:
   """The evaluation results ``metrics.jsonl`` holds for ``step`` (training/data rows left out)."""
-  path = os.path.join(workdir, METRICS_FILE)
+  path = storage.join(workdir, METRICS_FILE)
   results: dict[str, float] = {}
-  if os.path.isfile(path):
+  if storage.isfile(path):
     for row in read_rows(path):
       if row.get("step") == step:
         results.update(

@@ -8,6 +8,7 @@ to the devices (the loader, evaluators and checkpoints then use the mesh it made
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,7 +21,7 @@ from jax.sharding import Mesh
 from vlpt import sharding as S
 from vlpt.models import build_model
 from vlpt.optim import build_optimizer
-from vlpt.train.initialization import pretrained_params
+from vlpt.train.initialization import check_checkpoint_fits, pretrained_params
 from vlpt.train.state import TrainState, pure_params
 from vlpt.train.validation import validate
 
@@ -41,10 +42,18 @@ class Setup:
   init_fn: Any  # raw seed key data -> a fresh TrainState (jitted by initial_state)
 
 
-def build(config: ml_collections.ConfigDict) -> Setup:
-  """Validates ``config`` (a ConfigError before anything compiles), then builds the structure."""
-  checked = validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  mesh = S.make_mesh(dict(config.mesh))
+def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Setup:
+  """Validates ``config`` (a ConfigError before anything compiles), then builds the structure.
+
+  ``devices``: the mesh's devices instead of ``jax.devices()``, e.g. a TPU topology's compile-only
+  devices (``vlpt-plan``); processes are then counted from their ``process_index``.
+  """
+  if devices is None:
+    num_devices, num_processes = jax.device_count(), jax.process_count()
+  else:
+    num_devices, num_processes = len(devices), len({d.process_index for d in devices})
+  checked = validate(config, num_devices=num_devices, num_processes=num_processes)
+  mesh = S.make_mesh(dict(config.mesh), devices)
   rules = S.rules_from_config(config.sharding_rules)
   model_config = checked.model_kwargs
 
@@ -117,7 +126,10 @@ def seed_key_data(config: ml_collections.ConfigDict) -> jax.Array:
 
 
 def initial_state(setup: Setup) -> TrainState:
-  """Fresh parameters and optimizer state; ``config.init.checkpoint`` replaces the parameters."""
+  """Fresh parameters and optimizer state; ``config.init.checkpoint`` replaces the parameters
+  (checked to fit before anything compiles)."""
+  if setup.config.init.checkpoint:
+    check_checkpoint_fits(setup)
   with S.activate(setup.mesh, setup.rules):
     state = jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(seed_key_data(setup.config))
   if setup.config.init.checkpoint:

@@ -66,12 +66,19 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
       **{term: metrics[term] for term in objective.extra_terms},
       grad_norm=grad_norm,
       logit_scale=objective.logit_params(state.params)[0],
-      learning_rate=schedule(state.step),
+      learning_rate=schedule(schedule_count(state.opt_state, state.step)),
       skipped_nonfinite=1.0 - finite.astype(jnp.float32),
     )
     return new_state, step_metrics
 
   batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
+  if setup.config.data.train.get("boxes", False):  # the objects' boxes ride along (docs/data.md)
+    batch_sh.update(
+      {
+        name: S.batch_sharding(mesh, ndim)
+        for name, ndim in (("boxes", 3), ("box_labels", 2), ("box_phrases", 3))
+      }
+    )
   aux, aux_shardings = objective.aux_inputs()
   out_shardings = (setup.state_shardings, S.replicated(mesh))
   if aux is None:
@@ -85,3 +92,14 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     donate_argnums=0,
   )
   return lambda state, batch: jitted(state, batch, aux)
+
+
+def schedule_count(opt_state: Any, step: jax.Array) -> jax.Array:
+  """The count optax's learning-rate schedule reads for the next update: the updates applied so
+  far, which falls behind ``state.step`` after skipped (non-finite) steps; so the logged rate is
+  the applied one. ``step`` when the optimizer keeps no count."""
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+  for path, count in found:
+    if getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState":
+      return count
+  return found[0][1] if found else step

@@ -20,7 +20,7 @@ from vlpt.data import pipeline
 from vlpt.data.tokenizers import build_tokenizer
 from vlpt.errors import ConfigError
 from vlpt.evaluation import suite
-from vlpt.sharding import MESH_AXES, resolve_mesh_shape
+from vlpt.sharding import MESH_AXES, MESH_OPTIONS, resolve_mesh_shape
 from vlpt.train import initialization
 from vlpt.train.objectives import objective_class
 
@@ -68,14 +68,22 @@ def _validate(config: Any, num_devices: int, num_processes: int) -> Validated:
 
 
 def _check_mesh_and_batches(config: Any, num_devices: int, num_processes: int) -> tuple[int, ...]:
-  unknown_axes = set(config.mesh.keys()) - set(MESH_AXES)
+  unknown_axes = set(config.mesh.keys()) - set(MESH_AXES) - set(MESH_OPTIONS)
   if unknown_axes:
-    raise ValueError(f"config.mesh has unknown axes {sorted(unknown_axes)}; use {MESH_AXES}")
+    raise ValueError(
+      f"config.mesh has unknown axes {sorted(unknown_axes)}; use {MESH_AXES} (and {MESH_OPTIONS})"
+    )
   try:
     mesh_shape = resolve_mesh_shape(dict(config.mesh), num_devices)
   except ValueError as e:
     raise ValueError(f"{e} (config.mesh = {dict(config.mesh)})") from None
   dp = mesh_shape[0] * mesh_shape[1]
+  if dp % num_processes:  # each process feeds its own rows: it must hold whole batch shards
+    raise ValueError(
+      f"the mesh's data x fsdp = {mesh_shape[0]} x {mesh_shape[1]} = {dp} batch shards do not split "
+      f"over {num_processes} processes (each feeds its own rows); make data x fsdp a multiple of "
+      f"{num_processes} (config.mesh = {dict(config.mesh)})"
+    )
   for key, value in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
     if value % dp:
       raise ValueError(
@@ -90,4 +98,17 @@ def _check_mesh_and_batches(config: Any, num_devices: int, num_processes: int) -
       f"config.batch_size={config.batch_size} must split into {k} micro-batches on each of "
       f"{dp} data-parallel shards; use a multiple of {dp * k}"
     )
+  _check_ring_tiles(config.loss, config.batch_size // dp, dp)
   return mesh_shape
+
+
+def _check_ring_tiles(loss: Any, per_device: int, dp: int) -> None:
+  """The ring loss's tile must divide each device's rows (else it fails only while compiling)."""
+  if loss.get("impl") != "ring":
+    return
+  tile = min(int(loss.tile_size), per_device)
+  if tile <= 0 or per_device % tile:
+    raise ValueError(
+      f"config.loss.tile_size={loss.tile_size} does not divide the per-device batch {per_device} "
+      f"(config.batch_size over data x fsdp = {dp} batch shards); choose a divisor of {per_device}"
+    )

@@ -3,25 +3,37 @@ producing non-finite steps."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
-from typing import Any
 
 import jax
-import numpy as np
 
 from vlpt.errors import TrainingError
+
+_WATCHES = itertools.count()  # (each watch's keys in the coordination service apart)
+_WAIT_MS = 30 * 60 * 1000  # how long a check waits for a peer's flag (a peer that died ends the
+# job sooner: the coordination service's heartbeats)
 
 
 class PreemptionWatch:
   """SIGTERM (preemption, time limits, ``launch/local.py`` forwarding) or Ctrl-C (SIGINT) -> a
   clean stop.
 
-  The handler only sets a flag; every step the processes agree (an all-gather of the flags) so
-  all of them checkpoint the same step and exit 0 together. A second Ctrl-C exits at once (exit
-  130): checkpoints are written to a temporary directory and renamed when complete, so an
-  interrupted save leaves the previous checkpoint as the latest, and the next run resumes there.
+  The handler only sets a flag. One process reads it after every step. Several processes must
+  stop at the same step, and a collective after every step would make every host wait for its
+  device; so they agree only at *check steps* (:meth:`should_stop` with ``check=True``: every
+  ``config.preemption_check_every_steps``, log and checkpoint step, the same steps everywhere),
+  through JAX's coordination service (a key-value store on the coordinator; no device, no
+  transfer). At a check step each process posts its flag and reads the flags every process posted
+  at the *previous* check step: all read the same flags, so all stop at the same step, and a host
+  waits only for a peer more than one check interval behind it. A request is honoured within
+  two check intervals.
+
+  A second Ctrl-C exits at once (exit 130): checkpoints are written to a temporary directory and
+  renamed when complete, so an interrupted save leaves the previous checkpoint as the latest, and
+  the next run resumes there.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -30,6 +42,8 @@ class PreemptionWatch:
     self.requested = False
     self.reason = "a stop request"  # (from another process, when this one saw no signal)
     self._tpu = jax.devices()[0].platform == "tpu" and jax.process_count() > 1
+    self._prefix = f"vlpt/stop/{next(_WATCHES)}"
+    self._checks: list[int] = []  # this run's check steps so far
     self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
@@ -50,17 +64,39 @@ class PreemptionWatch:
     self.reason = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     self.requested = True
 
-  def agreed_to_stop(self, step: int) -> bool:
+  def should_stop(self, step: int, *, check: bool) -> bool:
+    """Whether every process stops after ``step``; ``check``: a check step (see the class)."""
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils
 
-    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
-    if bool(np.any(flags)):
-      return True
     # TPU maintenance events reach JAX's preemption notifier, which answers at a step all
-    # processes agree on (not simulated here: CPU and GPU runs rely on SIGTERM alone)
-    return self._tpu and multihost_utils.reached_preemption_sync_point(step)
+    # processes agree on (a local query; not simulated here: CPU and GPU runs rely on SIGTERM)
+    if self._tpu and multihost_utils.reached_preemption_sync_point(step):
+      return True
+    if not check:
+      return False
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    me = jax.process_index()
+    client.key_value_set(f"{self._prefix}/{step}/{me}", self.reason if self.requested else "-")
+    self._checks.append(step)
+    if len(self._checks) < 2:
+      return False
+    previous = self._checks[-2]
+    posted = dict(client.key_value_dir_get(f"{self._prefix}/{previous}/"))
+    flags = []
+    for peer in range(jax.process_count()):
+      key = f"{self._prefix}/{previous}/{peer}"
+      flags.append(posted[key] if key in posted else client.blocking_key_value_get(key, _WAIT_MS))
+    if len(self._checks) > 3:  # every peer has read it: each posted `previous` after reading it
+      client.key_value_delete(f"{self._prefix}/{self._checks.pop(0)}/{me}")
+    for peer, flag in enumerate(flags):
+      if flag != "-":
+        self.reason = flag if peer == me else f"{flag} (to process {peer})"
+        return True
+    return False
 
   def restore(self) -> None:
     for s, previous in self._previous.items():
@@ -68,38 +104,27 @@ class PreemptionWatch:
 
 
 class NonFiniteWatch:
-  """Counts skipped (non-finite) steps; too many in a row stop the run with an error.
+  """Too many skipped (non-finite) steps in a row stop the run with an error.
 
-  Each step's flag is read one step late, so the host never waits for the step it just queued.
+  The streak is counted on device (:class:`vlpt.train.metrics.Tally`, which records the step at
+  which it reached the limit) and read only at log and checkpoint steps, so the host never waits
+  for a step to learn it: the run stops at the first such step after the limit was reached,
+  before that step's checkpoint is written.
   """
 
   def __init__(self, limit: int):
-    self.limit, self.streak, self.interval = limit, 0, 0
-    self._pending = None
+    self.limit = limit
 
-  def _settle(self) -> None:
-    if self._pending is None:
+  def check(self, limit_reached_at: int, step: int) -> None:
+    """``limit_reached_at``: the step the streak reached the limit (0: never); ``step``: now."""
+    if limit_reached_at <= 0:
       return
-    step, metrics = self._pending
-    self._pending = None
-    if float(metrics.skipped_nonfinite.total) > 0:
-      self.streak += 1
-      self.interval += 1
-      if self.streak >= self.limit:
-        raise TrainingError(
-          f"{self.streak} consecutive training steps had a non-finite loss or gradient "
-          f"(the last at step {step}); their updates were skipped and the run stops here. The "
-          "last checkpoint is intact: lower the learning rate or inspect the data, then resume "
-          "(config.max_consecutive_nonfinite sets the limit)"
-        )
-    else:
-      self.streak = 0
-
-  def observe(self, step: int, metrics: Any) -> None:
-    self._settle()
-    self._pending = (step, metrics)
-
-  def take_interval_count(self) -> int:
-    self._settle()
-    count, self.interval = self.interval, 0
-    return count
+    noticed = (
+      "" if step == limit_reached_at else f"; noticed at step {step}, the next log or checkpoint step"
+    )
+    raise TrainingError(
+      f"{self.limit} consecutive training steps had a non-finite loss or gradient "
+      f"(the last at step {limit_reached_at}{noticed}); their updates were skipped and the run "
+      "stops here. The last checkpoint is intact: lower the learning rate or inspect the data, "
+      "then resume (config.max_consecutive_nonfinite sets the limit)"
+    )

@@ -1,6 +1,9 @@
 """Metric sinks: ``WORKDIR/metrics.jsonl``, TensorBoard event files (no TensorFlow), stdout.
 
-Only process 0 writes; every process may call them.
+Only process 0 writes; every process may call them. On a ``gs://`` workdir, which has no append,
+the writer keeps the file's rows and uploads the whole object at each write, and writes the
+event file locally and uploads it after each flush: a log interval costs one upload of each (a
+training row is about 300 bytes: 10,000 log intervals make a 3 MB object).
 """
 
 from __future__ import annotations
@@ -8,11 +11,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 
 import jax
+
+from vlpt import storage
 
 METRICS_FILE = "metrics.jsonl"  # one JSON object per line, with "step"
 
@@ -28,17 +36,30 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
+    self._remote_text = None  # a remote metrics.jsonl: its whole text, uploaded at each write
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILE)
-    if resume_step is not None and os.path.exists(path):
+    storage.makedirs(workdir)
+    self._path = path = storage.join(workdir, METRICS_FILE)
+    if resume_step is not None and storage.exists(path):
       _keep_rows_until(path, resume_step)
-    self._jsonl = open(path, "a", encoding="utf-8")
+    if storage.is_remote(path):
+      self._remote_text = storage.read_text(path) if storage.exists(path) else ""
+    else:
+      self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # tensorboardX reaches gs:// only through google-cloud-storage's default credentials:
+      # a remote run's event file is written here and uploaded (_upload_events)
+      self._tb_dir = storage.join(workdir, "tensorboard")
+      remote = storage.is_remote(self._tb_dir)
+      self._tb_local = tempfile.mkdtemp(prefix="vlpt-tensorboard-") if remote else None
+      # (tensorboardX names the file by the second: a writer started in the same second, such as
+      # vlpt-eval's, would replace it without a suffix of its own)
+      self._tb = SummaryWriter(
+        self._tb_local or self._tb_dir, filename_suffix=f".{uuid.uuid4().hex[:8]}"
+      )
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -47,46 +68,59 @@ class MetricWriter:
     for key, value in metrics.items():
       value = value if isinstance(value, int) else float(value)
       row[key] = None if isinstance(value, float) and math.isnan(value) else value
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(row) + "\n"
+    if self._jsonl is not None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      self._remote_text += line
+      storage.write_text(self._path, self._remote_text)
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and value is not None:
           self._tb.add_scalar(key, value, int(step))
       self._tb.flush()
+      self._upload_events()
+
+  def _upload_events(self) -> None:
+    if self._tb_local is not None:
+      for name in os.listdir(self._tb_local):
+        storage.upload(os.path.join(self._tb_local, name), storage.join(self._tb_dir, name))
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+      self._upload_events()
+      if self._tb_local is not None:
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._tb = None
 
 
 def read_rows(path: str) -> list[dict]:
   """The rows of a ``metrics.jsonl``; a last line cut off by a kill is left out."""
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:  # (only a torn last line: every write is one flushed line)
-        continue
+  for line in storage.read_text(path).splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:  # (only a torn last line: every write is one flushed line)
+      continue
   return rows
 
 
 def _keep_rows_until(path: str, step: int) -> None:
   rows = [r for r in read_rows(path) if r.get("step", 0) <= step]
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  os.replace(tmp, path)
+  storage.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))  # (atomic locally)
 
 
 class Progress:
   """One line per log interval: step, loss, examples/s, ETA.
 
   The clock starts when the first step has run (:meth:`started`), so neither the rate nor the
-  ETA counts compilation; a log line of that first step reports its time instead.
+  ETA counts compilation; a log line of that first step reports its time instead. Time spent
+  checkpointing or evaluating (:meth:`exclude`) is left out of the rate (not the ETA), so
+  ``train/examples_per_s`` times training steps only.
   """
 
   def __init__(self, total_steps: int, batch_size: int, first_step: int):
@@ -94,14 +128,19 @@ class Progress:
     self.batch = batch_size
     self._last_step = first_step
     self._last_time = time.perf_counter()
+    self._excluded = 0.0
     self.first_step_s = None
     self.enabled = jax.process_index() == 0
+
+  def exclude(self, seconds: float) -> None:
+    """``seconds`` since the last line were not training (a checkpoint, an evaluation)."""
+    self._excluded += seconds
 
   def started(self, step: int) -> None:
     """``step``, the first of this run, has finished (compiled and run)."""
     now = time.perf_counter()
     self.first_step_s = now - self._last_time
-    self._last_step, self._last_time = step, now
+    self._last_step, self._last_time, self._excluded = step, now, 0.0
 
   def update(self, step: int, metrics: Mapping[str, float]) -> float:
     """Prints the line for ``step``; returns examples/s since the last line (NaN for a line of
@@ -109,9 +148,9 @@ class Progress:
     now = time.perf_counter()
     steps = step - self._last_step
     if steps > 0:
-      rate = steps * self.batch / max(now - self._last_time, 1e-9)
+      rate = steps * self.batch / max(now - self._last_time - self._excluded, 1e-9)
       speed = f"{rate:,.0f} ex/s | ETA {_hms((self.total - step) * (now - self._last_time) / steps)}"
-      self._last_step, self._last_time = step, now
+      self._last_step, self._last_time, self._excluded = step, now, 0.0
     else:
       rate = float("nan")
       speed = f"first step {self.first_step_s or 0:.1f}s (compilation included)"

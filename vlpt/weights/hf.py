@@ -1,6 +1,11 @@
-"""HF transformers ``CLIPModel`` / ``SiglipModel`` directories <-> vlpt.
+"""HF transformers ``CLIPModel`` / ``SiglipModel`` / ``Siglip2Model`` directories <-> vlpt.
 
-A directory holds ``config.json`` (``model_type`` "clip" or "siglip") and ``model.safetensors``.
+A directory holds ``config.json`` (``model_type`` "clip", "siglip" or "siglip2") and
+``model.safetensors``. ``Siglip2Model`` is SigLIP 2's NaFlex layout (Tschannen et al. 2025,
+arXiv 2502.14786): SigLIP's towers with the patch embedding as a Linear over flattened patches
+and a square grid of ``num_patches`` learned positions, resized per image; it loads as a
+``naflex`` image tower whose ``image_size`` is sqrt(num_patches) * patch. (SigLIP 2's
+fixed-resolution checkpoints are ``SiglipModel`` directories with a Gemma tokenizer.)
 HF CLIP pools text at the first ``eos_token_id`` (or at argmax(ids) for legacy configs with
 eos_token_id 2); HF SigLIP reads the last position and is run without an attention mask, as HF
 does when none is given.
@@ -68,6 +73,16 @@ SIGLIP_TEXT_DEFAULTS = dict(
   hidden_act="gelu_pytorch_tanh",
   layer_norm_eps=1e-6,
 )
+SIGLIP2_VISION_DEFAULTS = dict(
+  hidden_size=768,
+  intermediate_size=3072,
+  num_hidden_layers=12,
+  num_attention_heads=12,
+  num_patches=256,
+  patch_size=16,
+  hidden_act="gelu_pytorch_tanh",
+  layer_norm_eps=1e-6,
+)
 SIGLIP_VISION_DEFAULTS = dict(
   hidden_size=768,
   intermediate_size=3072,
@@ -102,9 +117,12 @@ def model_config_from_hf(config: dict) -> dict:
     text = dict(
       causal=True, pool="eot" if eos == 2 else "eos", eos_id=None if eos == 2 else eos, proj=True
     )
-  elif kind == "siglip":
+  elif kind in ("siglip", "siglip2"):
     tc = _tower(SIGLIP_TEXT_DEFAULTS, config.get("text_config"))
-    vc = _tower(SIGLIP_VISION_DEFAULTS, config.get("vision_config"))
+    vc = _tower(
+      SIGLIP_VISION_DEFAULTS if kind == "siglip" else SIGLIP2_VISION_DEFAULTS,
+      config.get("vision_config"),
+    )
     if not vc.get("vision_use_head", True):
       raise WeightsError("SigLIP vision towers without their pooling head are not supported")
     embed_dim = int(vc["hidden_size"])
@@ -113,8 +131,15 @@ def model_config_from_hf(config: dict) -> dict:
       raise WeightsError(f"SigLIP text projection_size {proj_size} != vision width {embed_dim}")
     image = dict(class_token=False, patch_bias=True, ln_pre=False, pool="map", proj=False)
     text = dict(causal=False, pool="last", proj=True, proj_bias=True)
+    if kind == "siglip2":
+      patch, n = int(vc["patch_size"]), int(vc["num_patches"])
+      grid = math.isqrt(n)
+      if grid * grid != n:
+        raise WeightsError(f"Siglip2 num_patches={n} is not a square grid of positions")
+      vc = dict(vc, image_size=grid * patch)
+      image["naflex"] = True
   else:
-    raise WeightsError(f"HF model_type {kind!r} is not supported (clip, siglip)")
+    raise WeightsError(f"HF model_type {kind!r} is not supported (clip, siglip, siglip2)")
   vw, tw = int(vc["hidden_size"]), int(tc["hidden_size"])
   image.update(
     variant=f"B/{int(vc['patch_size'])}",
@@ -145,13 +170,14 @@ def model_config_from_hf(config: dict) -> dict:
     text=text,
     init_logit_scale=scale if kind == "clip" else math.log(10.0),
     max_logit_scale=math.log(100),
-    init_logit_bias=-10.0 if kind == "siglip" else None,
+    init_logit_bias=None if kind == "clip" else -10.0,
     _hf_kind=kind,
   )
 
 
 def hf_kind(model: dict) -> str:
-  """Which HF family can hold this vlpt model ("clip" or "siglip"), or a WeightsError why not."""
+  """Which HF family can hold this vlpt model ("clip", "siglip" or, for a NaFlex image tower,
+  "siglip2"), or a WeightsError why not."""
   image, text = model["image"], model["text"]
   if (
     image.get("pool", "token") == "token"
@@ -176,9 +202,11 @@ def hf_kind(model: dict) -> str:
     and text.get("pool") == "last"
     and text.get("proj_bias")
   ):
-    kind = "siglip"
+    kind = "siglip2" if image.get("naflex") else "siglip"
   else:
     raise WeightsError("this model's layout is neither HF CLIPModel's nor SiglipModel's")
+  if image.get("naflex") and kind != "siglip2":
+    raise WeightsError("a NaFlex image tower is held by HF Siglip2Model only (SigLIP's layout)")
   if (
     image.get("layer_scale")
     or text.get("layer_scale")
@@ -232,6 +260,14 @@ def hf_config_from_model(model: dict) -> dict:
       text_config={**tc, "model_type": "clip_text_model", "projection_dim": model["embed_dim"]},
       vision_config={**vc, "model_type": "clip_vision_model", "projection_dim": model["embed_dim"]},
     )
+  if kind == "siglip2":
+    vc["num_patches"] = (vc.pop("image_size") // patch) ** 2
+    return dict(
+      architectures=["Siglip2Model"],
+      model_type="siglip2",
+      text_config={**tc, "model_type": "siglip2_text_model", "projection_size": model["embed_dim"]},
+      vision_config={**vc, "model_type": "siglip2_vision_model"},
+    )
   return dict(
     architectures=["SiglipModel"],
     model_type="siglip",
@@ -243,14 +279,16 @@ def hf_config_from_model(model: dict) -> dict:
 def rules(model: dict) -> list[Rule]:
   kind = model.get("_hf_kind") or hf_kind(model)
   image, text = model["image"], model["text"]
-  vsize, _ = parse_vit(image["variant"])
+  vsize, patch = parse_vit(image["variant"])
   vsize = tower_size(vsize, **{k: image.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
   tsize = tower_size(
     parse_text(text["variant"]), **{k: text.get(k) for k in ("width", "depth", "heads", "mlp_dim")}
   )
   v, t = "vision_model", "text_model"
+  # Siglip2's patch embedding is a Linear over patches flattened (y, x, channel), vlpt's order
+  patch_embed = reshape_linear((patch, patch, 3, vsize.width)) if kind == "siglip2" else CONV
   r: list[Rule] = [
-    rule(f"{v}.embeddings.patch_embedding.weight", "image.patch_embed", CONV),
+    rule(f"{v}.embeddings.patch_embedding.weight", "image.patch_embed", patch_embed),
     rule(f"{v}.embeddings.position_embedding.weight", "image.positional_embedding"),
     *norm(f"{v}.post_layernorm", "image.ln_post"),
     rule(f"{t}.embeddings.token_embedding.weight", "text.token_embedding"),
@@ -298,6 +336,15 @@ def rules(model: dict) -> list[Rule]:
       rule("logit_bias", "logit_bias", scalar((1,))),
     ]
   return r
+
+
+def reshape_linear(our_shape: tuple[int, ...]):
+  """torch Linear weight (out, in) <-> a kernel of ``our_shape`` whose flattened leading axes are
+  ``in`` and whose last is ``out``."""
+  return (
+    lambda a: [a[0].T.reshape(our_shape)],
+    lambda a: [a[0].reshape(-1, our_shape[-1]).T],
+  )
 
 
 def _ignored(key: str) -> bool:

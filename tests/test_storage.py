@@ -1,0 +1,117 @@
+"""vlpt.storage on local paths and on gs:// (the loopback GCS emulator), and the metric writer
+on a gs:// workdir (no append there)."""
+
+import os
+import struct
+
+import pytest
+
+from vlpt import storage
+from vlpt.train.writers import METRICS_FILE, MetricWriter, read_rows
+
+
+@pytest.fixture(params=["local", "gs"])
+def root(request, tmp_path):
+  if request.param == "local":
+    return str(tmp_path / "root")
+  return request.getfixturevalue("gcs_bucket") + "/root"
+
+
+def test_resolve_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert storage.resolve("gs://b/run/") == "gs://b/run"
+  assert storage.resolve("run") == str(tmp_path / "run")
+  assert storage.join("gs://b/run", "checkpoints", "10") == "gs://b/run/checkpoints/10"
+  assert storage.split("gs://b/run/checkpoints/10/") == ("gs://b/run/checkpoints", "10")
+  assert not os.path.exists(tmp_path / "gs:")
+
+
+def test_files_round_trip(root, tmp_path):
+  storage.makedirs(root)
+  assert storage.listdir(root) == [] and not storage.exists(storage.join(root, "a.txt"))
+  storage.write_text(storage.join(root, "a.txt"), "one\n")
+  storage.write_text(storage.join(root, "a.txt"), "two ü\n")  # replaced whole
+  storage.makedirs(storage.join(root, "sub"))  # (nothing to make on GCS)
+  storage.write_bytes(storage.join(root, "sub", "b.bin"), b"\x00\x01")
+  assert storage.read_text(storage.join(root, "a.txt")) == "two ü\n"
+  assert storage.listdir(root) == ["a.txt", "sub"]  # (no .tmp left behind)
+  assert storage.isfile(storage.join(root, "a.txt")) and storage.isdir(storage.join(root, "sub"))
+  assert list(storage.walk_files(root)) == ["a.txt", "sub/b.bin"]
+  local = tmp_path / "copy"
+  storage.download(root, str(local))
+  assert (local / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+  storage.remove_tree(root)
+  assert not storage.exists(storage.join(root, "a.txt")) and storage.listdir(root) == []
+
+
+def test_metric_writer_on_gcs_rewrites_the_object_and_uploads_events(gcs_bucket, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  workdir = gcs_bucket + "/run"
+  path = storage.join(workdir, METRICS_FILE)
+  writer = MetricWriter(workdir)
+  for step in (1, 2, 3):
+    writer.write(step, {"train/loss": 1.0 / step})
+    assert [r["step"] for r in read_rows(path)] == list(range(1, step + 1))  # visible at once
+  writer.close()
+  # a resume from step 2 drops the rows after it, then appends
+  writer = MetricWriter(workdir, resume_step=2)
+  assert [r["step"] for r in read_rows(path)] == [1, 2]
+  writer.write(3, {"train/loss": 0.25})
+  writer.close()
+  rows = read_rows(path)
+  assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+  events = storage.listdir(storage.join(workdir, "tensorboard"))
+  assert len(events) == 2 and all(n.startswith("events.out.tfevents") for n in events)
+  storage.download(storage.join(workdir, "tensorboard"), str(tmp_path / "tb"))
+  steps = sorted(_scalar_steps(tmp_path / "tb" / name, "train/loss") for name in events)
+  assert steps == [[1, 2, 3], [3]]  # one file per writer (the two started in the same second)
+  assert not os.path.exists(tmp_path / "gs:")
+
+
+def _scalar_steps(path, tag):
+  """The steps of ``tag``'s scalars in an event file (TFRecord framing, tensorboardX's protos)."""
+  from tensorboardX.proto.event_pb2 import Event
+
+  data, steps, at = path.read_bytes(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at : at + 8])
+    event = Event.FromString(data[at + 12 : at + 12 + length])
+    at += 12 + length + 4
+    steps += [event.step for v in event.summary.value if v.tag == tag]
+  return steps
+
+
+def test_a_checkpoint_killed_midway_in_a_bucket_is_ignored_and_redone(gcs_bucket):
+  """What a resume on GCS relies on: orbax marks a finished step with commit_success.txt (no
+  rename there), lists only such steps, and saves over a step a kill left half-written."""
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+
+  from vlpt.train.checkpointing import Checkpointer
+
+  checkpointer = Checkpointer(gcs_bucket + "/run", keep=3, async_save=False)
+  directory = checkpointer.directory
+  assert checkpointer.latest_step() is None
+  checkpointer.close()
+  assert directory == gcs_bucket + "/run/checkpoints"
+
+  def manager():
+    options = ocp.CheckpointManagerOptions(max_to_keep=3, create=True)
+    return ocp.CheckpointManager(directory, options=options)
+
+  def save(m, step, value):
+    m.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"a": jnp.full(4, value)})))
+    m.wait_until_finished()
+
+  m = manager()
+  save(m, 10, 1.0)
+  m.close()
+  storage.write_text(f"{directory}/20/_CHECKPOINT_METADATA", "{}")  # killed while saving step 20
+  storage.write_text(f"{directory}/20/state/partial", "x")
+  m = manager()
+  assert m.latest_step() == 10 and m.all_steps() == [10]
+  save(m, 20, 2.0)
+  assert m.all_steps() == [10, 20] and "partial" not in storage.listdir(f"{directory}/20/state")
+  restored = m.restore(20, args=ocp.args.Composite(state=ocp.args.StandardRestore({"a": jnp.zeros(4)})))
+  assert restored["state"]["a"].tolist() == [2.0] * 4
+  m.close()
