@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Data at LAION scale: start-up time and memory of the WebDataset index (issue 18).
+"""Data at LAION scale: start-up time and memory of the shard indexes (issue 18).
 
   python benchmarks/data_scale.py [--shards 41456] [--samples 9650] [--batch 32768]
-                                  [--processes 1,16,64] [--small 20,2000] [--dir DIR] [--keep]
+                                  [--processes 1,16,64] [--small 20,2000] [--record-files 41456]
+                                  [--dir DIR] [--keep]
 
 Part 1, a synthetic LAION-400M index: ``--shards`` shards of about ``--samples`` samples each
 (counts drawn in +-50, realistic member offsets; no shard files, no image bytes), written with
@@ -18,6 +19,13 @@ Part 2, small shards: ``--small`` shard counts of 50 tiny JPEG samples each, ind
 ``vlpt-data index``; a fresh process builds the training stream (``train_dataset``, global
 shuffle, 224 px crops, CLIP BPE, batch 256, no workers) and draws its first batch: time from the
 process's start and RSS then, 3 interleaved repeats, medians.
+
+Part 3, ArrayRecord and Parquet starts: ``--record-files`` real files (one tiny record each: the
+footers, not the records, are what a start pays for) of each format; a fresh process builds the
+source over them with and without the set's record-count index (``vlpt-data build`` writes it; the
+unindexed run reads every file's footer), 3 interleaved repeats, medians of the time from the
+process's start to the source built and the rows of its first ``--batch`` located, and of the RSS
+the source adds.
 
 The last line is machine-readable: ``startup_s=... index_rss_mib=...`` for the largest process
 count (the worst of its sampled processes).
@@ -163,6 +171,71 @@ def write_small(out: str, shards: int, per_shard: int = 50) -> str:
   return f"{out}/{{00000..{shards - 1:05d}}}.tar"
 
 
+def record_worker(spec: str, batch: int, use_index: bool) -> dict:
+  from vlpt.data import record_index
+  from vlpt.data.sources import build_source, record_source_class
+
+  record_source_class(spec.partition(":")[0])  # its format's library imported before measuring
+  if not use_index:  # as if `vlpt-data index` had never run: every file's footer is read
+    record_index.find_index = lambda paths: None
+
+  before = rss_mib()
+  t0 = time.perf_counter()
+  source = build_source(spec, split="train", image_size=224, seed=0, options={"train": True})
+  rows = [source.locate(k % len(source)) for k in range(batch)]
+  return {
+    "files": len(source.paths),
+    "rows": len(rows),
+    "open_s": time.perf_counter() - t0,
+    "rss_added_mib": rss_mib() - before,
+  }
+
+
+def write_record_files(out: str, kind: str, files: int) -> str:
+  """``files`` files of one 16 px JPEG record each, with the set's record-count index."""
+  import numpy as np
+
+  from vlpt.data.shards import encode_image, make_writer
+
+  image = encode_image(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8), "jpg")
+  writer = make_writer(kind, out, 1)
+  with writer:
+    for k in range(files):
+      writer.write(image, "jpg", f"a photo of a cat number {k}")
+  return f"{kind}:{writer.close()}"
+
+
+def record_starts(root: str, files: int, batch: int) -> None:
+  from vlpt.data import record_index
+  from vlpt.data.files import expand_shards
+
+  for kind in ("arrayrecord", "parquet"):
+    out = os.path.join(root, f"records-{kind}-{files}")
+    spec_file = os.path.join(out, "spec")
+    if not os.path.exists(spec_file):
+      t0 = time.perf_counter()
+      spec = write_record_files(out, kind, files)
+      with open(spec_file, "w") as f:
+        f.write(spec)
+      print(f"{files:,} {kind} files written in {time.perf_counter() - t0:.0f} s")
+    spec = open(spec_file).read()
+    index = record_index.find_index(expand_shards(spec.partition(":")[2]))
+    runs = {"index": [], "footers": []}
+    for _ in range(3):
+      for label in runs:
+        seconds, info = run_child("--_records", spec, str(batch), str(int(label == "index")))
+        runs[label].append((seconds, info["rss_added_mib"], info["files"]))
+    for label in runs:
+      t = statistics.median(r[0] for r in runs[label])
+      m = statistics.median(r[1] for r in runs[label])
+      print(
+        f"{kind}, {runs[label][0][2]:,} files, {'with the index' if label == 'index' else 'no index'}"
+        f": {t:.2f} s from start to the first {batch} rows located, source adds {m:.1f} MiB RSS"
+        f" (median of 3)"
+      )
+    assert index, "the writer wrote no index"
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shards", type=int, default=41456)
@@ -173,8 +246,14 @@ def main() -> None:
   p.add_argument("--dir", default=None, help="where the files go (default: a temporary folder)")
   p.add_argument("--keep", action="store_true", help="keep the files (a rerun reuses the index)")
   p.add_argument("--_plan", nargs=4, help=argparse.SUPPRESS)
+  p.add_argument("--record-files", type=int, default=41456, help="part 3 (0 skips it)")
   p.add_argument("--_stream", help=argparse.SUPPRESS)
+  p.add_argument("--_records", nargs=3, help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args._records:
+    spec, batch, use_index = args._records
+    print(json.dumps(record_worker(spec, int(batch), use_index == "1")))
+    return
   if args._plan:
     index, count, pid, batch = args._plan
     print(json.dumps(plan_worker(index, int(count), int(pid), int(batch))))
@@ -186,6 +265,8 @@ def main() -> None:
   root = args.dir or tempfile.mkdtemp(prefix="vlpt-data-scale-")
   os.makedirs(root, exist_ok=True)
   try:
+    if args.record_files:
+      record_starts(root, args.record_files, args.batch)
     if args.small:
       counts = [int(x) for x in args.small.split(",")]
       specs = {}

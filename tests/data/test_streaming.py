@@ -9,7 +9,7 @@ from test_data_formats import write_set
 
 from vlpt.cli.data import main as data_main
 from vlpt.config import default_config
-from vlpt.data.streaming import ShardStream
+from vlpt.data.streaming import ProcessPositions, ShardStream
 from vlpt.data.webdataset import WebDatasetSource
 
 from e2e_utils import data_stream
@@ -19,9 +19,8 @@ class _Indices:
   """A stand-in source whose example is its own index."""
 
   def __init__(self, counts):
-    self.tables = type("T", (), {})()
-    self.tables.counts = np.asarray(counts)
-    self.tables.starts = np.concatenate([[0], np.cumsum(counts)])
+    self.shard_counts = np.asarray(counts)
+    self.shard_starts = np.concatenate([[0], np.cumsum(counts)])
 
   def __getitem__(self, i):
     return int(i)
@@ -34,12 +33,10 @@ def _shard_of(i, starts):
 def test_stream_order_covers_epochs_by_shard_windows():
   counts = [5, 7, 6, 4, 8, 5, 6]
   source = _Indices(counts)
-  starts = source.tables.starts
+  starts = source.shard_starts
   per_process = []
   for p in range(2):
-    stream = ShardStream(
-      source, seed=3, window=2, shuffle=True, global_batch=4, process_index=p, process_count=2
-    )
+    stream = ShardStream(source, seed=3, window=2, shuffle=True, process_index=p, process_count=2)
     epoch0 = stream._epoch(0)
     length = int(epoch0[2][-1])
     got = [stream.example_index(k) for k in range(length)]
@@ -52,7 +49,8 @@ def test_stream_order_covers_epochs_by_shard_windows():
       shards = shards[n:]
     nxt = [stream.example_index(length + k) for k in range(int(stream._epoch(1)[2][-1]))]
     assert nxt != got  # the next epoch is another order
-    assert stream[5][0] == (5 // 2) * 4 + p * 2 + 5 % 2 and stream[5][1] == got[5]  # positions
+    positions = ProcessPositions(stream, global_batch=4, process_index=p, process_count=2)
+    assert positions[5] == ((5 // 2) * 4 + p * 2 + 5 % 2, got[5])
     per_process.append(got)
   assert not set(per_process[0]) & set(per_process[1])
   assert sorted(per_process[0] + per_process[1]) == list(range(sum(counts)))
@@ -102,9 +100,7 @@ def test_stream_process_shares_from_gcs_are_disjoint_and_cover(tmp_path, gcs_buc
   source = WebDatasetSource(spec.removeprefix("wds:"), image_size=32)
   seen = []
   for p in range(2):
-    stream = ShardStream(
-      source, seed=0, window=2, shuffle=True, global_batch=4, process_index=p, process_count=2
-    )
+    stream = ShardStream(source, seed=0, window=2, shuffle=True, process_index=p, process_count=2)
     length = int(stream._epoch(0)[2][-1])  # this process's shards in epoch 0
     it = data_stream(c, p, 2, batch=4)
     values = np.concatenate([next(it)["image"][:, 0, 0, 0] for _ in range(length // 2)])

@@ -5,13 +5,15 @@
   vlpt-data build --from folder DIR --out OUT      # images + same-name .txt captions
   vlpt-data build --from csv FILE.csv|tsv|parquet --out OUT   # columns path (or image bytes), caption
   vlpt-data inspect PATTERN                         # counts, one per line
-  vlpt-data index PATTERN [--out PATH]              # WebDataset: write the shards' index once
+  vlpt-data index PATTERN [--out PATH]              # write the shards' index once (any format)
 
 ``--format`` picks the container (default ``wds``; ``jpg``/``png``/``webp`` there still mean WebDataset
 shards with that image encoding). ``build`` prints the pattern to use as
 ``config.data.train.source=wds:PATTERN`` (or ``arrayrecord:`` / ``parquet:``). ``inspect`` reads
 WebDataset tars, and ArrayRecord or Parquet files (by their ``.array_record`` / ``.parquet``
-names or an ``arrayrecord:`` / ``parquet:`` prefix). Formats: docs/data.md.
+names or an ``arrayrecord:`` / ``parquet:`` prefix). ``index`` writes the index a start reads
+instead of the shards: WebDataset's member offsets (:mod:`vlpt.data.wds_index`), ArrayRecord's
+and Parquet's record counts (:mod:`vlpt.data.record_index`). Formats: docs/data.md.
 """
 
 from __future__ import annotations
@@ -70,12 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     "*.array_record / *.parquet files, or an arrayrecord: / parquet: "
     "prefixed pattern",
   )
-  x = sub.add_parser("index", help="scan WebDataset shards once and write their index")
-  x.add_argument("pattern", help="tar shards (wds: prefix optional), local or gs://")
+  x = sub.add_parser("index", help="read shards once and write the index a training start reads")
+  x.add_argument(
+    "pattern",
+    help="tar shards (wds: prefix optional), or arrayrecord: / parquet: files; local or gs://",
+  )
   x.add_argument(
     "--out",
     default=None,
-    help="index file (local or gs://; train with wds:PATH); default: beside the shards, "
+    help="index file (local or gs://; train with KIND:PATH); default: beside the shards, "
     "where training over the same pattern finds it",
   )
   x.add_argument("--threads", type=int, default=16, help="shards scanned at once")
@@ -86,16 +91,32 @@ def index(args: argparse.Namespace) -> str:
   import time
 
   from vlpt.data.files import expand_shards
-  from vlpt.data.wds_index import write_index
+  from vlpt.errors import DataError
 
-  pattern = args.pattern.removeprefix("wds:")
+  kind, pattern = _record_kind(args.pattern)
   paths = expand_shards(pattern)
   if not paths:
     raise FileNotFoundError(f"no shards match {pattern!r}")
   t0 = time.perf_counter()
-  out, samples = write_index(paths, args.out, threads=args.threads)
-  print(f"indexed {samples} samples in {len(paths)} shard(s) in {time.perf_counter() - t0:.1f} s: {out}")
-  print(f"train with --config.data.train.source=wds:{out if args.out else pattern}")
+  if kind is None:
+    from vlpt.data.wds_index import write_index
+
+    out, samples = write_index(paths, args.out, threads=args.threads)
+    kind, unit = "wds", "shard(s)"
+  else:
+    from vlpt.data.record_index import write_index
+    from vlpt.data.sources import record_source_class
+
+    counted = record_source_class(kind).index_files(paths, threads=args.threads)
+    if len(counted.unreadable) == len(paths):
+      path, why = next(iter(counted.unreadable.items()))
+      raise DataError(f"no {kind} file of {pattern!r} can be read, e.g. {path} ({why})")
+    out, samples, unit = write_index(counted, args.out), sum(counted.counts), f"{kind} file(s)"
+    for path, why in counted.unreadable.items():
+      print(f"unreadable: {path} ({why})", file=sys.stderr)
+  took = time.perf_counter() - t0
+  print(f"indexed {samples} samples in {len(paths)} {unit} in {took:.1f} s: {out}")
+  print(f"train with --config.data.train.source={kind}:{out if args.out else pattern}")
   return out
 
 

@@ -16,6 +16,11 @@ img2dataset names them, a ``{"bytes": ...}`` image struct, ...). Files are writt
 compression (images are compressed already). A file is read with ``readahead_buffer_size:0``
 (random reads) by a reader opened lazily in each worker process. A record whose chunk fails its
 checksum, or that is not a MessagePack map, is skipped as ``truncated``.
+
+ArrayRecord's reader opens local files only: files on ``gs://`` are fetched whole into the shard
+cache (:class:`vlpt.data.files.ShardCache`) when first read, which suits streaming
+(``config.data.train.access='stream'``) and small evaluation sets; random access over a large
+remote set would fetch every file on every host (validation refuses it for training).
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ class ArrayRecordSource(RecordSource):
   """Random-access source over ArrayRecord files (picklable: readers reopen in each process)."""
 
   kind = "arrayrecord"
+  local_only = True  # the C++ reader opens local paths: remote files go through the shard cache
 
-  def _count(self, path: str) -> int:
+  @staticmethod
+  def count_file(path: str) -> int:
     from array_record.python.array_record_module import ArrayRecordReader
 
     reader = ArrayRecordReader(path, READER_OPTIONS)
@@ -76,6 +83,7 @@ class ArrayRecordShardWriter(ShardSetWriter):
   """Writes MessagePack records into ``out/{00000..}.array_record``, ``shard_size`` each."""
 
   suffix = SUFFIX
+  record_index = True
   source_kind = "arrayrecord"
 
   def _open_file(self, path: str) -> Any:

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 from vlpt import storage
-from vlpt.data import wds_index
+from vlpt.data import record_index, wds_index
 from vlpt.errors import DataError
 
 SKIP_REASONS = ("undecodable_image", "empty_caption", "truncated")
@@ -66,13 +66,14 @@ def expand_shards(spec: str) -> list[str]:
 def check_files_exist(spec: str) -> None:
   """A ``wds:`` / ``arrayrecord:`` / ``parquet:`` spec whose shards are all present."""
   kind, _, pattern = spec.partition(":")
-  if kind == "wds" and pattern.endswith(wds_index.SUFFIX):  # an index that names its shards
+  index_module = wds_index if kind == "wds" else record_index
+  if pattern.endswith(index_module.SUFFIX):  # an index that names its shards
     if not storage.isfile(pattern):
       raise ValueError(f"data source {spec!r}: the index {pattern} does not exist")
     return
   paths = expand_shards(pattern)
-  if kind == "wds" and paths and wds_index.find_index(paths):
-    return  # indexed: a missing shard shows as unreadable samples, not a stat of every file
+  if paths and index_module.find_index(paths):
+    return  # indexed: a missing shard shows when read, not as a stat of every file
   if paths and storage.is_remote(paths[0]):  # a request per object: the ends of the list
     paths = paths[:1] + paths[-1:]
   missing = [p for p in paths if not storage.isfile(p)]
@@ -147,3 +148,59 @@ class RobustSource:
         f"({count} bad); reasons: {', '.join(f'{k}={v}' for k, v in self.skipped.items() if v)}. "
         f"Check it with `vlpt-data inspect {where}`"
       )
+
+
+class ShardCache:
+  """Local copies of remote shards, each fetched whole with one sequential read (streaming, and
+  formats whose reader opens only local files).
+
+  The first process on the host that needs a shard downloads it (a lock file keeps the others
+  waiting, then they share the copy). A process forgets, and deletes, the oldest shards it fetched
+  beyond ``keep``, calling ``on_evict(path)`` first so its owner can close what it holds open; a
+  process that still reads an evicted copy keeps its open file, a later one fetches it again.
+  Picklable: a worker process starts with an empty list of its own fetches.
+  """
+
+  def __init__(self, directory: str, keep: int = 16, suffix: str = ""):
+    self.directory, self.keep, self.suffix = directory, max(1, int(keep)), suffix
+    self._fetched: list[str] = []
+
+  def __getstate__(self):
+    return {**self.__dict__, "_fetched": []}
+
+  def local_name(self, path: str) -> str:
+    import hashlib
+
+    return os.path.join(self.directory, hashlib.sha1(path.encode()).hexdigest()[:20] + self.suffix)
+
+  def fetch(self, path: str, key=None, on_evict=None) -> str:
+    """The local copy of remote ``path`` (downloaded now if no process on the host has it).
+
+    ``key`` (default: the path) names the shard to ``on_evict(key)`` when its copy is dropped.
+    """
+    import fcntl
+    import shutil
+
+    os.makedirs(self.directory, exist_ok=True)
+    local = self.local_name(path)
+    with open(local + ".lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not os.path.exists(local):
+        part = f"{local}.{os.getpid()}.part"
+        with storage.open_read(path) as src, open(part, "wb") as dst:
+          shutil.copyfileobj(src, dst, 8 << 20)
+        os.replace(part, local)
+    entry = (path if key is None else key, path)
+    if entry in self._fetched:
+      self._fetched.remove(entry)
+    self._fetched.append(entry)
+    while len(self._fetched) > self.keep:
+      old_key, old = self._fetched.pop(0)
+      if on_evict is not None:
+        on_evict(old_key)
+      for victim in (self.local_name(old), self.local_name(old) + ".lock"):
+        try:
+          os.remove(victim)
+        except OSError:
+          pass
+    return local

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vlpt import storage
 from vlpt.data.records import CAPTION_FIELDS, IMAGE_FIELDS, RecordSource, pick_field
 from vlpt.data.shard_writer import ShardSetWriter
 from vlpt.errors import ConfigError, DataError
@@ -43,7 +44,12 @@ def _pq():
 
 
 class ParquetSource(RecordSource):
-  """Random-access source over Parquet files (picklable: files reopen in each process)."""
+  """Random-access source over Parquet files (picklable: files reopen in each process).
+
+  A file's row groups and columns are read from its footer when a process first opens it (the
+  set's index, :mod:`vlpt.data.record_index`, gives the counts a start needs); on ``gs://`` a file
+  is read by ranged requests, or fetched whole into the shard cache when streaming.
+  """
 
   kind = "parquet"
 
@@ -59,9 +65,9 @@ class ParquetSource(RecordSource):
     image_field: str | None = None,
     caption_field: str | None = None,
     row_group_cache: int = 4,
+    cache_dir: str | None = None,
+    cache_shards: int = 16,
   ):
-    self._group_starts: dict[str, np.ndarray] = {}
-    self._schemas: dict[str, list[str]] = {}
     super().__init__(
       spec,
       image_size=image_size,
@@ -71,8 +77,10 @@ class ParquetSource(RecordSource):
       min_reads=min_reads,
       image_field=image_field,
       caption_field=caption_field,
+      cache_dir=cache_dir,
+      cache_shards=cache_shards,
     )
-    names = self._schemas[self.paths[0]]
+    names = self._handle(0).names  # the first file's columns decide (one footer read)
     where = f"parquet file {self.paths[0]}"
     try:
       self.image_field = pick_field(names, IMAGE_FIELDS, image_field, "image", where)
@@ -81,15 +89,7 @@ class ParquetSource(RecordSource):
       raise ConfigError(str(e)) from None
     columns = [self.image_field, self.caption_field]
     columns += [c for c in ("captions", "key") if c in names and c not in columns]
-    for path in self.paths[1:]:
-      lacking = [c for c in columns[:2] if c not in self._schemas[path]]
-      if lacking:
-        raise DataError(
-          f"parquet file {path} lacks column(s) {lacking} that {self.paths[0]} has; "
-          f"its columns: {self._schemas[path]}"
-        )
     self.columns = columns
-    self._starts_by_file = [self._group_starts[p] for p in self.paths]
     self.row_group_cache = max(1, int(row_group_cache))
     self._cache: collections.OrderedDict = collections.OrderedDict()
     self._cache_lock = threading.Lock()
@@ -104,27 +104,36 @@ class ParquetSource(RecordSource):
     super().__setstate__(state)
     self._cache_lock = threading.Lock()
 
-  def _count(self, path: str) -> int:
-    meta = _pq().ParquetFile(path).metadata
-    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-    self._group_starts[path] = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-    self._schemas[path] = list(meta.schema.to_arrow_schema().names)
-    return int(meta.num_rows)
+  @staticmethod
+  def count_file(path: str) -> int:
+    with storage.open_read(path, block_size=1 << 16) as f:
+      return int(_pq().ParquetFile(f).metadata.num_rows)
 
-  def _open(self, path: str) -> Any:
+  def _check_columns(self, file: int, names: list[str]) -> None:
+    lacking = [c for c in self.columns[:2] if c not in names]
+    if lacking:
+      raise DataError(
+        f"parquet file {self.paths[file]} lacks column(s) {lacking} that {self.paths[0]} has; "
+        f"its columns: {names}"
+      )
+
+  def _open(self, source: Any) -> _OpenFile:
     # no pre-buffering: a random read wants one small row group, not coalesced ranges
-    return _pq().ParquetFile(path, pre_buffer=False)
+    return _OpenFile(_pq().ParquetFile(source, pre_buffer=False), source)
 
   def _close(self, handle: Any) -> None:
     handle.close()
 
   def _read(self, handle: Any, file: int, row: int) -> dict:
-    starts = self._starts_by_file[file]
+    if not handle.checked:  # each file's columns, when a process first reads it
+      self._check_columns(file, handle.names)
+      handle.checked = True
+    starts = handle.group_starts
     group = int(np.searchsorted(starts, row, side="right")) - 1
     with self._cache_lock:
       table = self._cache.get((file, group))
       if table is None:
-        table = handle.read_row_group(group, columns=self.columns, use_threads=False)
+        table = handle.file.read_row_group(group, columns=self.columns, use_threads=False)
         self._cache[(file, group)] = table
         while len(self._cache) > self.row_group_cache:
           self._cache.popitem(last=False)
@@ -137,6 +146,23 @@ class ParquetSource(RecordSource):
     self._cache.clear()
 
 
+class _OpenFile:
+  """An open Parquet file with its row-group starts and column names (from its footer)."""
+
+  def __init__(self, file: Any, source: Any):
+    self.file, self._source = file, source
+    meta = file.metadata
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    self.group_starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    self.names = list(meta.schema.to_arrow_schema().names)
+    self.checked = False
+
+  def close(self) -> None:
+    self.file.close()
+    if not isinstance(self._source, str):  # a remote file object this source opened
+      self._source.close()
+
+
 class ParquetShardWriter(ShardSetWriter):
   """Writes rows into ``out/{00000..}.parquet``, ``shard_size`` rows each, ``row_group_size`` rows
   per row group (small, for random access).
@@ -147,6 +173,7 @@ class ParquetShardWriter(ShardSetWriter):
   """
 
   suffix = SUFFIX
+  record_index = True
   source_kind = "parquet"
 
   def __init__(self, out_dir: str, shard_size: int = 10000, row_group_size: int = ROW_GROUP_SIZE):

@@ -17,10 +17,11 @@ from typing import Any
 import grain
 import numpy as np
 
-from vlpt.data.files import SKIP_REASONS, check_files_exist
+from vlpt import storage
+from vlpt.data.files import SKIP_REASONS, check_files_exist, expand_shards
 from vlpt.data.normalization import check_normalization
 from vlpt.data.sources import SOURCES, build_source, file_source_options
-from vlpt.data.streaming import ShardStream
+from vlpt.data.streaming import ProcessPositions, ShardStream
 from vlpt.data.synthetic import MAX_OBJECTS
 from vlpt.data.transforms import augment
 
@@ -133,44 +134,13 @@ def train_dataset(
   tc = data_config.train
   mixture = tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),)
   boxes = bool(tc.get("boxes", False))
-  parts, crop = [], None
   if tc.get("access", "random") == "stream":  # whole shards in a shuffled order (object storage)
-    options = file_source_options(data_config, train=True)
-    options.update(cache_dir=stream_cache_dir(data_config), cache_shards=3 * int(tc.stream_window))
-    source = build_source(
-      tc.source, split=tc.split, image_size=data_config.image_size, seed=seed, options=options
+    ds, crop = _stream_mixture(data_config, mixture, seed, process_index, process_count)
+    ds = ProcessPositions(
+      ds, global_batch=global_batch, process_index=process_index, process_count=process_count
     )
-    crop = source.crop
-    ds = ShardStream(
-      source,
-      seed=seed,
-      window=tc.stream_window,
-      shuffle=tc.shuffle,
-      global_batch=global_batch,
-      process_index=process_index,
-      process_count=process_count,
-    )
-  for i, (spec, _) in enumerate(() if crop is not None else mixture):
-    source = build_source(
-      spec,
-      split=tc.split,
-      image_size=data_config.image_size,
-      seed=seed,
-      options=file_source_options(data_config, train=True),
-      **({"annotations": True} if boxes else {}),  # check_config: synthetic sources only
-    )
-    if crop is None and getattr(source, "train", False):
-      crop = getattr(source, "crop", None)
-    part = grain.MapDataset.source(source)
-    if tc.shuffle:
-      part = part.shuffle(seed=seed + i)
-    if len(part) < sys.maxsize:
-      part = part.repeat(None)
-    parts.append(part)
-  # a mixture interleaves the (endless) sources deterministically in proportion to the weights,
-  # so stream positions, per-process shares and resume work as for one source
-  if parts:
-    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [float(w) for _, w in mixture])
+  else:
+    ds, crop = _random_mixture(data_config, mixture, seed, boxes)
     ds = GlobalBatchShare(
       ds, global_batch=global_batch, process_index=process_index, process_count=process_count
     )
@@ -194,6 +164,59 @@ def train_dataset(
   if data_config.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return it
+
+
+def _random_mixture(data_config: Any, mixture, seed: int, boxes: bool):
+  """Random access: each source globally shuffled and repeated; a mixture interleaves the endless
+  sources deterministically in proportion to the weights, so stream positions, per-process
+  shares and resume work as for one source. Returns (dataset, the file sources' crop)."""
+  tc = data_config.train
+  parts, crop = [], None
+  for i, (spec, _) in enumerate(mixture):
+    source = build_source(
+      spec,
+      split=tc.split,
+      image_size=data_config.image_size,
+      seed=seed,
+      options=file_source_options(data_config, train=True),
+      **({"annotations": True} if boxes else {}),  # check_config: synthetic sources only
+    )
+    if crop is None and getattr(source, "train", False):
+      crop = getattr(source, "crop", None)
+    part = grain.MapDataset.source(source)
+    if tc.shuffle:
+      part = part.shuffle(seed=seed + i)
+    if len(part) < sys.maxsize:
+      part = part.repeat(None)
+    parts.append(part)
+  weights = [float(w) for _, w in mixture]
+  return (parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)), crop
+
+
+def _stream_mixture(data_config: Any, mixture, seed: int, process_index: int, process_count: int):
+  """Streaming: each source's shards read whole by this process (:mod:`vlpt.data.streaming`); a
+  mixture interleaves this process's streams of its sources in proportion to the weights."""
+  tc = data_config.train
+  options = file_source_options(data_config, train=True)
+  options.update(cache_dir=stream_cache_dir(data_config), cache_shards=3 * int(tc.stream_window))
+  parts, crop = [], None
+  for i, (spec, _) in enumerate(mixture):
+    source = build_source(
+      spec, split=tc.split, image_size=data_config.image_size, seed=seed, options=options
+    )
+    crop = crop or source.crop
+    parts.append(
+      ShardStream(
+        source,
+        seed=seed + i,
+        window=tc.stream_window,
+        shuffle=tc.shuffle,
+        process_index=process_index,
+        process_count=process_count,
+      )
+    )
+  weights = [float(w) for _, w in mixture]
+  return (parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)), crop
 
 
 def stream_cache_dir(data_config: Any) -> str:
@@ -303,17 +326,34 @@ def check_config(data_config: Any) -> None:
       raise ValueError(f"config.data.{key}={dc[key]} must be in [0, 1]")
 
 
+STREAMABLE = ("wds", "arrayrecord", "parquet")  # sources made of shards a process reads whole
+
+
 def _check_access(tc: Any) -> None:
   access = tc.get("access", "random")
   if access not in ("random", "stream"):
     raise ValueError(f"config.data.train.access must be random or stream, got {access!r}")
-  if access == "stream" and (tc.mixture or not tc.source.startswith("wds:")):
-    raise ValueError(
-      "config.data.train.access='stream' reads WebDataset shards whole: it needs one wds: source "
-      f"(no mixture), got {tc.source!r}"
-    )
+  specs = [entry[0] for entry in tc.mixture] if tc.mixture else [tc.source]
+  for spec in specs:
+    kind = spec.partition(":")[0]
+    if access == "stream" and kind not in STREAMABLE:
+      raise ValueError(
+        f"config.data.train.access='stream' reads file shards whole: it needs {', '.join(STREAMABLE)} "
+        f"sources, got {spec!r}"
+      )
+    if access == "random" and kind == "arrayrecord" and _remote(spec.partition(":")[2]):
+      raise ValueError(
+        f"{spec!r}: ArrayRecord's reader opens local files only, so random access over gs:// "
+        "would download every file on every host; set config.data.train.access='stream' (whole "
+        "files, fetched once per epoch) or mount the bucket (gcsfuse) and give the local path"
+      )
   if int(tc.get("stream_window", 1)) < 1:
     raise ValueError(f"config.data.train.stream_window={tc.stream_window} must be >= 1")
+
+
+def _remote(pattern: str) -> bool:
+  """Whether a shard spec names files on object storage (its text, else its first file)."""
+  return storage.is_remote(pattern) or any(map(storage.is_remote, expand_shards(pattern)[:1]))
 
 
 def check_vocabulary(data_config: Any, tokenizer: Any, *, sample: int = 256) -> None:

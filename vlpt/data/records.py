@@ -23,8 +23,10 @@ unreadable, :class:`DataError` names them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -32,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from vlpt import storage
-from vlpt.data.files import RobustSource, expand_shards
+from vlpt.data import record_index
+from vlpt.data.files import RobustSource, ShardCache, expand_shards
 from vlpt.data.transforms import CenterCrop, decode_image
+from vlpt.data.wds_index import StaleIndex
 from vlpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -104,13 +108,18 @@ def captions_of(record: dict, caption_field: str) -> tuple[str, list[str]]:
 class RecordSource(RobustSource):
   """The shared part of :class:`ArrayRecordSource` and :class:`ParquetSource` (picklable).
 
-  Subclasses implement ``_count(path) -> int`` (raising on an unreadable file),
-  ``_open(path)`` (a per-process handle), ``_read(handle, file, row) -> dict`` (raising
+  Subclasses implement ``count_file(path) -> int`` (a static method, raising on an unreadable
+  file), ``_open(path)`` (a per-process handle), ``_read(handle, file, row) -> dict`` (raising
   :class:`CorruptRecord`) and may set ``image_field`` / ``caption_field`` (else every record's
-  own fields are searched).
+  own fields are searched). ``local_only``: the format's reader opens local files only, so remote
+  files are fetched whole into the shard cache (``cache_dir``) before they are read.
+
+  The record counts come from the set's index (:mod:`vlpt.data.record_index`) when there is one,
+  and no file is opened at start; else every file's footer is read now.
   """
 
   kind = "records"
+  local_only = False
 
   def __init__(
     self,
@@ -123,50 +132,81 @@ class RecordSource(RobustSource):
     min_reads: int = 256,
     image_field: str | None = None,
     caption_field: str | None = None,
+    cache_dir: str | None = None,
+    cache_shards: int = 16,
   ):
     super().__init__(max_bad_fraction=max_bad_fraction, min_reads=min_reads)
     self.spec = spec
-    paths = expand_shards(spec)
-    if not paths:
-      raise FileNotFoundError(f"no files match {spec!r}")
-    missing = [p for p in paths if not storage.isfile(p)]
-    if missing:
-      raise FileNotFoundError(f"{len(missing)} file(s) of {spec!r} do not exist, e.g. {missing[0]}")
+    index = self._index(spec)
     self.train = train
     self.crop = crop if crop is not None else CenterCrop(image_size)
     self._min_short = self.crop.min_short_side()
     self.image_field, self.caption_field = image_field or None, caption_field or None
-    counts, unreadable = [], []
-    for path in paths:
-      try:
-        counts.append(int(self._count(path)))
-      except Exception as e:  # noqa: BLE001 - each library raises its own kinds
-        unreadable.append((path, f"{type(e).__name__}: {e}"))
-        counts.append(-1)
-    self.unreadable = [p for p, _ in unreadable]
-    self.truncated_shards = len(unreadable)
-    if unreadable:
+    if index.unreadable:
+      first, why = next(iter(index.unreadable.items()))
+      n = len(index.paths)
       message = (
-        f"{len(unreadable)} of {len(paths)} {self.kind} file(s) of {spec!r} cannot be "
-        f"read, e.g. {unreadable[0][0]} ({unreadable[0][1][:200]})"
+        f"{len(index.unreadable)} of {n} {self.kind} file(s) of {spec!r} cannot be read, "
+        f"e.g. {first} ({why})"
       )
-      if len(unreadable) == len(paths) or len(unreadable) > max_bad_fraction * len(paths):
+      if len(index.unreadable) == n or len(index.unreadable) > max_bad_fraction * n:
         raise DataError(
           f"{message}; more than config.data.max_bad_fraction={max_bad_fraction}. "
           f"Check them with `vlpt-data inspect {self.kind}:{spec}`"
         )
       log.warning("%s; leaving them out", message)
-    keep = [i for i, c in enumerate(counts) if c > 0]
-    self.paths = [paths[i] for i in keep]
-    self._starts = np.concatenate([[0], np.cumsum([counts[i] for i in keep])]).astype(np.int64)
+    self.unreadable = list(index.unreadable)
+    self.truncated_shards = len(index.unreadable)
+    keep = [i for i, c in enumerate(index.counts) if c > 0 and index.paths[i] not in index.unreadable]
+    self.paths = [index.paths[i] for i in keep]
+    self._sizes = [index.sizes[i] for i in keep] if index.path else None
+    self._index_path = index.path
+    self._starts = np.concatenate([[0], np.cumsum([index.counts[i] for i in keep])]).astype(np.int64)
     if not len(self):
       raise DataError(f"the {self.kind} files of {spec!r} hold no records")
+    if self.local_only and any(storage.is_remote(p) for p in self.paths[:1]) and not cache_dir:
+      cache_dir = os.path.join(tempfile.gettempdir(), "vlpt-shard-cache")
+    self.cache = ShardCache(cache_dir, cache_shards, f".{self.kind}") if cache_dir else None
     self._handles: dict[int, Any] = {}
     self._open_lock = threading.Lock()
     self._pid = os.getpid()
 
+  def _index(self, spec: str) -> record_index.RecordIndex:
+    """The set's counts: its index (named by the spec, or beside the files), else a count now."""
+    if spec.endswith(record_index.SUFFIX):
+      return record_index.read_index(spec, self.kind)
+    paths = expand_shards(spec)
+    if not paths:
+      raise FileNotFoundError(f"no files match {spec!r}")
+    found = record_index.find_index(paths)
+    if found:
+      return record_index.read_index(found, self.kind)
+    missing = [p for p in paths if not storage.isfile(p)]
+    if missing:
+      raise FileNotFoundError(f"{len(missing)} file(s) of {spec!r} do not exist, e.g. {missing[0]}")
+    if len(paths) > 100 or storage.is_remote(paths[0]):
+      log.warning(
+        "no index for these %d %s files (expected at %s): reading every file's footer now%s; "
+        "`vlpt-data index %s:PATTERN` writes the counts once and starts open no file",
+        len(paths),
+        self.kind,
+        record_index.index_path_for(paths),
+        " (downloading each whole: the reader opens local files only)" if self.local_only else "",
+        self.kind,
+      )
+    return self.index_files(paths)
+
+  @classmethod
+  def index_files(cls, paths: Sequence[str], threads: int = 16) -> record_index.RecordIndex:
+    """Every file's record count and size, read now (what ``vlpt-data index`` writes)."""
+    count = cls.count_file
+    if cls.local_only:
+      count = functools.partial(record_index.local_copy_count, count_local=cls.count_file)
+    return record_index.index_files(cls.kind, paths, count, threads)
+
   # -- subclass hooks
-  def _count(self, path: str) -> int:
+  @staticmethod
+  def count_file(path: str) -> int:
     raise NotImplementedError
 
   def _open(self, path: str) -> Any:
@@ -197,6 +237,15 @@ class RecordSource(RobustSource):
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.spec!r}, files={len(self.paths)}, len={len(self)})"
 
+  @property
+  def shard_counts(self) -> np.ndarray:
+    """Records per file (what streaming orders: :mod:`vlpt.data.streaming`)."""
+    return np.diff(self._starts)
+
+  @property
+  def shard_starts(self) -> np.ndarray:
+    return self._starts
+
   def locate(self, index: int) -> tuple[int, int]:
     """Example ``index`` -> (file number, row in that file)."""
     file = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -210,15 +259,43 @@ class RecordSource(RobustSource):
       with self._open_lock:
         handle = self._handles.get(file)
         if handle is None:
-          handle = self._handles[file] = self._open(self.paths[file])
+          handle = self._handles[file] = self._open(self._readable(file))
     return handle
+
+  def _readable(self, file: int) -> Any:
+    """What ``_open`` gets for file ``file``: a local path (the file, or its fetched copy), or a
+    remote file object; checked against the index's size."""
+    path = self.paths[file]
+    if not storage.is_remote(path):
+      self._check_size(file, os.path.getsize(path))
+      return path
+    if self.cache is not None:
+      local = self.cache.fetch(path, file, self._forget)
+      self._check_size(file, os.path.getsize(local))
+      return local
+    f = storage.open_read(path, block_size=1 << 20)  # random reads: little read-ahead
+    self._check_size(file, int(f.size))
+    return f
+
+  def _check_size(self, file: int, size: int) -> None:
+    if self._sizes is not None and size != self._sizes[file]:
+      raise StaleIndex(
+        f"{self.paths[file]} is {size} bytes, the index {self._index_path} says "
+        f"{self._sizes[file]}: rewrite it with `vlpt-data index {self.kind}:PATTERN`"
+      )
+
+  def _forget(self, file: int) -> None:
+    """The shard cache dropped ``file``'s copy: close it (called under the open lock)."""
+    handle = self._handles.pop(file, None)
+    if handle is not None:
+      self._close(handle)
 
   def read_record(self, index: int) -> dict:
     """The fields of example ``index`` (raises :class:`CorruptRecord`)."""
     file, row = self.locate(index)
     try:
       return self._read(self._handle(file), file, row)
-    except CorruptRecord:
+    except (CorruptRecord, DataError):  # a stale index, a file without the columns: loud
       raise
     except Exception as e:  # noqa: BLE001 - a damaged chunk, page or row group
       raise CorruptRecord(f"{self.paths[file]}[{row}]: {type(e).__name__}: {e}") from e

@@ -26,6 +26,7 @@ class ShardSetWriter:
 
   suffix = ""
   source_kind = ""
+  record_index = False  # True: close() also writes the set's record-count index (ArrayRecord, Parquet)
 
   def __init__(self, out_dir: str, shard_size: int = 10000):
     if shard_size < 1:
@@ -34,6 +35,7 @@ class ShardSetWriter:
     self.shard_size = shard_size
     self.count = 0
     self.paths: list[str] = []
+    self.sizes: list[int] = []
     self._file: Any = None
     storage.makedirs(out_dir)
     # a remote shard is written here first, then uploaded whole (GCS has no append)
@@ -55,6 +57,7 @@ class ShardSetWriter:
     if self._file is not None:
       self._close_file(self._file)
       self._file = None
+      self.sizes.append(os.path.getsize(self._local(self.paths[-1])))
       if self._local_dir is not None:
         local = self._local(self.paths[-1])
         storage.upload(local, self.paths[-1])
@@ -69,6 +72,14 @@ class ShardSetWriter:
     self._finish_file()
     if self._local_dir is not None:
       shutil.rmtree(self._local_dir, ignore_errors=True)
+    if self.record_index and self.paths:
+      from vlpt.data import record_index
+
+      counts = [self.shard_size] * (len(self.paths) - 1)
+      counts.append(self.count - self.shard_size * (len(self.paths) - 1))
+      record_index.write_index(
+        record_index.RecordIndex(self.source_kind, self.paths, counts, self.sizes)
+      )
     return finish_shards(self.out_dir, self.paths, self.suffix)
 
   def __enter__(self):

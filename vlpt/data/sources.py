@@ -125,6 +125,19 @@ def _parquet(
   return ParquetSource(argument, image_size=image_size, **_options(options, "data_dir"))
 
 
+def record_source_class(kind: str):
+  """The class of the ``arrayrecord`` or ``parquet`` source (imported on demand)."""
+  if kind == "arrayrecord":
+    from vlpt.data.arrayrecord import ArrayRecordSource
+
+    return ArrayRecordSource
+  if kind == "parquet":
+    from vlpt.data.parquet import ParquetSource
+
+    return ParquetSource
+  raise ValueError(f"not a record format: {kind!r} (arrayrecord or parquet)")
+
+
 def build_source(spec: str, **kwargs: Any):
   """``'kind:argument'`` -> a random-access source."""
   kind, _, argument = spec.partition(":")

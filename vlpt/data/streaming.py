@@ -9,9 +9,10 @@ shards are read whole, sequentially, once per epoch:
 - a process's shards go by in windows of ``stream_window`` shards; the examples of a window are
   permuted (seeded by ``(seed, e, window)``): a shuffle within a window of shards, as
   WebDataset's shuffle buffer, but by index, so it is deterministic;
-- :class:`vlpt.data.webdataset.WebDatasetSource` with a ``cache_dir`` fetches a remote shard whole
-  (one sequential read) into a local cache the first time any worker needs it, and reads its
-  examples there; each process keeps about three windows of shards.
+- a file source (WebDataset, ArrayRecord, Parquet) with a ``cache_dir`` fetches a remote shard
+  whole (one sequential read) into a local cache (:class:`vlpt.data.files.ShardCache`) the first
+  time any worker needs it, and reads its examples there; each process keeps about three windows
+  of shards. A source gives ``shard_counts`` (examples per shard) and ``shard_starts``.
 
 Since element ``k`` of a process's stream is a pure function of ``(seed, k, p, P)``, the iterator
 state is still a position: exact resume with or without workers, as in random mode. Changing the
@@ -30,10 +31,11 @@ import numpy as np
 
 
 class ShardStream(grain.MapDataset):
-  """Element ``k`` of process ``p`` -> ``(stream position, source[i])`` in streaming order.
+  """Element ``k`` of process ``p``'s share of ``source``, in streaming order (endless).
 
-  The stream position (``(k // b) * B + p * b + k % b`` with the local batch ``b`` and the global
-  batch ``B``, as in random mode) keys the example's random choices downstream.
+  ``source``: random-access, with ``shard_counts`` and ``shard_starts`` (its index's layout).
+  :class:`ProcessPositions` turns the process's elements into stream positions, after a mixture
+  of several such streams when there is one.
   """
 
   def __init__(
@@ -43,25 +45,21 @@ class ShardStream(grain.MapDataset):
     seed: int,
     window: int,
     shuffle: bool,
-    global_batch: int,
     process_index: int,
     process_count: int,
   ):
     super().__init__()
-    if global_batch % process_count:
-      raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
-    tables = source.tables
-    if len(tables.counts) < process_count:
+    counts = np.asarray(source.shard_counts, np.int64)
+    if len(counts) < process_count:
       raise ValueError(
-        f"streaming needs at least one shard per process: {len(tables.counts)} shard(s) for "
+        f"streaming needs at least one shard per process: {len(counts)} shard(s) for "
         f"{process_count} processes; use config.data.train.access='random'"
       )
     self._source = source
-    self._counts = np.asarray(tables.counts, np.int64)
-    self._starts = np.asarray(tables.starts, np.int64)
+    self._counts = counts
+    self._starts = np.asarray(source.shard_starts, np.int64)
     self._seed, self._window, self._shuffle = int(seed), max(1, int(window)), bool(shuffle)
     self._p, self._P = process_index, process_count
-    self._global, self._local = global_batch, global_batch // process_count
     self._epoch_starts = [0]  # local index where each epoch begins (grown on demand)
     self._epochs: collections.OrderedDict = collections.OrderedDict()
     self._windows: collections.OrderedDict = collections.OrderedDict()
@@ -139,6 +137,30 @@ class ShardStream(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
+    return self._source[self.example_index(int(index))]
+
+
+class ProcessPositions(grain.MapDataset):
+  """Element ``k`` of this process's own stream -> ``(stream position, element)``.
+
+  The position ``(k // b) * B + p * b + k % b`` (local batch ``b``, global batch ``B``) is the
+  one random access gives the same element slot, so per-example random choices are keyed alike.
+  """
+
+  def __init__(
+    self, parent: grain.MapDataset, *, global_batch: int, process_index: int, process_count: int
+  ):
+    super().__init__(parent)
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    self._global, self._local = global_batch, global_batch // process_count
+    self._offset = process_index * self._local
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
     step, j = divmod(int(index), self._local)
-    position = step * self._global + self._p * self._local + j
-    return position, self._source[self.example_index(int(index))]
+    return step * self._global + self._offset + j, self._parent[int(index)]

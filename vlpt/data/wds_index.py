@@ -165,20 +165,20 @@ def scan_shards(paths: Sequence[str], threads: int = 8) -> list[ShardScan]:
 # the index file
 
 
-def default_index_path(paths: Sequence[str]) -> str:
+def default_index_path(paths: Sequence[str], suffix: str = SUFFIX) -> str:
   """Where ``vlpt-data index`` puts the index of exactly these shards: beside the first one,
   named by a hash of the shard list (another list of the same folder gets its own file)."""
   digest = hashlib.sha1("\n".join(storage.resolve(p) for p in paths).encode()).hexdigest()[:16]
-  return storage.join(storage.split(storage.resolve(paths[0]))[0], f"vlpt-{digest}{SUFFIX}")
+  return storage.join(storage.split(storage.resolve(paths[0]))[0], f"vlpt-{digest}{suffix}")
 
 
-def _relative(path: str, folder: str) -> str:
+def relative_name(path: str, folder: str) -> str:
   path = storage.resolve(path)
   prefix = folder.rstrip("/") + "/"
   return path[len(prefix) :] if path.startswith(prefix) else path
 
 
-def _absolute(name: str, folder: str) -> str:
+def absolute_name(name: str, folder: str) -> str:
   if storage.is_remote(name) or os.path.isabs(name):
     return name
   return posixpath.join(folder, name) if storage.is_remote(folder) else os.path.join(folder, name)
@@ -189,7 +189,7 @@ def encode_index(paths: Sequence[str], scans: Sequence[ShardScan], out: str) -> 
   head = {
     "version": 1,
     "record": RECORD.descr,
-    "shards": [_relative(p, folder) for p in paths],
+    "shards": [relative_name(p, folder) for p in paths],
     "counts": [len(s.table) for s in scans],
     "sizes": [int(s.size) for s in scans],
     "truncated": [i for i, s in enumerate(scans) if s.truncated],
@@ -221,7 +221,7 @@ def write_index_file(out: str, shards: Sequence[str], counts: np.ndarray, tables
   head = {
     "version": 1,
     "record": RECORD.descr,
-    "shards": [_relative(p, folder) for p in shards],
+    "shards": [relative_name(p, folder) for p in shards],
     "counts": [int(c) for c in counts],
     "sizes": [int(s) for s in sizes] if sizes is not None else None,
     "truncated": [],
@@ -379,7 +379,7 @@ def read_index(path: str) -> ShardTables:
   folder = storage.split(path)[0]
   data_offset = 16 + length + (-(16 + length) % 64)
   return ShardTables(
-    [_absolute(s, folder) for s in head["shards"]],
+    [absolute_name(s, folder) for s in head["shards"]],
     head["counts"],
     index_path=path,
     data_offset=data_offset,

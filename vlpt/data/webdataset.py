@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from vlpt import storage
-from vlpt.data.files import RobustSource, expand_shards
+from vlpt.data.files import RobustSource, ShardCache, expand_shards
 from vlpt.data.transforms import CenterCrop, decode_image
 from vlpt.data.wds_index import (
   BLOCK,
@@ -93,8 +93,7 @@ class WebDatasetSource(RobustSource):
     super().__init__(max_bad_fraction=max_bad_fraction, min_reads=min_reads)
     self.spec = spec
     # remote shards are fetched whole into cache_dir (streaming order: vlpt.data.streaming)
-    self.cache_dir, self.cache_shards = cache_dir, int(cache_shards)
-    self._fetched: list[int] = []
+    self.cache = ShardCache(cache_dir, cache_shards, ".tar") if cache_dir else None
     if spec.endswith(SUFFIX):  # an index written with `vlpt-data index --out`: it names the shards
       tables = read_index(spec)
     else:
@@ -121,11 +120,20 @@ class WebDatasetSource(RobustSource):
 
   def __getstate__(self):
     state = super().__getstate__()
-    state["_fds"], state["_fetched"] = {}, []
+    state["_fds"] = {}
     return state
 
   def __len__(self) -> int:
     return self.tables.num_samples
+
+  @property
+  def shard_counts(self):
+    """Samples per shard (what streaming orders: :mod:`vlpt.data.streaming`)."""
+    return self.tables.counts
+
+  @property
+  def shard_starts(self):
+    return self.tables.starts
 
   def __repr__(self) -> str:
     return f"WebDatasetSource({self.spec!r}, shards={len(self.paths)}, len={len(self)})"
@@ -133,53 +141,23 @@ class WebDatasetSource(RobustSource):
   def _read(self, shard: int, offset: int, size: int) -> bytes:
     path = self.paths[shard]
     remote = storage.is_remote(path)
-    if remote and not self.cache_dir:
+    if remote and self.cache is None:
       return storage.read_range(path, offset, size)
     if self._pid != os.getpid():  # forked: do not share descriptors with the parent
-      self._fds, self._fetched, self._pid = {}, [], os.getpid()
+      self._fds, self._pid = {}, os.getpid()
     fd = self._fds.get(shard)
     if fd is None:
       with self._lock:
         fd = self._fds.get(shard)
         if fd is None:
-          fd = self._fds[shard] = os.open(self._fetch(shard) if remote else path, os.O_RDONLY)
+          local = self.cache.fetch(path, shard, self._forget) if remote else path
+          fd = self._fds[shard] = os.open(local, os.O_RDONLY)
     return os.pread(fd, size, offset)
 
-  def _fetch(self, shard: int) -> str:
-    """The local copy of remote shard ``shard``: read whole, sequentially, by the first process
-    that needs it (a lock file keeps the others waiting, then they share it). This process
-    forgets (and deletes) the oldest of the shards it fetched beyond ``cache_shards``; a process
-    that still reads one keeps its open descriptor, a later one fetches it again."""
-    import fcntl
-    import hashlib
-    import shutil
-
-    path = self.paths[shard]
-    os.makedirs(self.cache_dir, exist_ok=True)
-    name = hashlib.sha1(path.encode()).hexdigest()[:20] + ".tar"
-    local = os.path.join(self.cache_dir, name)
-    with open(local + ".lock", "w") as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if not os.path.exists(local):
-        part = f"{local}.{os.getpid()}.part"
-        with storage.open_read(path) as src, open(part, "wb") as dst:
-          shutil.copyfileobj(src, dst, 8 << 20)
-        os.replace(part, local)
-    self._fetched.append(shard)
-    while len(self._fetched) > self.cache_shards:
-      old = self._fetched.pop(0)
-      fd = self._fds.pop(old, None)
-      if fd is not None:
-        os.close(fd)
-      old_local = os.path.join(
-        self.cache_dir, hashlib.sha1(self.paths[old].encode()).hexdigest()[:20] + ".tar"
-      )
-      for victim in (old_local, old_local + ".lock"):
-        try:
-          os.remove(victim)
-        except OSError:
-          pass
-    return local
+  def _forget(self, shard: int) -> None:
+    fd = self._fds.pop(shard, None)
+    if fd is not None:
+      os.close(fd)
 
   def locate(self, index: int) -> tuple[int, int]:
     """Example ``index`` -> (shard, row in the shard)."""
