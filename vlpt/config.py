@@ -79,8 +79,9 @@ def default_config() -> ml_collections.ConfigDict:
   # GPU only, bf16/fp16), "auto" (JAX picks cuDNN where it applies, XLA elsewhere)
   c.model.attention = "xla"
   c.model.param_dtype = "float32"
-  # CoCa only (model.name = "coca"): the multimodal decoder's kwargs (width, depth, heads,
-  # mlp_dim, vocab_size, context_length; None: from the text tower / tokenizer)
+  # CoCa (model.name = "coca"): the multimodal decoder's kwargs (width, depth, heads,
+  # mlp_dim, vocab_size, context_length; None: from the text tower / tokenizer); LocCa
+  # ("locca"): the same plus num_bins (box coordinate tokens; docs/models.md)
   c.model.decoder = ml_collections.ConfigDict()
 
   # Where the parameters start: random (from config.seed) unless a checkpoint is named
@@ -115,6 +116,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.uniform_weight = 1.0  # clip_align_uniform only
   c.loss.distill_weight = 1.0  # distill only: contrastive + distill_weight * distillation
   c.loss.caption_weight = 2.0  # CoCa only: contrastive + caption_weight * caption (Eq. 3)
+  # LocCa only (model.name = "locca"; SigLIP 2, arXiv:2502.14786, Sec. 2.2): contrastive +
+  # decoder_weight * (caption + aref + gcap); parallel_fraction of the decoder's sequences are
+  # predicted in parallel (mask-token inputs, no causal mask: CapPa, arXiv:2306.07915)
+  c.loss.decoder_weight = 1.0
+  c.loss.parallel_fraction = 0.5
 
   # A frozen teacher for the teacher losses (config.loss.name "distill" or "cwcl"): any source
   # vlpt.load accepts; it must tokenize like config.data.tokenizer

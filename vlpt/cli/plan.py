@@ -102,7 +102,7 @@ def _steps(config, devices, num_slices: int):
     yield [{"mesh.data": -1, "mesh.fsdp": f} for f in fsdp if per_slice % f == 0]
   if config.loss.impl == "gather" and config.loss.name in ("softmax", "sigmoid"):
     yield [{"loss.impl": "ring"}]
-  towers = ("image", "text") + (("decoder",) if config.model.name == "coca" else ())
+  towers = ("image", "text") + (("decoder",) if config.model.name in ("coca", "locca") else ())
   for policy in REMAT_ORDER:
     yield [{f"model.{t}.remat": policy for t in towers}]
   for k in ACCUMULATION_ORDER:

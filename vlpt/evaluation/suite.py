@@ -7,7 +7,7 @@
 * ``retrieval``: image <-> text recall@1/5/10 with several captions per image;
 * ``linear_probe``: logistic regression on frozen image features of ``train_split``, scored on
   the evaluated split;
-* ``captioning`` (CoCa): greedy or beam captions scored with CIDEr-D and BLEU-4 against the
+* ``captioning`` (CoCa, LocCa): greedy or beam captions scored with CIDEr-D and BLEU-4 against the
   split's captions; ``cider_shuffled`` scores the same captions against the references of other
   images (the level an image-blind captioner reaches);
 * ``dense_probe``: a linear probe of the image tower's patch tokens onto per-patch class labels
@@ -40,6 +40,8 @@ from vlpt.evaluation.embedding import embed_in_batches, fetch_rows
 from vlpt.sharding import LogicalRules, activate, batch_sharding, replicated
 
 TASKS = ("zeroshot", "retrieval", "linear_probe", "captioning", "dense_probe")
+# models whose decoder writes captions: CoCa's over its pooler's tokens, LocCa's over the patch tokens
+CAPTIONERS = ("coca", "locca")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 # every key of a config.eval.datasets entry, with its default
@@ -127,10 +129,10 @@ def check_config(eval_config: Any, *, model_name: str) -> None:
         f"the {kind!r} source has none (sources with masks: "
         f"{', '.join(k for k in READERS.names() if READERS.get(k).has_masks)})"
       )
-    if "captioning" in s["tasks"] and model_name != "coca":
+    if "captioning" in s["tasks"] and model_name not in CAPTIONERS:
       raise ValueError(
         f"config.eval.datasets.{name}.tasks has 'captioning', which needs a "
-        f"captioner (config.model.name='coca'), not {model_name!r}"
+        f"captioner (config.model.name 'coca' or 'locca'), not {model_name!r}"
       )
 
 
@@ -392,16 +394,18 @@ def make_captioner(ctx: EvalContext, settings: dict[str, Any]) -> Callable:
 
   def captions(params, images):
     model = nnx.merge(ctx.graphdef, params)
-    return generate(
+    ids = generate(
       model,
       normalize_images(images, ctx.normalization),
       max_len=tok.context_length,
-      sot_id=tok.sot_id,
-      eot_id=tok.eot_id,
+      # a LocCa decoder starts and ends captions with its own task and end tokens
+      sot_id=getattr(model, "caption_start", tok.sot_id),
+      eot_id=getattr(model, "caption_end", tok.eot_id),
       pad_id=tok.pad_id,
       method=method,
       num_beams=beams,
     )
+    return model.text_ids(ids) if hasattr(model, "text_ids") else ids
 
   return jax.jit(
     captions,

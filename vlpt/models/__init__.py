@@ -18,6 +18,7 @@ from flax import nnx
 from vlpt.models.clip import CLIP
 from vlpt.models.coca import CoCa, MultimodalDecoder
 from vlpt.models.layers import check_attention
+from vlpt.models.locca import LocCa, LocCaDecoder
 from vlpt.models.text import TextTransformer
 from vlpt.models.vit import VisionTransformer
 from vlpt.registry import Registry
@@ -25,10 +26,13 @@ from vlpt.registry import Registry
 MODELS: Registry = Registry("model")
 MODELS.register("clip")(CLIP)
 MODELS.register("coca")(CoCa)
+MODELS.register("locca")(LocCa)
 
 # the towers' keyword arguments that the model passes itself (not config keys)
 _SET_BY_THE_MODEL = ("self", "embed_dim", "rngs", "dtype", "param_dtype", "attention")
 _TOWERS = (("image", VisionTransformer), ("text", TextTransformer), ("decoder", MultimodalDecoder))
+# models with a decoder (config.model.decoder) -> its class
+DECODERS = {"coca": MultimodalDecoder, "locca": LocCaDecoder}
 
 
 def model_kwargs(model_config: Any, *, image_size: int, vocab_size: int, context_length: int) -> dict:
@@ -53,14 +57,16 @@ def model_kwargs(model_config: Any, *, image_size: int, vocab_size: int, context
       f"config.model.text.context_length={text['context_length']} is shorter than "
       f"the tokenizer's ({context_length})"
     )
-  if model["name"] == "coca":
+  if model["name"] in DECODERS:
     model["decoder"] = {
       "vocab_size": text["vocab_size"],
       "context_length": text["context_length"],
       **decoder,
     }
   elif decoder:
-    raise ValueError(f"config.model.decoder is for CoCa only (config.model.name={model['name']!r})")
+    raise ValueError(
+      f"config.model.decoder is for CoCa and LocCa only (config.model.name={model['name']!r})"
+    )
   return model
 
 
@@ -96,6 +102,8 @@ def check_config(kwargs: dict) -> None:
       f"on {jax.default_backend()}: use 'xla' or 'auto'"
     )
   for part, cls in _TOWERS:
+    if part == "decoder":
+      cls = DECODERS.get(kwargs["name"], cls)
     if part in kwargs:
       _check_tower_keys(f"model.{part}", kwargs[part], cls)
   try:
@@ -105,4 +113,4 @@ def check_config(kwargs: dict) -> None:
     raise ValueError(message if message.startswith("config.") else f"config.model: {message}") from None
 
 
-__all__ = ["CLIP", "CoCa", "MODELS", "build_model", "check_config", "model_kwargs"]
+__all__ = ["CLIP", "DECODERS", "CoCa", "LocCa", "MODELS", "build_model", "check_config", "model_kwargs"]

@@ -36,7 +36,7 @@ def check_config(config: Any) -> None:
   """``config.init`` -> ValueError naming the first problem (the checkpoint is not read)."""
   init = config.init
   towers = tuple(init.towers or ())
-  parts = {"image", "text"} | ({"decoder"} if config.model.name == "coca" else set())
+  parts = {"image", "text"} | ({"decoder"} if config.model.name in ("coca", "locca") else set())
   bad_lock = set(init.lock_towers) - set(LOCKABLE)
   if bad_lock:
     raise ValueError(

@@ -12,9 +12,15 @@ from vlpt.train.objectives.base import Objective
 from vlpt.train.objectives.coca import CocaObjective
 from vlpt.train.objectives.contrastive import ContrastiveObjective
 from vlpt.train.objectives.distillation import DistillationObjective
+from vlpt.train.objectives.locca import LoccaObjective
 
 # in order of precedence; ContrastiveObjective applies to every config (the default)
-OBJECTIVES: tuple[type[Objective], ...] = (DistillationObjective, CocaObjective, ContrastiveObjective)
+OBJECTIVES: tuple[type[Objective], ...] = (
+  DistillationObjective,
+  CocaObjective,
+  LoccaObjective,
+  ContrastiveObjective,
+)
 
 
 def objective_class(config: Any) -> type[Objective]:
@@ -27,6 +33,7 @@ __all__ = [
   "CocaObjective",
   "ContrastiveObjective",
   "DistillationObjective",
+  "LoccaObjective",
   "Objective",
   "objective_class",
 ]

@@ -93,8 +93,8 @@ class DistillationObjective(Objective):
       detect_format(config.teacher.checkpoint)
     except WeightsError as e:
       raise ValueError(f"config.teacher.checkpoint: {e}") from None
-    if config.model.name == "coca" or config.accumulation_steps > 1:
-      raise ValueError("teacher losses are not supported with CoCa or accumulation_steps > 1")
+    if config.model.name in ("coca", "locca") or config.accumulation_steps > 1:
+      raise ValueError("teacher losses are not supported with CoCa, LocCa or accumulation_steps > 1")
 
   def __init__(self, setup: Any):
     super().__init__(setup)
