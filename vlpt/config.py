@@ -144,6 +144,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.no_decay = ("logit_scale", "logit_bias", "embedding", "ln_", "bias")
   c.optimizer.freeze = ()
 
+  # EMA weights (Polyak averaging; docs/operations.md): decay > 0 keeps a float32 moving average
+  # of the parameters, ema = decay * ema + (1 - decay) * params after every applied step, which
+  # evaluation, vlpt-eval, exports and vlpt.load of the workdir then use. 0.0: off. One decay, no
+  # warmup of it.
+  c.ema = ml_collections.ConfigDict({"decay": 0.0})
+
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 224  # the training resolution: the pipeline's crops and the image tower's
   c.data.normalization = "clip"  # clip | siglip | none (vlpt.data.normalization)
@@ -246,7 +252,7 @@ def smoke_run(c: ml_collections.ConfigDict) -> None:
 # minutes, not tens of minutes, for a pod-sized compile) and keep only the outputs of the weight
 # matmuls for the backward pass ("dots_no_batch": the attention scores and elementwise work are
 # recomputed, the activation memory of a block falls several-fold); docs/scale.md has the figures.
-LARGE_TOWERS = ("L", "H", "g", "So400m")
+LARGE_TOWERS = ("L", "H", "g", "g-opt", "So400m")
 
 
 def large_tower_defaults(c: ml_collections.ConfigDict, remat: str = "dots_no_batch") -> None:

@@ -35,7 +35,7 @@ from e2e_utils import (
   train_sentencepiece,
 )
 
-RECIPES = ("clip", "align", "siglip", "coca", "lit")
+RECIPES = ("clip", "align", "siglip", "coca", "lit", "siglip2")
 DOCS = os.path.join(REPO, "docs", "recipes.md")
 # a reported result: one decimal (63.2); table numbers, sizes and hyperparameters do not match
 RESULT = re.compile(r"(?<![\w.])\d{1,3}\.\d(?!\w|\.\d)")
@@ -75,10 +75,15 @@ def test_every_variant_builds_and_validates(name, tmp_path):
   holders = placeholders(module)
   assert holders and "smoke" in module.VARIANTS
   for variant in (None, *module.VARIANTS):
+    if variant in getattr(module, "DEMO_ABLATIONS", ()):  # modifiers of the demo run
+      variant = f"demo,{variant}"
     config = module.get_config(variant)
     if variant == "smoke":
       validate(config, num_devices=8)  # runs as is: built-in data, no files needed
       assert config.data.train.source == "synthetic" and config.total_steps <= 30
+      continue
+    if variant and "demo" in variant:  # SigLIP 2's demo runs: built-in data too
+      validate(config, num_devices=8)
       continue
     # unset placeholders fail validation naming themselves
     with pytest.raises(ConfigError) as e:
@@ -117,6 +122,23 @@ def test_recipe_settings_follow_the_papers():
   assert coca.model.name == "coca" and coca.loss.caption_weight == 2.0
   assert coca.model.image.pool == "coca" and coca.model.image.pooler_queries == 257
   assert coca.batch_size * coca.total_steps == 500_000 * 65_536
+
+  siglip2 = recipe("siglip2")
+  s2 = siglip2.get_config("g16")
+  assert (s2.batch_size, s2.total_steps, s2.optimizer.warmup_steps) == (32768, 1220703, 20000)
+  assert s2.data.tokenizer.context_length == 64 and s2.data.tokenizer.lower_case
+  assert s2.model.image.variant == "g-opt/16" and s2.model.text.variant == "So400m"
+  assert s2.model.image.scan and s2.model.text.scan  # large towers
+  assert siglip2.get_config("naflex").model.image.naflex
+  demo, sigmoid = siglip2.get_config("demo"), siglip2.get_config("demo,sigmoid")
+  assert "dense_probe" in demo.eval.datasets.heldout.tasks
+  assert (demo.seed, demo.total_steps, demo.batch_size) == (
+    sigmoid.seed,
+    sigmoid.total_steps,
+    sigmoid.batch_size,
+  )
+  with pytest.raises(ValueError, match="ablations of the demo"):
+    siglip2.get_config("sigmoid")
 
   lit = recipe("lit").get_config(None)
   assert lit.init.lock_towers == ("image",) and lit.init.towers == ("image",)

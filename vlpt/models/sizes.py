@@ -28,6 +28,7 @@ VIT_SIZES: dict[str, TowerSize] = {
   "L": TowerSize(1024, 24, 16, 4096),
   "H": TowerSize(1280, 32, 16, 5120),
   "g": TowerSize(1408, 40, 16, 6144),
+  "g-opt": TowerSize(1536, 40, 16, 6144),  # SigLIP 2's g (shape-optimized, Alabdulmohsin et al. 2023)
   "So400m": TowerSize(1152, 27, 16, 4304),
 }
 
