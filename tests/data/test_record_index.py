@@ -153,7 +153,8 @@ def test_streaming_shares_of_records_are_disjoint_and_cover(tmp_path, gcs_bucket
   seen = []
   for p in range(2):
     it = data_stream(c, p, 2, batch=4)
-    seen.append(np.concatenate([next(it)["image"][:, 0, 0, 0] for _ in range(6)]).tolist())  # local batches of 2
+    batches = [next(it)["image"][:, 0, 0, 0] for _ in range(6)]  # local batches of 2
+    seen.append(np.concatenate(batches).tolist())
     it.close()
   assert not set(seen[0]) & set(seen[1])
   assert sorted(seen[0] + seen[1]) == list(range(24))  # one epoch of each process's files
