@@ -63,6 +63,12 @@ def decay_mask(params: Any, no_decay: Sequence[str]) -> Any:
   return jax.tree.map(lambda p, x: bool(x.ndim >= 2 and not skip(p)), param_paths(params), params)
 
 
+def freeze_patterns(config: Any) -> tuple[str, ...]:
+  """The frozen parameters' path patterns: ``config.optimizer.freeze`` and the locked towers (LiT:
+  a locked tower is frozen like any other pattern, no updates and no optimizer state)."""
+  return tuple(config.optimizer.freeze) + tuple(f"^{tower}/" for tower in config.init.lock_towers)
+
+
 def frozen_labels(params: Any, freeze: Sequence[str]) -> Any:
   frozen = _matches(freeze)
   return jax.tree.map(lambda p: "frozen" if frozen(p) else "trainable", param_paths(params))
@@ -248,8 +254,7 @@ def build_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
       adafactor(schedule, b1=oc.b1, b2=oc.b2, eps=eps, weight_decay=oc.weight_decay, mask=mask)
     )
   tx = optax.chain(*parts)
-  # LiT: a locked tower is frozen like any other pattern (no updates, no optimizer state)
-  freeze = tuple(oc.freeze) + tuple(f"^{tower}/" for tower in config.init.lock_towers)
+  freeze = freeze_patterns(config)
   if freeze:
     tx = optax.multi_transform(
       {"trainable": tx, "frozen": optax.set_to_zero()}, frozen_labels(params, freeze)

@@ -3,7 +3,8 @@
 Sources (detected from the path; :func:`vlpt.train.initialization.read_checkpoint`):
 - a vlpt export directory (``vlpt_model.json`` + ``model.safetensors``, written by
   ``vlpt-convert --to vlpt`` or :meth:`Pretrained.save`);
-- a vlpt training workdir (``vlpt_config.json`` + ``checkpoints/``): its latest checkpoint;
+- a vlpt training workdir (``vlpt_config.json`` + ``checkpoints/``): its latest checkpoint, with
+  its EMA weights when it has them (``config.ema.decay``; ``weights="raw"``: its parameters);
 - an open_clip directory (``open_clip_config.json`` + ``open_clip_model.safetensors`` or
   ``open_clip_pytorch_model.bin``);
 - an HF transformers ``CLIPModel`` / ``SiglipModel`` / ``Siglip2Model`` (NaFlex) directory
@@ -105,13 +106,15 @@ def load(
   tokenizer: dict | None = None,
   dtype: str = "float32",
   attention: str = "xla",
+  weights: str = "ema",
 ) -> Pretrained:
   """Loads any supported source (see the module docstring); optionally resizes positions.
 
   ``dtype`` / ``attention``: the compute dtype and attention kernel (config.model.attention's
-  values) the encoders run with here.
+  values) the encoders run with here. ``weights``: a workdir's EMA weights when it has them
+  ("ema") or its raw parameters ("raw"); other sources have one set of weights.
   """
-  bundle = read_checkpoint(path)
+  bundle = read_checkpoint(path, weights=weights)
   if image_size or context_length:
     model, params = resize_model(
       bundle.model, bundle.params, image_size=image_size, context_length=context_length

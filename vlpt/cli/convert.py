@@ -5,6 +5,8 @@ SRC is detected: a vlpt export or training workdir, an open_clip directory
 ``SiglipModel`` / ``Siglip2Model`` directory (``config.json`` + ``model.safetensors``) or a big_vision
 ``.npz``.
 DST must not exist (or be empty); it appears only once fully written.
+A training workdir (or a step of it) is exported with its EMA weights when its checkpoint has
+them (``config.ema.decay``), or with ``--weights raw`` its parameters.
 ``--print-config`` prints the config keys that describe SRC's architecture (``model``, and
 ``data.image_size`` / ``tokenizer`` / ``normalization``) as JSON: ``vlpt.config.overlay(config,
 json.load(f))`` in a config file, or ``--config.init.architecture_from_checkpoint=True``.
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     default=None,
     help="a training workdir's checkpoint of this step (default: the latest)",
   )
+  parser.add_argument(
+    "--weights",
+    choices=("ema", "raw"),
+    default="ema",
+    help="a training workdir's weights: its EMA weights when the checkpoint has them (default), "
+    "or raw: its parameters",
+  )
   args = parser.parse_args(argv)
   if not args.print_config and not args.dst:
     parser.error("DST is required (or use --print-config)")
@@ -53,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
   from vlpt.weights.resize import resize_model
 
   try:
-    bundle = read_checkpoint(args.src, args.step)
+    bundle = read_checkpoint(args.src, args.step, weights=args.weights)
     kind = "workdir" if step_directory(args.src) else detect_format(args.src)
+    if kind == "workdir":
+      kind += " (EMA weights)" if bundle.source == "workdir EMA" else " (parameters)"
     if args.image_size or args.context_length:
       bundle.model, bundle.params = resize_model(
         bundle.model, bundle.params, image_size=args.image_size, context_length=args.context_length

@@ -42,7 +42,7 @@ def _flop(n: float) -> str:
 
 def _advice(plan) -> str:
   part = plan.largest_part()
-  if part in ("parameters", "optimizer"):
+  if part in ("parameters", "optimizer", "ema"):
     fix = "shard them with --config.mesh.fsdp (and data=-1), or a lighter optimizer"
   elif part == "temporaries":
     fix = (

@@ -9,6 +9,7 @@ import ml_collections
 
 from vlpt.errors import ConfigError
 from vlpt.evaluation.suite import EvalContext, EvalSuite
+from vlpt.train import ema
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.initialization import resolve_architecture
 from vlpt.train.setup import Setup, build, initial_state
@@ -62,7 +63,9 @@ def evaluate(
   With no checkpoint in ``workdir`` and ``config.init.checkpoint`` set, the pretrained weights
   themselves are evaluated (at step 0): a converted open_clip / HF / big_vision model runs the
   same evaluators. Results are appended to ``workdir/metrics.jsonl`` at the evaluated step and
-  returned, keyed ``NAME/TASK/METRIC``.
+  returned, keyed ``NAME/TASK/METRIC``. With ``config.ema.decay > 0`` the EMA weights are
+  evaluated (as the training loop does; a checkpoint saved without them: its parameters), under
+  the same keys; ``--config.ema.decay=0`` evaluates the raw parameters.
   """
   if not config.eval.datasets:
     raise ConfigError("config.eval.datasets is empty: nothing to evaluate")
@@ -79,7 +82,7 @@ def evaluate(
       raise ConfigError(
         f"{e} with vlpt-train, or set config.init.checkpoint to evaluate pretrained weights"
       ) from None
-  results = eval_suite(setup)(state.params)
+  results = eval_suite(setup)(ema.weights(state))
   writer = MetricWriter(workdir)  # metrics.jsonl and TensorBoard, beside the training curves
   writer.write(int(state.step), results)
   writer.close()

@@ -96,23 +96,35 @@ def step_directory(path: str) -> tuple[str, int] | None:
   return None
 
 
-def read_checkpoint(path: str, step: int | None = None) -> Bundle:
+WEIGHTS = ("ema", "raw")  # a workdir's weights to read: its EMA when it has one, or its parameters
+
+
+def read_checkpoint(path: str, step: int | None = None, *, weights: str = "ema") -> Bundle:
   """Any source ``vlpt.load`` accepts, as a :class:`~vlpt.weights.formats.Bundle`: a workdir's
-  latest checkpoint, or ``step`` (also named as ``WORKDIR/checkpoints/STEP``)."""
+  latest checkpoint, or ``step`` (also named as ``WORKDIR/checkpoints/STEP``); of a workdir, its
+  EMA weights when it has them (``weights="raw"``: its parameters; see :func:`read_workdir`)."""
   at_step = step_directory(path)
   if at_step is not None:
     if step is not None and step != at_step[1]:
       raise WeightsError(f"{path} is step {at_step[1]}, not the requested step {step}")
-    return read_workdir(*at_step)
+    return read_workdir(*at_step, weights=weights)
   if detect_format(path) == "workdir":
-    return read_workdir(path, step)
+    return read_workdir(path, step, weights=weights)
   if step is not None:
     raise WeightsError(f"{path} is not a training workdir: a step applies to workdirs only")
   return read_bundle(path)
 
 
-def read_workdir(path: str, step: int | None = None) -> Bundle:
-  """A training run's latest (or ``step``) checkpoint: its parameters only, read to the host."""
+def read_workdir(path: str, step: int | None = None, *, weights: str = "ema") -> Bundle:
+  """A training run's latest (or ``step``) checkpoint: its weights only, read to the host.
+
+  ``weights="ema"``: the EMA weights when the checkpoint has them (``config.ema.decay``; they are
+  what the run evaluated), else its parameters; ``"raw"``: the parameters. So ``vlpt.load``,
+  ``vlpt-convert``, ``config.init.checkpoint`` and ``config.teacher.checkpoint`` of a workdir
+  take its EMA weights; the bundle's source then reads ``workdir EMA``.
+  """
+  if weights not in WEIGHTS:
+    raise WeightsError(f"weights={weights!r}: choose among {WEIGHTS}")
   config = config_from_dict(json.loads(storage.read_text(storage.join(path, WORKDIR_CONFIG))))
   tokenizer = build_tokenizer(config.data.tokenizer)
   model_cfg = model_kwargs(
@@ -131,7 +143,8 @@ def read_workdir(path: str, step: int | None = None) -> Bundle:
       raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first")
     if step not in steps:
       raise WeightsError(f"{path} has no checkpoint of step {step}; it has {steps}")
-    params = checkpointer.restore_params(step, abstract.to_pure_dict())
+    part = "ema" if weights == "ema" and checkpointer.has_ema(step) else "params"
+    params = checkpointer.restore_params(step, abstract.to_pure_dict(), part=part)
   finally:
     checkpointer.close()
   abstract.replace_by_pure_dict(params)
@@ -141,7 +154,7 @@ def read_workdir(path: str, step: int | None = None) -> Bundle:
     flat_params(nnx.merge(graphdef, abstract)),
     config.data.tokenizer.to_dict(),
     Preprocess(image_size=config.data.image_size, mean=mean, std=std),
-    "workdir",
+    "workdir EMA" if part == "ema" else "workdir",
   )
 
 

@@ -26,6 +26,7 @@ from vlpt.data.files import SKIP_REASONS
 from vlpt.data.loader import DeviceLoader
 from vlpt.data.pipeline import SkipCounter, check_vocabulary, train_dataset
 from vlpt.errors import ConfigError
+from vlpt.train import ema
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.train.evaluation import eval_suite
 from vlpt.train.initialization import resolve_architecture
@@ -222,7 +223,7 @@ def _evaluate(
   evaluator: Any, state: Any, step: int, *, final: bool, writer: MetricWriter
 ) -> dict[str, float]:
   start = time.perf_counter()
-  results = evaluator(state.params, None if final else step)
+  results = evaluator(ema.weights(state), None if final else step)  # (the EMA when it is on)
   writer.write(step, results)
   _say(
     f"eval @ {step} ({time.perf_counter() - start:.1f}s): "

@@ -319,6 +319,8 @@ def plan(
     "optimizer": _shard_bytes(state.opt_state),
     "batch": _shard_bytes(batch),
   }
+  if state.ema is not None:  # config.ema.decay: one more float32 copy of the parameters
+    hbm["ema"] = _shard_bytes(state.ema)
   cost = None
   try:
     compiled = lower_train_step(setup, objective).compile()

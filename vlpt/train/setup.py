@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from vlpt import sharding as S
 from vlpt.models import build_model
 from vlpt.optim import build_optimizer
+from vlpt.train import ema
 from vlpt.train.initialization import check_checkpoint_fits, pretrained_params
 from vlpt.train.state import TrainState, pure_params
 from vlpt.train.validation import validate
@@ -66,6 +67,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
     raise NotImplementedError("models with non-parameter state are not supported by the trainer")
   abstract_params = abstract_params.to_pure_dict()
   tx = build_optimizer(config, abstract_params)
+  with_ema = ema.enabled(config)
 
   def init_fn(seed_key_data):
     key = jax.random.wrap_key_data(seed_key_data)
@@ -76,13 +78,16 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
       params=params,
       opt_state=tx.init(params),
       rng=jax.random.key_data(train_key),
+      ema=ema.init(params) if with_ema else None,
     )
 
   param_sh = S.param_shardings(nnx.state(abstract_model, nnx.Param), mesh, rules).to_pure_dict()
   repl = S.replicated(mesh)
   abstract = jax.eval_shape(init_fn, seed_key_data(config))
   opt_sh = _optimizer_state_shardings(tx, abstract.opt_state, param_sh, abstract_params, repl)
-  shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl)
+  shardings = TrainState(
+    step=repl, params=param_sh, opt_state=opt_sh, rng=repl, ema=param_sh if with_ema else None
+  )
   abstract = jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
@@ -127,11 +132,18 @@ def seed_key_data(config: ml_collections.ConfigDict) -> jax.Array:
 
 def initial_state(setup: Setup) -> TrainState:
   """Fresh parameters and optimizer state; ``config.init.checkpoint`` replaces the parameters
-  (checked to fit before anything compiles)."""
+  (checked to fit before anything compiles); the EMA, if any, starts as the final parameters."""
   if setup.config.init.checkpoint:
     check_checkpoint_fits(setup)
   with S.activate(setup.mesh, setup.rules):
     state = jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(seed_key_data(setup.config))
   if setup.config.init.checkpoint:
     state = state.replace(params=pretrained_params(setup, state.params))
+    if state.ema is not None:
+      state = state.replace(ema=ema_from_params(setup, state.params))
   return state
+
+
+def ema_from_params(setup: Setup, params: Any) -> Any:
+  """A fresh EMA (float32 copies of ``params``) placed with the parameters' shardings."""
+  return jax.jit(ema.init, out_shardings=setup.state_shardings.ema)(params)

@@ -14,6 +14,9 @@ class TrainState:
   params: Any  # nested dict of arrays (nnx.Param values)
   opt_state: Any
   rng: jax.Array  # raw uint32 key data, so it checkpoints like any array
+  # config.ema.decay > 0: float32 moving average of params, sharded like them (vlpt.train.ema);
+  # None (an empty subtree: nothing computed, placed or saved) when the EMA is off
+  ema: Any = None
 
 
 def pure_params(module: nnx.Module) -> dict:

@@ -1,8 +1,9 @@
 """The pure, jitted training step: the objective's value and gradient, one optimizer update,
 the model's constraints, and the step's metrics.
 
-A step whose loss or gradient is not finite changes nothing but the step counter (the data
-stream moves on); the loop's :class:`~vlpt.train.watches.NonFiniteWatch` stops a run that keeps
+After the update, the EMA weights (``config.ema.decay``, :mod:`vlpt.train.ema`) move toward the
+new parameters. A step whose loss or gradient is not finite changes nothing but the step counter
+(the data stream moves on); the loop's :class:`~vlpt.train.watches.NonFiniteWatch` stops a run that keeps
 producing them. The train state is donated: its buffers are reused for the next state.
 """
 
@@ -18,6 +19,7 @@ from flax import nnx
 
 from vlpt import sharding as S
 from vlpt.optim import learning_rate_schedule
+from vlpt.train import ema
 from vlpt.train.metrics import train_metrics
 from vlpt.train.objectives import Objective
 from vlpt.train.setup import Setup
@@ -35,6 +37,7 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
   metrics_cls = train_metrics(tuple(objective.extra_terms))
   patch_dropout = float(config.model.image.get("patch_dropout", 0.0) or 0.0)
   poisoned = tuple(int(x) for x in config.debug_nonfinite_steps)
+  update_ema = ema.make_update(config, setup.abstract_state.params) if ema.enabled(config) else None
 
   def step(state: TrainState, batch: dict[str, jax.Array], aux: Any = None):
     if patch_dropout > 0:  # per-example keys, split with the batch (also across micro-batches)
@@ -54,10 +57,12 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     def keep(new, old):  # a non-finite step keeps the old values
       return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
+    params = keep(pure_params(model), state.params)
     new_state = state.replace(
       step=state.step + 1,
-      params=keep(pure_params(model), state.params),
+      params=params,
       opt_state=keep(opt_state, state.opt_state),
+      ema=None if update_ema is None else keep(update_ema(state.ema, params), state.ema),
     )
     step_metrics = metrics_cls.single_from_model_output(
       loss=loss,

@@ -2,8 +2,8 @@
 
 Every owner checks its own section and raises its own error (the config layer its structure, the
 data pipeline its sources and files, the tokenizers theirs, the models their constructor
-arguments, the losses, the objective, the initialization, the optimizer, the evaluation suite);
-:func:`validate` runs them all, in that order, and turns whichever fails first into one
+arguments, the losses, the objective, the initialization, the optimizer, the EMA, the evaluation
+suite); :func:`validate` runs them all, in that order, and turns whichever fails first into one
 :class:`~vlpt.errors.ConfigError` line. Nothing is compiled or read in bulk before it passes.
 The run's own rules (the mesh against the devices, batches against the mesh and processes) are
 checked here.
@@ -21,7 +21,7 @@ from vlpt.data.tokenizers import build_tokenizer
 from vlpt.errors import ConfigError
 from vlpt.evaluation import suite
 from vlpt.sharding import MESH_AXES, MESH_OPTIONS, resolve_mesh_shape
-from vlpt.train import initialization
+from vlpt.train import ema, initialization
 from vlpt.train.objectives import objective_class
 
 
@@ -63,6 +63,7 @@ def _validate(config: Any, num_devices: int, num_processes: int) -> Validated:
   objective_class(config).check_config(config)
   initialization.check_config(config)
   optim.check_config(config.optimizer)
+  ema.check_config(config)
   suite.check_config(config.eval, model_name=config.model.name)
   return Validated(mesh_shape, tokenizer, kwargs)
 
