@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import tarfile
+import time
 
 import numpy as np
 
@@ -55,6 +57,21 @@ def same_topology_reference(processes, reference_run, env, directory, overrides=
     return command_for, train_losses(reference_run("long"))
   run(command_for(directory / "reference"), env)
   return command_for, train_losses(directory / "reference")
+
+
+def kill_after_checkpoint(command, env, workdir, min_step):
+  """Starts training, SIGKILLs it once a checkpoint >= min_step is finalized."""
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  ckpt = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.exists() else []
+    if steps and max(steps) >= min_step:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return proc
 
 
 def metrics(workdir):

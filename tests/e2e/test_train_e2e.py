@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from e2e_utils import (
   cli,
   env_with_devices,
   eval_rows,
+  kill_after_checkpoint,
   launch,
   metrics,
   run,
@@ -87,28 +87,13 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(tmp_path, cli_env, ref
   assert returned == {k: v for k, v in again.items() if k != "step"}
 
 
-def _kill_after_checkpoint(command, env, workdir, min_step):
-  """Starts training, SIGKILLs it once a checkpoint >= min_step is finalized."""
-  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  ckpt = workdir / "checkpoints"
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if ckpt.exists() else []
-    if steps and max(steps) >= min_step:
-      break
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  return proc
-
-
 def test_exact_resume_after_sigkill(tmp_path, cli_env, reference_run):
   env = env_with_devices(cli_env, 8)
   overrides = LONG_OVERRIDES
   want = train_losses(reference_run("long"))
 
   interrupted = tmp_path / "interrupted"
-  proc = _kill_after_checkpoint(
+  proc = kill_after_checkpoint(
     cli("vlpt.cli.train", interrupted, *overrides), env, interrupted, min_step=10
   )
   assert proc.returncode == -signal.SIGKILL
