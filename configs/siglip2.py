@@ -24,7 +24,9 @@ Variants (comma-combinable): B16 (default), L16, So400m16, So400m14, g16 (g-opt 
 So400m text tower); naflex (the NaFlex image tower: native aspect ratio, token budgets); demo
 (a tiny model on the built-in data with every SigLIP 2 term that vlpt implements, and the dense
 per-patch probe), and with demo: sigmoid (the same run with only the sigmoid loss), locca
-(sigmoid + LocCa); smoke (micro towers on the built-in data, 20 steps, as every recipe).
+(sigmoid + LocCa); demo,sigmoid,naflex (the demo's NaFlex run: token-budget batches of mixed
+aspect ratios, evaluated at three sequence lengths); smoke (micro towers on the built-in data,
+20 steps, as every recipe).
 
 Data and tokenizer: WebLI is not public. Override both placeholders, e.g.
   vlpt-train --config configs/siglip2.py:B16 --workdir DIR \\
@@ -104,6 +106,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError("siglip2 variants sigmoid and locca are ablations of the demo: add 'demo'")
   if {"sigmoid", "locca"} <= variants:
     raise ValueError("choose one of the siglip2 demo ablations: sigmoid or locca")
+  if {"demo", "naflex"} <= variants and "sigmoid" not in variants:
+    raise ValueError(
+      "the NaFlex demo trains the sigmoid loss only (vlpt's LocCa decoder reads fixed-size images): "
+      "use configs/siglip2.py:demo,sigmoid,naflex"
+    )
 
   c = default_config()
   c.seed = 0
@@ -148,28 +155,41 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   imagenet_zeroshot_eval(c)
   large_tower_defaults(c)  # ViT-L and larger: scanned blocks, remat (docs/scale.md)
 
-  if "naflex" in variants:
-    _naflex(c)
   if "demo" in variants:
     _demo(c, ablation=next(iter(variants & {"sigmoid", "locca"}), None))
   if "smoke" in variants:
     _smoke(c)
+  if "naflex" in variants:
+    _naflex(c, small="demo" in variants or "smoke" in variants)
   return c
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
   """Micro towers on the built-in synthetic data: the recipe's loss and optimizer, 20 steps."""
-  naflex = c.model.image.get("naflex", False)
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64  # = the micro towers' width
   image, text = _towers("micro/8", "micro")
-  c.model.image = ml_collections.ConfigDict({**image, **({"naflex": True} if naflex else {})})
+  c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
 
 
-def _naflex(c: ml_collections.ConfigDict) -> None:
-  """Sec. 2.4: the image tower takes patch sequences of images at their native aspect ratio."""
+PAPER_NAFLEX_LENGTHS = (128, 256, 576, 784, 1024)  # Sec. 2.4.2
+
+
+def _naflex(c: ml_collections.ConfigDict, small: bool) -> None:
+  """Sec. 2.4: the image tower takes patch sequences of images at their native aspect ratio;
+  training draws a sequence length per step and fills a token budget (the fixed-resolution
+  batch's patches: 32k x 256); the demo's micro/4 tower at 32 px has 4x4, 6x6 and 8x8 grids, and
+  is evaluated at all three sequence lengths (16, 24 and 32 px held-out images)."""
   c.model.image.naflex = True
+  patch = int(c.model.image.variant.split("/")[1])
+  full = (c.data.image_size // patch) ** 2
+  c.data.train.naflex.lengths = (16, 36, 64) if small else PAPER_NAFLEX_LENGTHS
+  c.data.train.naflex.token_budget = c.batch_size * full
+  if small:
+    heldout = c.eval.datasets.heldout
+    for size in (16, 24):
+      c.eval.datasets[f"heldout_{size}px"] = ml_collections.ConfigDict({**heldout, "image_size": size})
 
 
 def _demo(c: ml_collections.ConfigDict, ablation: str | None) -> None:

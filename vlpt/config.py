@@ -181,12 +181,20 @@ def default_config() -> ml_collections.ConfigDict:
       # several sources with sampling weights, e.g. (("wds:/a/{0..99}.tar", 0.7),
       # ("wds:/b/shards.txt", 0.3)); when set it replaces `source`
       "mixture": (),
-      # access: random (each example read on its own: local disks) | stream (wds only: each
-      # process reads whole shards, shuffled per epoch, examples shuffled within windows of
-      # stream_window shards; gs:// shards are fetched into stream_cache, default a temp folder)
+      # access: random (each example read on its own: local disks) | stream (wds, arrayrecord,
+      # parquet: each process reads whole shards, shuffled per epoch, examples shuffled within
+      # windows of stream_window shards; gs:// shards are fetched into stream_cache, default a
+      # temp folder)
       "access": "random",
       "stream_window": 4,
       "stream_cache": "",
+      # NaFlex training (SigLIP 2, Sec. 2.4; needs config.model.image.naflex): when `lengths` is
+      # set, each step draws one sequence length and takes token_budget // length examples (a
+      # multiple of the batch shards; config.batch_size is not used), each cropped at an aspect
+      # ratio (width / height) from `aspect_ratios` and kept at it (docs/models.md)
+      "naflex": ml_collections.ConfigDict(
+        {"lengths": (), "token_budget": 0, "aspect_ratios": (0.5, 2.0)}
+      ),
     }
   )
   c.data.interpolation = "bicubic"  # bicubic | bilinear (wds/tfds resizing)

@@ -83,3 +83,89 @@ def test_example_matches_the_preprocess_of_a_pil_image():
   got = naflex_example(image, patch=P, max_num_patches=20, mean=(0.5,) * 3, std=(0.5,) * 3)
   for key in want:
     np.testing.assert_array_equal(got[key], want[key][0])
+
+
+# ---- NaflexStream: what vlpt-train reads (config.data.train.naflex) ----------------------------
+
+
+class Square:
+  """Square 32 px images filled with their index: the aspect ratios come from the crops."""
+
+  def __getitem__(self, q):
+    return {"image": np.full((32, 32, 3), q % 251, np.uint8), "caption": f"image {q}"}
+
+
+def _stream(p=0, count=1, **kw):
+  from vlpt.data.naflex import NaflexStream
+
+  args = dict(
+    tokenizer=lambda texts: np.asarray([[int(t.split()[1])] for t in texts]),
+    patch=4,
+    token_budget=256,
+    lengths=(16, 36, 64),
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    seed=3,
+    process_index=p,
+    process_count=count,
+    multiple_of=4,
+  )
+  return NaflexStream(Square(), **{**args, **kw})
+
+
+def test_stream_shares_make_the_single_process_batch():
+  whole = _stream()
+  shares = [_stream(p, 2) for p in range(2)]
+  for _ in range(6):
+    want = next(whole)
+    got = [next(s) for s in shares]
+    for key in want:
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key], err_msg=key)
+    n = want["pixel_values"].shape[1]
+    assert want["pixel_values"].shape[0] == {16: 16, 36: 4, 64: 4}[n]  # 256 // n, multiple of 4
+
+
+def test_stream_crops_keep_mixed_aspect_ratios_and_resume_exactly():
+  it = _stream(aspect_ratios=(0.5, 2.0), crop_scale=(0.5, 1.0))
+  ratios = []
+  batches = [next(it) for _ in range(8)]
+  for batch in batches:
+    rows, cols = batch["spatial_shapes"].T
+    assert ((rows * cols) == batch["pixel_attention_mask"].sum(1)).all()
+    assert (rows * cols <= batch["pixel_values"].shape[1]).all()
+    ratios += (cols / rows).tolist()
+  assert min(ratios) < 0.8 and max(ratios) > 1.25  # portrait and landscape grids
+  texts = np.concatenate([b["text"][:, 0] for b in batches])
+  assert texts.tolist() == list(range(len(texts)))  # consecutive stream positions
+  state = it.get_state()
+  want = next(it)
+  resumed = _stream(aspect_ratios=(0.5, 2.0), crop_scale=(0.5, 1.0), start_step=8)
+  assert resumed.get_state() == state
+  fresh = _stream(aspect_ratios=(0.5, 2.0), crop_scale=(0.5, 1.0))
+  fresh.set_state(state)
+  for other in (resumed, fresh):
+    got = next(other)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_naflex_training_config_errors():
+  from vlpt.config import load_config
+  from vlpt.errors import ConfigError
+  from vlpt.train.validation import validate
+
+  c = load_config("configs/siglip2.py:demo,sigmoid,naflex")
+  validate(c, num_devices=8)
+  c.model.image.naflex = False
+  with pytest.raises(ConfigError, match="config.model.image.naflex=True"):
+    validate(c, num_devices=8)
+  c = load_config("configs/siglip2.py:demo,sigmoid,naflex")
+  c.data.train.naflex.token_budget = 64 * 4
+  with pytest.raises(ConfigError, match="fewer than 8 examples .* length 36; raise it to at least 288"):
+    validate(c, num_devices=8)
+  c = load_config("configs/siglip2.py:demo,sigmoid")
+  c.eval.datasets.heldout.image_size = 24
+  with pytest.raises(ConfigError, match="only a NaFlex image tower"):
+    validate(c, num_devices=8)
+  with pytest.raises(ValueError, match="demo,sigmoid,naflex"):
+    load_config("configs/siglip2.py:demo,naflex")

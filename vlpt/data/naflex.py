@@ -12,8 +12,11 @@ per-epoch permutation, so every process agrees on N without talking, and ``get_s
 ``set_state`` resume exactly. The batches are the NaFlex dicts the towers take
 (:data:`vlpt.models.vit.NAFLEX_KEYS`) plus ``text`` when a tokenizer is given.
 
-Not yet wired into ``vlpt-train`` (its step assumes one global batch shape); this is the data
-side, usable on its own.
+:class:`NaflexStream` is what ``vlpt-train`` reads when ``config.data.train.naflex.lengths`` is
+set: each process's share of every step's batch, from the training source's global shuffle, each
+image cropped at a random aspect ratio (``aspect_ratios``) and kept at it, so the towers see the
+mixed shapes NaFlex is for even on square data. :class:`TokenBudgetBatches` is the single-process
+form over any ``{"image", "caption"}`` source.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vlpt.data.files import SKIP_REASONS
 from vlpt.data.preprocess import naflex_patches, naflex_size
 
 PAPER_SEQUENCE_LENGTHS = (128, 256, 576, 784, 1024)
@@ -111,5 +115,104 @@ class TokenBudgetBatches:
     batch = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     if self.tokenizer is not None:
       batch["text"] = np.asarray(self.tokenizer([e["caption"] for e in examples]))
+    self.step, self.position = self.step + 1, self.position + b
+    return batch
+
+
+def mean_batch(token_budget: int, lengths: Sequence[int], multiple_of: int = 1) -> float:
+  """The expected examples per step (each length equally likely): what ``examples/s`` counts."""
+  sizes = batch_sizes(token_budget, lengths, multiple_of)
+  return sum(sizes.values()) / len(sizes)
+
+
+def native_crop(image: np.ndarray, rng: np.random.Generator, scale, ratios) -> np.ndarray:
+  """A crop of ``scale`` of the area at an aspect ratio (width / height) drawn log-uniformly from
+  ``ratios``, not resized: the image keeps that shape, as NaFlex takes it."""
+  h, w = image.shape[:2]
+  area = h * w * rng.uniform(*scale)
+  ratio = float(np.exp(rng.uniform(np.log(ratios[0]), np.log(ratios[1]))))
+  ch = int(round(min(h, max(1.0, np.sqrt(area / ratio)))))
+  cw = int(round(min(w, max(1.0, np.sqrt(area * ratio)))))
+  y = int(rng.integers(0, h - ch + 1))
+  x = int(rng.integers(0, w - cw + 1))
+  return image[y : y + ch, x : x + cw]
+
+
+class NaflexStream:
+  """This process's share of token-budget NaFlex batches (``vlpt-train`` with NaFlex training).
+
+  ``dataset[q]`` is the example at global stream position ``q`` (the training source's global
+  shuffle, repeated). Step ``s`` draws its sequence length ``n`` (:func:`sequence_length`), takes
+  the next ``b = sizes[n]`` positions, and this process keeps rows ``[p*b/P, (p+1)*b/P)``, so the
+  processes agree on every batch without talking. The state is ``(step, position)``; a run
+  restarted at step ``s`` recomputes the position from the lengths of the steps before it.
+  """
+
+  def __init__(
+    self,
+    dataset: Any,
+    *,
+    tokenizer: Callable[[list[str]], np.ndarray],
+    patch: int,
+    token_budget: int,
+    lengths: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    multiple_of: int = 1,
+    aspect_ratios: Sequence[float] = (0.5, 2.0),
+    crop_scale: Sequence[float] = (0.9, 1.0),
+    random_caption: bool = True,
+    start_step: int = 0,
+  ):
+    self.dataset, self.tokenizer, self.patch = dataset, tokenizer, int(patch)
+    self.lengths = tuple(int(n) for n in lengths)
+    self.sizes = batch_sizes(token_budget, self.lengths, max(multiple_of, process_count))
+    for n, b in self.sizes.items():
+      if b % process_count:
+        raise ValueError(f"a batch of {b} at length {n} does not split over {process_count} processes")
+    self.mean, self.std, self.seed = mean, std, int(seed)
+    self.p, self.P = int(process_index), int(process_count)
+    self.aspect_ratios, self.crop_scale = tuple(aspect_ratios), tuple(crop_scale)
+    self.random_caption = random_caption
+    self.step, self.position = 0, 0
+    self.set_state({"step": start_step, "position": self.position_at(start_step)})
+
+  def position_at(self, step: int) -> int:
+    """The stream position where step ``step`` begins."""
+    return sum(self.sizes[sequence_length(s, self.lengths, self.seed)] for s in range(step))
+
+  def get_state(self) -> dict[str, int]:
+    return {"step": self.step, "position": self.position}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.step, self.position = int(state["step"]), int(state["position"])
+
+  def __iter__(self):
+    return self
+
+  def _example(self, q: int, n: int) -> tuple[dict[str, np.ndarray], str, np.ndarray | None]:
+    example = self.dataset[q]
+    rng = np.random.default_rng([self.seed, 0x4E41, q])
+    caption, captions = example["caption"], example.get("captions")
+    if self.random_caption and captions:
+      caption = captions[rng.integers(len(captions))]
+    image = native_crop(np.asarray(example["image"], np.uint8), rng, self.crop_scale, self.aspect_ratios)
+    parts = naflex_example(image, patch=self.patch, max_num_patches=n, mean=self.mean, std=self.std)
+    return parts, caption, example.get("skips")
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    n = sequence_length(self.step, self.lengths, self.seed)
+    b = self.sizes[n]
+    share = b // self.P
+    start = self.position + self.p * share
+    examples = [self._example(q, n) for q in range(start, start + share)]
+    batch = {k: np.stack([e[0][k] for e in examples]) for k in examples[0][0]}
+    batch["text"] = np.asarray(self.tokenizer([e[1] for e in examples]), np.int32)
+    skips = [e[2] for e in examples if e[2] is not None]
+    if skips:  # examples a file source replaced: summed by SkipCounter (vlpt.data.pipeline)
+      batch["skips"] = np.sum(skips, axis=0).astype(np.int32).reshape(1, len(SKIP_REASONS))
     self.step, self.position = self.step + 1, self.position + b
     return batch

@@ -219,6 +219,45 @@ def _stream_mixture(data_config: Any, mixture, seed: int, process_index: int, pr
   return (parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)), crop
 
 
+def naflex_stream(
+  data_config: Any,
+  *,
+  tokenizer: Any,
+  patch: int,
+  seed: int,
+  process_index: int,
+  process_count: int,
+  multiple_of: int,
+  start_step: int = 0,
+):
+  """NaFlex training (``config.data.train.naflex.lengths``): this process's token-budget batches
+  of NaFlex dicts (:class:`vlpt.data.naflex.NaflexStream`) over the same global shuffle."""
+  from vlpt.data.naflex import NaflexStream
+  from vlpt.data.normalization import NORMALIZATION
+
+  tc = data_config.train
+  mixture = tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),)
+  ds, _ = _random_mixture(data_config, mixture, seed, boxes=False)
+  mean, std = NORMALIZATION[data_config.normalization]
+  return NaflexStream(
+    ds,
+    tokenizer=tokenizer,
+    patch=patch,
+    token_budget=int(tc.naflex.token_budget),
+    lengths=tuple(tc.naflex.lengths),
+    mean=mean,
+    std=std,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    multiple_of=multiple_of,
+    aspect_ratios=tuple(tc.naflex.aspect_ratios),
+    crop_scale=tuple(tc.crop_scale),
+    random_caption=tc.random_caption,
+    start_step=start_step,
+  )
+
+
 def stream_cache_dir(data_config: Any) -> str:
   """Where streaming keeps fetched remote shards: ``config.data.train.stream_cache``, else a
   folder in the system's temporary directory, shared by the host's processes."""
@@ -319,11 +358,31 @@ def check_config(data_config: Any) -> None:
       f"config.data.train.crop_scale={tuple(tc.crop_scale)} must satisfy 0 < min <= max <= 1"
     )
   _check_access(tc)
+  _check_naflex(tc)
   if not float(tc.color_jitter) >= 0:
     raise ValueError(f"config.data.train.color_jitter={tc.color_jitter} must be >= 0 (0: off)")
   for key in ("max_bad_fraction", "max_unknown_fraction"):
     if not 0 <= dc[key] <= 1:
       raise ValueError(f"config.data.{key}={dc[key]} must be in [0, 1]")
+
+
+def _check_naflex(tc: Any) -> None:
+  nf = tc.get("naflex")
+  if nf is None or not nf.lengths:
+    return
+  lengths = tuple(nf.lengths)
+  if any(int(n) < 1 for n in lengths):
+    raise ValueError(f"config.data.train.naflex.lengths={lengths} must be positive patch counts")
+  if int(nf.token_budget) < max(lengths):
+    raise ValueError(
+      f"config.data.train.naflex.token_budget={nf.token_budget} must hold at least one example of "
+      f"the longest sequence ({max(lengths)} patches)"
+    )
+  lo, hi = (float(x) for x in nf.aspect_ratios)
+  if not 0 < lo <= hi:
+    raise ValueError(f"config.data.train.naflex.aspect_ratios={(lo, hi)} must satisfy 0 < min <= max")
+  if tc.get("access", "random") != "random" or tc.get("boxes", False):
+    raise ValueError("NaFlex training reads with access='random' and without boxes")
 
 
 STREAMABLE = ("wds", "arrayrecord", "parquet")  # sources made of shards a process reads whole

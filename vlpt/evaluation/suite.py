@@ -61,6 +61,9 @@ DATASET_DEFAULTS: dict[str, Any] = {
   # linear_probe and dense_probe (dense_probe: num_train_examples None -> as many as evaluated)
   "train_split": "train",
   "num_train_examples": None,
+  # the images' size here (None: config.data.image_size); another size needs a NaFlex image
+  # tower (config.model.image.naflex): evaluation at that sequence length, (size / patch)^2
+  "image_size": None,
   # captioning
   "caption_method": "greedy",  # greedy | beam
   "num_beams": 4,
@@ -112,12 +115,19 @@ def dataset_settings(name: str, entry: Any) -> dict[str, Any]:
   return settings
 
 
-def check_config(eval_config: Any, *, model_name: str) -> None:
+def check_config(
+  eval_config: Any, *, model_name: str, image_size: int | None = None, naflex: bool = False
+) -> None:
   """Cheap checks of ``config.eval`` before anything is built (ValueError with the fix)."""
   import os
 
   for name, entry in eval_config.datasets.items():
     s = dataset_settings(name, entry)
+    if s["image_size"] and image_size and int(s["image_size"]) != image_size and not naflex:
+      raise ValueError(
+        f"config.eval.datasets.{name}.image_size={s['image_size']} differs from the training size "
+        f"{image_size}: only a NaFlex image tower (config.model.image.naflex=True) reads other sizes"
+      )
     kind, _, arg = s["source"].partition(":")
     if kind == "imagefolder" and not os.path.isdir(os.path.expanduser(arg)):
       raise ValueError(f"config.eval.datasets.{name}.source={s['source']!r}: no such directory")
@@ -236,6 +246,8 @@ class DatasetEvaluator:
   """All tasks of one ``config.eval.datasets`` entry; image embeddings are computed once a call."""
 
   def __init__(self, name: str, settings: dict[str, Any], ctx: EvalContext, encoders: Encoders):
+    if settings["image_size"]:  # a NaFlex tower evaluated at another sequence length
+      ctx = dataclasses.replace(ctx, image_size=int(settings["image_size"]))
     self.name, self.settings, self.ctx, self.encoders = name, settings, ctx, encoders
     self.every_steps = settings["every_steps"]
     options = {k: settings[k] for k in ("image_key", "label_key", "caption_key")}

@@ -24,7 +24,7 @@ from vlpt import sharding as S
 from vlpt import storage
 from vlpt.data.files import SKIP_REASONS
 from vlpt.data.loader import DeviceLoader
-from vlpt.data.pipeline import SkipCounter, check_vocabulary, train_dataset
+from vlpt.data.pipeline import SkipCounter, check_vocabulary, naflex_stream, train_dataset
 from vlpt.errors import ConfigError
 from vlpt.train import ema
 from vlpt.train.checkpointing import Checkpointer
@@ -33,7 +33,7 @@ from vlpt.train.initialization import resolve_architecture
 from vlpt.train.metrics import Tally, train_metrics
 from vlpt.train.objectives import objective_class
 from vlpt.train.records import check_config_unchanged, recorded_results, write_run_record
-from vlpt.train.setup import Setup, build, initial_state
+from vlpt.train.setup import Setup, build, initial_state, naflex_training
 from vlpt.train.step import make_train_step
 from vlpt.train.watches import NonFiniteWatch, PreemptionWatch
 from vlpt.train.writers import MetricWriter, Progress
@@ -45,6 +45,19 @@ def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
   config = setup.config
 
   def make_iterator():
+    if naflex_training(config):
+      return SkipCounter(
+        naflex_stream(
+          config.data,
+          tokenizer=setup.tokenizer,
+          patch=setup.image_patch,
+          seed=config.seed,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(),
+          multiple_of=setup.batch_shards,
+          start_step=start_batch,
+        )
+      )
     ds = train_dataset(
       config.data,
       tokenizer=setup.tokenizer,
@@ -122,7 +135,7 @@ def train(
   train_step = make_train_step(setup, objective)
   evaluator = eval_suite(setup) if config.eval.datasets else None
   writer = MetricWriter(workdir, resume_step=first_step)
-  progress = Progress(config.total_steps, config.batch_size, first_step)
+  progress = Progress(config.total_steps, setup.examples_per_step, first_step)
   preemption = PreemptionWatch()
   nonfinite = NonFiniteWatch(config.max_consecutive_nonfinite)
   metrics_cls = train_metrics(tuple(objective.extra_terms))

@@ -42,6 +42,34 @@ class Setup:
   state_shardings: TrainState
   init_fn: Any  # raw seed key data -> a fresh TrainState (jitted by initial_state)
 
+  @property
+  def batch_shards(self) -> int:
+    """How many ways a global batch is split (the mesh's data x fsdp axes)."""
+    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+  @property
+  def image_patch(self) -> int:
+    """The image tower's patch size (NaFlex batches are patchified on the host)."""
+    from vlpt.models.sizes import parse_vit
+
+    return parse_vit(self.config.model.image.variant)[1]
+
+  @property
+  def examples_per_step(self) -> float:
+    """``config.batch_size``, or with NaFlex training the mean of the per-length batches."""
+    if naflex_training(self.config):
+      from vlpt.data.naflex import mean_batch
+
+      nf = self.config.data.train.naflex
+      return mean_batch(int(nf.token_budget), tuple(nf.lengths), self.batch_shards)
+    return float(self.config.batch_size)
+
+
+def naflex_training(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run trains on token-budget NaFlex batches (``config.data.train.naflex``)."""
+  naflex = config.data.train.get("naflex")
+  return bool(naflex is not None and naflex.lengths)
+
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Setup:
   """Validates ``config`` (a ConfigError before anything compiles), then builds the structure.

@@ -22,7 +22,7 @@ from vlpt.optim import learning_rate_schedule
 from vlpt.train import ema
 from vlpt.train.metrics import train_metrics
 from vlpt.train.objectives import Objective
-from vlpt.train.setup import Setup
+from vlpt.train.setup import Setup, naflex_training
 from vlpt.train.state import TrainState, pure_params
 
 
@@ -77,6 +77,12 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     return new_state, step_metrics
 
   batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
+  if naflex_training(config):  # token-budget NaFlex batches (vlpt.data.naflex)
+    batch_sh = {
+      name: S.batch_sharding(mesh, ndim)
+      for name, ndim in (("pixel_values", 3), ("pixel_attention_mask", 2), ("spatial_shapes", 2))
+    }
+    batch_sh["text"] = S.batch_sharding(mesh, 2)
   if setup.config.data.train.get("boxes", False):  # the objects' boxes ride along (docs/data.md)
     batch_sh.update(
       {

@@ -64,7 +64,12 @@ def _validate(config: Any, num_devices: int, num_processes: int) -> Validated:
   initialization.check_config(config)
   optim.check_config(config.optimizer)
   ema.check_config(config)
-  suite.check_config(config.eval, model_name=config.model.name)
+  suite.check_config(
+    config.eval,
+    model_name=config.model.name,
+    image_size=config.data.image_size,
+    naflex=bool(config.model.image.get("naflex", False)),
+  )
   return Validated(mesh_shape, tokenizer, kwargs)
 
 
@@ -100,7 +105,35 @@ def _check_mesh_and_batches(config: Any, num_devices: int, num_processes: int) -
       f"{dp} data-parallel shards; use a multiple of {dp * k}"
     )
   _check_ring_tiles(config.loss, config.batch_size // dp, dp)
+  _check_naflex_training(config, dp)
   return mesh_shape
+
+
+def _check_naflex_training(config: Any, dp: int) -> None:
+  """NaFlex token-budget training: what it needs of the model, the step and the budget."""
+  nf = config.data.train.get("naflex")
+  if nf is None or not nf.lengths:
+    return
+  if not config.model.image.get("naflex", False):
+    raise ValueError(
+      "config.data.train.naflex.lengths trains on NaFlex batches: set config.model.image.naflex=True"
+    )
+  if config.model.name != "clip" or config.teacher.get("checkpoint") or config.accumulation_steps > 1:
+    raise ValueError(
+      "NaFlex training runs the contrastive objective in one step: a 'clip' model, no teacher, "
+      "config.accumulation_steps=1"
+    )
+  if float(config.model.image.get("patch_dropout", 0.0) or 0.0) > 0:
+    raise ValueError("NaFlex training does not take config.model.image.patch_dropout (its batches pad)")
+  if config.loss.get("impl") == "ring":
+    raise ValueError("NaFlex training's batch size changes per step: use config.loss.impl='gather'")
+  lengths = [int(n) for n in nf.lengths]
+  for n in lengths:
+    if int(nf.token_budget) // n < dp:
+      raise ValueError(
+        f"config.data.train.naflex.token_budget={nf.token_budget} gives fewer than {dp} examples "
+        f"(one per batch shard) at sequence length {n}; raise it to at least {dp * n}"
+      )
 
 
 def _check_ring_tiles(loss: Any, per_device: int, dp: int) -> None:

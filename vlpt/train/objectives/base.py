@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpt.data.normalization import normalize_images
+from vlpt.models.vit import NAFLEX_KEYS
 
 
 class Objective:
@@ -59,6 +60,13 @@ class Objective:
   def normalized(self, images: jax.Array) -> jax.Array:
     """The batch's uint8 images as the towers read them (``config.data.normalization``)."""
     return normalize_images(images, self.config.data.normalization)
+
+  def image_input(self, batch: dict[str, jax.Array]) -> Any:
+    """What the image tower reads from a batch: normalized images, or the NaFlex dict of a
+    token-budget batch (patches normalized on the host, :mod:`vlpt.data.naflex`)."""
+    if "pixel_values" in batch:
+      return {k: batch[k] for k in NAFLEX_KEYS}
+    return self.normalized(batch["image"])
 
   @staticmethod
   def dropout_rng(keys: jax.Array | None) -> jax.Array | None:

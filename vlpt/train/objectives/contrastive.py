@@ -61,13 +61,15 @@ class ContrastiveObjective(Objective):
   def embed(
     self, params: Any, images: jax.Array, text: jax.Array, keys: jax.Array | None = None
   ) -> tuple[jax.Array, jax.Array]:
-    """uint8 images and token ids -> L2-normalized (image, text) embeddings."""
+    """uint8 images (or a NaFlex dict, already normalized) and token ids -> L2-normalized
+    (image, text) embeddings."""
     model = self.model(params)
-    images = self.normalized(images)
+    images = images if isinstance(images, dict) else self.normalized(images)
     return (model.encode_image(images, dropout_rng=self.dropout_rng(keys)), model.encode_text(text))
 
   def loss(self, params, batch, aux=None):
-    image_emb, text_emb = self.embed(params, batch["image"], batch["text"], batch.get("keys"))
+    images = batch["image"] if "image" in batch else self.image_input(batch)
+    image_emb, text_emb = self.embed(params, images, batch["text"], batch.get("keys"))
     return self.sharded_loss(image_emb, text_emb, *self.logit_params(params))
 
   def value_and_grad(self, params, batch, aux=None):
