@@ -12,6 +12,7 @@ vocabulary, the text tokenizer's ids followed by reserved ids (so any tokenizer 
                        (clipped), read back as the bin's centre ``(bin + 0.5) / num_bins``
 then 5 specials        ``cap``, ``aref``, ``gcap`` (task prefixes), ``mask`` (the input of parallel
                        prediction), ``eos`` (the end of every target)
+then unused ids        up to a multiple of 128 (so tensor parallelism divides the vocabulary)
 =====================  =======================================================================
 
 A box is 4 tokens ``y0 x0 y1 x1`` (the data's order). The three LocCa tasks (Wan et al. 2024,
@@ -45,6 +46,7 @@ SPECIALS = ("cap", "aref", "gcap", "mask", "eos")
 TASKS = ("caption", "aref", "gcap")
 # positions beyond the text length: a task token, a box (4), and an end token in the worst case
 EXTRA_POSITIONS = 6
+VOCAB_MULTIPLE = 128
 
 
 class LocCaDecoder(nnx.Module):
@@ -84,7 +86,9 @@ class LocCaDecoder(nnx.Module):
     self.text_vocab, self.num_bins, self.width, self.dtype = vocab_size, num_bins, w, dtype
     first = vocab_size + num_bins
     self.cap_id, self.aref_id, self.gcap_id, self.mask_id, self.eos_id = range(first, first + 5)
-    self.vocab_size = first + len(SPECIALS)
+    # padded to a multiple of VOCAB_MULTIPLE so the "vocab" axis divides over tensor parallelism
+    # (the padding ids are never targets; generated ones read as text padding)
+    self.vocab_size = -(-(first + len(SPECIALS)) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     # inputs are one shorter than the longest sequence (text + EXTRA_POSITIONS)
     self.context_length = context_length + EXTRA_POSITIONS - 1
     self.token_embedding = nnx.Param(

@@ -391,6 +391,17 @@ def _check_tokenizer_exportable(tokenizer: dict | None, to: str) -> None:
   )
 
 
+def contrastive_part(bundle: Bundle) -> Bundle:
+  """A LocCa model as the CLIP / SigLIP model of its two towers: its decoder serves pre-training
+  only (SigLIP 2, arXiv:2502.14786, Sec. 2.2), and open_clip / HF hold no such part. Any other
+  model is returned as it is."""
+  if bundle.model.get("name") != "locca":
+    return bundle
+  model = {k: v for k, v in bundle.model.items() if k != "decoder"}
+  params = {k: v for k, v in bundle.params.items() if not k.startswith("decoder.")}
+  return dataclasses.replace(bundle, model={**model, "name": "clip"}, params=params)
+
+
 def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:
   """Writes ``bundle`` as a vlpt export, an open_clip directory or an HF directory."""
   if to not in ("vlpt", "open_clip", "hf"):
@@ -400,6 +411,8 @@ def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:
       f"{dst} exists and is not empty; choose a new directory (nothing was overwritten)"
     )
   _check_tokenizer_exportable(bundle.tokenizer, to)
+  if to != "vlpt":
+    bundle = contrastive_part(bundle)
   # convert fully before touching the disk, so a refusal leaves nothing half-written
   cfg = sd = None
   if to == "open_clip":
