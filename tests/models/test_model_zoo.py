@@ -261,7 +261,7 @@ def test_model_config_errors():
     build(config)
   config = demo_config()
   config.model.decoder = {"depth": 2}
-  with pytest.raises(ConfigError, match="CoCa only"):
+  with pytest.raises(ConfigError, match="CoCa and LocCa only"):
     build(config)
 
 
