@@ -118,6 +118,11 @@ class TokenBudgetBatches:
     self.step, self.position = self.step + 1, self.position + b
     return batch
 
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=False)
+      self._pool = None
+
 
 def mean_batch(token_budget: int, lengths: Sequence[int], multiple_of: int = 1) -> float:
   """The expected examples per step (each length equally likely): what ``examples/s`` counts."""
@@ -166,8 +171,11 @@ class NaflexStream:
     crop_scale: Sequence[float] = (0.9, 1.0),
     random_caption: bool = True,
     start_step: int = 0,
+    threads: int = 1,
   ):
     self.dataset, self.tokenizer, self.patch = dataset, tokenizer, int(patch)
+    self.threads = max(1, int(threads))  # examples prepared at once (PIL resizes release the GIL)
+    self._pool = None
     self.lengths = tuple(int(n) for n in lengths)
     self.sizes = batch_sizes(token_budget, self.lengths, max(multiple_of, process_count))
     for n, b in self.sizes.items():
@@ -208,7 +216,15 @@ class NaflexStream:
     b = self.sizes[n]
     share = b // self.P
     start = self.position + self.p * share
-    examples = [self._example(q, n) for q in range(start, start + share)]
+    rows = range(start, start + share)
+    if self.threads > 1:
+      if self._pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vlpt-naflex")
+      examples = list(self._pool.map(lambda q: self._example(q, n), rows))
+    else:
+      examples = [self._example(q, n) for q in rows]
     batch = {k: np.stack([e[0][k] for e in examples]) for k in examples[0][0]}
     batch["text"] = np.asarray(self.tokenizer([e[1] for e in examples]), np.int32)
     skips = [e[2] for e in examples if e[2] is not None]
@@ -216,3 +232,8 @@ class NaflexStream:
       batch["skips"] = np.sum(skips, axis=0).astype(np.int32).reshape(1, len(SKIP_REASONS))
     self.step, self.position = self.step + 1, self.position + b
     return batch
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(wait=False)
+      self._pool = None

@@ -23,7 +23,7 @@ from vlpt.data.normalization import check_normalization
 from vlpt.data.sources import SOURCES, build_source, file_source_options
 from vlpt.data.streaming import ProcessPositions, ShardStream
 from vlpt.data.synthetic import MAX_OBJECTS
-from vlpt.data.transforms import augment
+from vlpt.data.transforms import RandomResizedCrop, augment
 
 
 class GlobalBatchShare(grain.MapDataset):
@@ -67,6 +67,13 @@ class TrainTransform:
   [boxes, 4] (normalized ``[y0, x0, y1, x1]``, mirrored with the image), ``box_labels`` int32
   [boxes] (-1: an empty slot) and ``box_phrases`` int32 [boxes, L] (the objects' phrases,
   tokenized; empty slots hold only padding).
+
+  ``local_crops`` > 0 (SigLIP 2's self-distillation, ``config.self_distillation.weight`` > 0; see
+  :func:`local_crop_settings`) adds ``local_images`` uint8 [local_crops, local_size, local_size, 3]:
+  random crops of ``local_scale`` of the (augmented) image's area, aspect ratio in [3/4, 4/3],
+  resized (bicubic) to ``local_size``, from their own position-keyed generator. They are made at
+  every step, also before the stage starts (one shape for the whole run, so the step compiles
+  once); the host cost is one PIL crop-and-resize per view, small next to decoding.
   """
 
   tokenizer: Any
@@ -76,6 +83,9 @@ class TrainTransform:
   flip: bool = False
   color_jitter: float = 0.0
   boxes: int = 0
+  local_crops: int = 0
+  local_size: int = 0
+  local_scale: tuple[float, float] = (0.05, 0.4)
 
   def __call__(self, item: tuple[int, dict]) -> dict[str, np.ndarray]:
     position, example = item
@@ -100,11 +110,23 @@ class TrainTransform:
       # augment's first draw decides the flip: the same draw mirrors the boxes
       flipped = self.flip and np.random.default_rng([self.seed, 0xF71B, position]).random() < 0.5
       out.update(self._boxes(example, flipped))
+    if self.local_crops:
+      local_rng = np.random.default_rng([self.seed, 0x10CA, position])
+      out["local_images"] = self._local_views(image, local_rng)
     if "skips" in example:
       out["skips"] = example["skips"]
     elif self.crop is not None:  # an in-memory source mixed with file sources: nothing skipped
       out["skips"] = np.zeros(len(SKIP_REASONS), np.int32)
     return out
+
+  def _local_views(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image
+
+    crop = RandomResizedCrop(
+      self.local_size, scale=tuple(self.local_scale), draft=False, reducing_gap=None
+    )
+    pil = Image.fromarray(image)
+    return np.stack([crop(pil, rng) for _ in range(self.local_crops)]).astype(np.uint8)
 
   def _boxes(self, example: dict, flipped: bool) -> dict[str, np.ndarray]:
     k = min(len(example["box_labels"]), self.boxes)
@@ -129,8 +151,10 @@ def train_dataset(
   process_index: int,
   process_count: int,
   start_batch: int = 0,
+  local_crops: dict | None = None,
 ) -> grain.IterDataset:
-  """The unbounded training stream of this process's local batches, from ``start_batch`` on."""
+  """The unbounded training stream of this process's local batches, from ``start_batch`` on;
+  ``local_crops``: :class:`TrainTransform`'s local-view settings (:func:`local_crop_settings`)."""
   tc = data_config.train
   mixture = tuple(tc.get("mixture", ()) or ()) or ((tc.source, 1.0),)
   boxes = bool(tc.get("boxes", False))
@@ -153,6 +177,7 @@ def train_dataset(
       flip=bool(tc.get("flip", False)),
       color_jitter=float(tc.get("color_jitter", 0.0)),
       boxes=MAX_OBJECTS if boxes else 0,
+      **(local_crops or {}),
     )
   )
   ds = ds.batch(global_batch // process_count, drop_remainder=True)
@@ -164,6 +189,19 @@ def train_dataset(
   if data_config.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return it
+
+
+def local_crop_settings(config: Any) -> dict:
+  """TrainTransform's local-view keywords for ``config`` (the whole config): empty unless the
+  local-to-global self-distillation term is on (``config.self_distillation.weight`` > 0)."""
+  sd = config.get("self_distillation")
+  if sd is None or float(sd.weight) <= 0:
+    return {}
+  return {
+    "local_crops": int(sd.local_crops),
+    "local_size": int(sd.local_size),
+    "local_scale": tuple(float(x) for x in sd.local_scale),
+  }
 
 
 def _random_mixture(data_config: Any, mixture, seed: int, boxes: bool):
@@ -255,6 +293,7 @@ def naflex_stream(
     crop_scale=tuple(tc.crop_scale),
     random_caption=tc.random_caption,
     start_step=start_step,
+    threads=data_config.read_threads,
   )
 
 
