@@ -233,3 +233,11 @@ def test_exports_keep_the_contrastive_part(tmp_path, to):
   np.testing.assert_allclose(loaded.encode_image(images), model.encode_image(images), atol=1e-5)
   np.testing.assert_allclose(loaded.encode_text(ids), model.encode_text(ids), atol=1e-5)
   assert (loaded.config["name"] == "locca") == (to == "vlpt")
+
+
+def test_flops_count_the_decoder():
+  from vlpt.models.flops import training_flops_per_example
+
+  kwargs = model_kwargs(TINY, image_size=32, vocab_size=V, context_length=8)
+  flops = training_flops_per_example(kwargs, batch_size=8)
+  assert flops["decoder"] > 0 and flops["total"] == sum(v for k, v in flops.items() if k != "total")

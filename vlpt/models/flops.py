@@ -76,6 +76,16 @@ def decoder(kw: dict, context_length: int, image_tokens: int) -> int:
   return size.depth * per_layer + 2 * n * w * kw["vocab_size"]
 
 
+def locca_decoder(kw: dict, image: dict, context_length: int) -> int:
+  """LocCa's decoder on one caption sequence over every patch token (SigLIP 2, Sec. 2.2); with
+  boxes each example adds an ARef and a GCap sequence per box slot, which this does not count."""
+  size, patch = parse_vit(image["variant"])
+  patches = (image["image_size"] // patch) ** 2
+  kw = {"width": _size(size, image).width, **kw}
+  vocab = kw["vocab_size"] + kw.get("num_bins", 500) + 5
+  return decoder({**kw, "vocab_size": vocab}, context_length + 1, patches)
+
+
 def _size(size, kw: dict):
   return tower_size(size, **{k: kw.get(k) for k in ("width", "depth", "heads", "mlp_dim")})
 
@@ -97,6 +107,8 @@ def training_flops_per_example(
   parts = {"image": image_fwd, "text": text_tower(text, e)}
   if model_kwargs["name"] == "coca":
     parts["decoder"] = decoder(model_kwargs["decoder"], text["context_length"], image_tokens)
+  elif model_kwargs["name"] == "locca":
+    parts["decoder"] = locca_decoder(model_kwargs["decoder"], image, text["context_length"])
   dims = tuple((loss or {}).get("matryoshka_dims", ()) or ()) or (e,)
   parts["loss"] = sum(2 * batch_size * d for d in dims)
   out = {k: v * (1 if k in locked else 3) for k, v in parts.items()}
