@@ -1,6 +1,5 @@
 """Test setup: 8 simulated CPU devices (set before JAX starts), absl flags, reference stack."""
 
-import glob
 import importlib
 import os
 import sys
@@ -11,12 +10,10 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   ).strip()
 
 # libtpu (in the test extra, for vlpt-plan's TPU compiles) makes JAX try a TPU first at every
-# start: ~1.5 s and a screen of warnings on a machine without one. Without a TPU or GPU device
-# file, the tests run on the CPU directly.
-if "JAX_PLATFORMS" not in os.environ and not any(
-  glob.glob(pattern) for pattern in ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
-):
-  os.environ["JAX_PLATFORMS"] = "cpu"
+# start: without a TPU or GPU device file, the tests run on the CPU directly (as the CLIs do)
+from vlpt.distributed import cpu_unless_accelerator  # noqa: E402 (imports no JAX)
+
+cpu_unless_accelerator()
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

@@ -113,6 +113,22 @@ def initialize_from_env(timeout_s: int = 120) -> bool:
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
+ACCELERATOR_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
+
+
+def cpu_unless_accelerator() -> None:
+  """``JAX_PLATFORMS=cpu`` on a machine with no TPU or GPU device file (unless already set).
+
+  libtpu (the ``tpu`` and ``test`` extras, for ``vlpt-plan``) makes JAX try a TPU first at every
+  start: about 1.5 s and a screen of warnings on a CPU machine. Must run before JAX starts.
+  """
+  import glob
+
+  if "JAX_PLATFORMS" not in os.environ and not any(glob.glob(p) for p in ACCELERATOR_DEVICE_FILES):
+    os.environ["JAX_PLATFORMS"] = "cpu"  # for the processes this one starts
+    jax.config.update("jax_platforms", "cpu")  # jax read the environment when it was imported
+
+
 def set_host_device_count(count: int | None) -> None:
   """Simulates ``count`` CPU devices unless ``XLA_FLAGS`` already sets a count.
 

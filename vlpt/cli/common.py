@@ -223,7 +223,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def prepare_runtime() -> None:
   """Sets the simulated device count from the config, then joins the process group."""
-  from vlpt.distributed import initialize_from_env, set_host_device_count
+  from vlpt.distributed import cpu_unless_accelerator, initialize_from_env, set_host_device_count
 
+  cpu_unless_accelerator()
   set_host_device_count(FLAGS.config.get("host_device_count"))
   initialize_from_env()
