@@ -237,7 +237,7 @@ def _demo(c: ml_collections.ConfigDict, ablation: str | None) -> None:
   c.model.embed_dim = 64
   if ablation is None:  # Sec. 2.3, small: 4 local views of 16 px (4 x 4 patches), 256 prototypes
     _self_distillation(c, prototypes=256, hidden=128, bottleneck=32)
-    c.ema.decay = 0.99  # averages over ~100 of the 1500 steps
+    c.ema.decay = 0.99  # averages over ~100 steps: the teacher of the last 20% (160 of 800)
     c.self_distillation.local_crops, c.self_distillation.local_size = 4, 16
   else:
     _no_self_distillation(c)

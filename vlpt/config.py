@@ -150,6 +150,25 @@ def default_config() -> ml_collections.ConfigDict:
   # warmup of it.
   c.ema = ml_collections.ConfigDict({"decay": 0.0})
 
+  # SigLIP 2's last stage (arXiv:2502.14786, Sec. 2.3; docs/losses.md): from step
+  # round(start_fraction * total_steps) on, the EMA (config.ema.decay > 0) is a teacher for a
+  # local-to-global self-distillation term (SILC) and a masked patch prediction term (TIPS).
+  # Needs the heads: config.model.image.ssl_head = {"prototypes": K, ...}. 0 weights: off.
+  c.self_distillation = ml_collections.ConfigDict(
+    {
+      "weight": 0.0,  # local crops (student) vs the global view (teacher), global head
+      "masked_weight": 0.0,  # masked global view (student) vs unmasked (teacher), patch head
+      "start_fraction": 0.8,
+      "local_crops": 4,  # local views per image (SILC: 8)
+      "local_size": 96,  # px, a multiple of the patch (SILC/DINO: 96 for 224 px)
+      "local_scale": (0.05, 0.4),  # area fraction of a local crop (SILC/DINO)
+      "mask_ratio": 0.5,  # of the global view's patches, masked for the student
+      "teacher_temp": 0.04,
+      "student_temp": 0.1,
+      "sinkhorn_iterations": 3,
+    }
+  )
+
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 224  # the training resolution: the pipeline's crops and the image tower's
   c.data.normalization = "clip"  # clip | siglip | none (vlpt.data.normalization)

@@ -12,6 +12,13 @@ positions -> [patch dropout] -> [ln_pre] -> pre-LN blocks -> ln_post -> pool -> 
   (:data:`NAFLEX_KEYS`, transformers' names): a variable number of patches up to the batch's
   sequence length, padding masked in attention and in the MAP head, and the learned square
   position grid resized to each image's (h, w) patch grid (bilinear, antialiased when shrinking).
+- Other resolutions (any tower): [B, H, W, 3] images of another patch grid than the training one
+  get the position grid resized the same way (SigLIP 2's self-distillation feeds local crops
+  smaller than the training size, Sec. 2.3); the training size uses the positions as they are.
+- Self-distillation (``ssl_head``, SigLIP 2 Sec. 2.3): a learned mask token that replaces the
+  patch embeddings selected by ``patch_mask`` before positions are added (masked prediction,
+  TIPS / iBOT), and the projection heads (:mod:`vlpt.models.ssl_head`): ``ssl_global`` on the
+  pooled embedding, ``ssl_patch`` on the patch tokens. Pre-training only: exports drop them.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from vlpt.models.layers import BlockOptions, Dense, LayerNorm, Transformer
 from vlpt.models.partitioning import constrain, param
 from vlpt.models.pooling import AttentionalPooler, MapHead
 from vlpt.models.sizes import parse_vit, tower_size
+from vlpt.models.ssl_head import HEAD_DEFAULTS, SSLHead
 
 POOLINGS = ("token", "gap", "map", "coca")
 # a NaFlex batch: patches [B, N, p*p*3] (row-major within a patch: y, x, channel), which of the N
@@ -109,6 +117,7 @@ class VisionTransformer(nnx.Module):
     remat: str = "none",
     naflex: bool = False,
     attention: str = "xla",
+    ssl_head: dict | None = None,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
   ):
@@ -207,15 +216,40 @@ class VisionTransformer(nnx.Module):
       if proj
       else None
     )
+    if not ssl_head:
+      self.mask_token = self.ssl_global = self.ssl_patch = None
+    else:
+      unknown = sorted(set(ssl_head) - set(HEAD_DEFAULTS))
+      if unknown:
+        raise ValueError(f"unknown ssl_head keys {unknown}; choose from {sorted(HEAD_DEFAULTS)}")
+      if pool == "coca":
+        raise ValueError("ssl_head needs the patch tokens: use pool 'map', 'gap' or 'token'")
+      head = {**HEAD_DEFAULTS, **ssl_head, "act": act, **kw}
+      self.mask_token = nnx.Param(param(normal, "embed")(rngs.params(), (w,), param_dtype))
+      self.ssl_global = SSLHead(embed_dim if proj else pool_dim, rngs=rngs, **head)
+      self.ssl_patch = SSLHead(w, rngs=rngs, **head)
 
   def patchify(self, images: jax.Array) -> jax.Array:
-    """[B, H, W, C] -> [B, grid*grid, p*p*C], patches in row-major order."""
+    """[B, H, W, C] -> [B, rows*cols, p*p*C], patches in row-major order (H, W: multiples of the
+    patch; the training size gives grid*grid patches)."""
     b, h, w, c = images.shape
-    p, g = self.patch, self.grid
-    if h != g * p or w != g * p:
-      raise ValueError(f"expected {g * p}x{g * p} images, got {h}x{w}")
-    x = images.reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, g * g, p * p * c)
+    p = self.patch
+    if h % p or w % p:
+      raise ValueError(f"{h}x{w} images are not a whole number of {p}x{p} patches")
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+  def positions(self, rows: int, cols: int) -> jax.Array:
+    """The position embeddings [T, D] (class token's first) for a rows x cols patch grid: the
+    learned ones at the training grid, else the grid resized (bilinear, antialiased when
+    shrinking, as NaFlex's :func:`resize_positions`)."""
+    pos = self.positional_embedding[...]
+    if (rows, cols) == (self.grid, self.grid):
+      return pos
+    prefix = int(self.class_token)
+    grid = pos[prefix:].reshape(self.grid, self.grid, -1)
+    resized = resize_positions(grid, jnp.asarray([[rows, cols]], jnp.int32), rows * cols)[0]
+    return jnp.concatenate([pos[:prefix], resized], axis=0)
 
   def _drop_patches(self, x: jax.Array, rng: jax.Array) -> jax.Array:
     """FLIP-style patch dropout (Li et al. 2023, Sec. 3): keep a random subset of patch tokens."""
@@ -231,16 +265,21 @@ class VisionTransformer(nnx.Module):
     return jnp.concatenate([x[:, :prefix], kept], axis=1)
 
   def features(
-    self, images: jax.Array | Mapping, *, dropout_rng: jax.Array | None = None
+    self,
+    images: jax.Array | Mapping,
+    *,
+    dropout_rng: jax.Array | None = None,
+    patch_mask: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array]:
     """(pooled embedding [B, embed_dim] before normalization, tokens [B, T, D] after ln_post).
 
     ``images``: [B, H, W, 3], or a NaFlex dict (:data:`NAFLEX_KEYS`) for a ``naflex`` tower; then
     ``tokens`` are [B, N, D] with the padding slots' values meaningless.
 
-    ``dropout_rng`` (a key, or one key per example) turns patch dropout on (training only).
+    ``dropout_rng`` (a key, or one key per example) turns patch dropout on (training only);
+    ``patch_mask`` [B, N] bool: those patches read the mask token (see :meth:`encode`).
     """
-    x, valid = self.encode(images, dropout_rng=dropout_rng)
+    x, valid = self.encode(images, dropout_rng=dropout_rng, patch_mask=patch_mask)
     mask = None if valid is None else valid[:, None, None, :]
     prefix = int(self.class_token)
     if self.pool == "coca":
@@ -275,10 +314,18 @@ class VisionTransformer(nnx.Module):
     return x
 
   def encode(
-    self, images: jax.Array | Mapping, *, dropout_rng: jax.Array | None = None
+    self,
+    images: jax.Array | Mapping,
+    *,
+    dropout_rng: jax.Array | None = None,
+    patch_mask: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array | None]:
     """(the transformer's output tokens [B, T, width], class token first if any; which of a
-    NaFlex batch's N patches are real [B, N], None for plain images): everything before pooling."""
+    NaFlex batch's N patches are real [B, N], None for plain images): everything before pooling.
+
+    ``patch_mask`` [B, N] bool (a tower with ``ssl_head``): the selected patches' embeddings are
+    replaced by the learned mask token before positions are added (iBOT / TIPS masking), so the
+    model must infer them from their position and the visible patches."""
     dt = self.dtype
     valid = None  # [B, N] real patches of a NaFlex batch
     if (
@@ -290,11 +337,17 @@ class VisionTransformer(nnx.Module):
     if isinstance(images, Mapping):
       patches, valid, positions = self._naflex_inputs(images)
     else:
-      patches, positions = self.patchify(images.astype(dt)), self.positional_embedding[...]
+      p = self.patch
+      patches = self.patchify(images.astype(dt))
+      positions = self.positions(images.shape[1] // p, images.shape[2] // p)
     kernel = self.patch_embed[...].astype(dt).reshape(-1, self.patch_embed.shape[-1])
     x = jnp.dot(patches.astype(dt), kernel)
     if self.patch_bias is not None:
       x = x + self.patch_bias[...].astype(dt)
+    if patch_mask is not None:
+      if self.mask_token is None:
+        raise ValueError("patch_mask needs a tower with a mask token (config.model.image.ssl_head)")
+      x = jnp.where(patch_mask[..., None], self.mask_token[...].astype(dt), x)
     if self.class_embedding is not None:
       cls = jnp.broadcast_to(self.class_embedding[...].astype(dt), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)

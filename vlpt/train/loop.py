@@ -24,7 +24,13 @@ from vlpt import sharding as S
 from vlpt import storage
 from vlpt.data.files import SKIP_REASONS
 from vlpt.data.loader import DeviceLoader
-from vlpt.data.pipeline import SkipCounter, check_vocabulary, naflex_stream, train_dataset
+from vlpt.data.pipeline import (
+  SkipCounter,
+  check_vocabulary,
+  local_crop_settings,
+  naflex_stream,
+  train_dataset,
+)
 from vlpt.errors import ConfigError
 from vlpt.train import ema
 from vlpt.train.checkpointing import Checkpointer
@@ -66,6 +72,7 @@ def make_loader(setup: Setup, start_batch: int = 0) -> DeviceLoader:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       start_batch=start_batch,
+      local_crops=local_crop_settings(config),
     )
     return SkipCounter(iter(ds))
 

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from vlpt import sharding as S
+from vlpt.data.pipeline import local_crop_settings
 from vlpt.optim import learning_rate_schedule
 from vlpt.train import ema
 from vlpt.train.metrics import train_metrics
@@ -44,7 +45,8 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
       key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
       keys = jax.random.key_data(jax.random.split(key, batch["image"].shape[0]))
       batch = {**batch, "keys": jax.lax.with_sharding_constraint(keys, S.batch_sharding(mesh, 2))}
-    (loss, metrics), grads = objective.value_and_grad(state.params, batch, aux)
+    inputs = objective.step_inputs(state, aux)  # (the EMA teacher of self-distillation)
+    (loss, metrics), grads = objective.value_and_grad(state.params, batch, inputs)
     if poisoned:  # testing aid (config.debug_nonfinite_steps): a NaN batch's gradient
       hit = jnp.isin(state.step + 1, jnp.asarray(poisoned))
       grads = jax.tree.map(lambda g: jnp.where(hit, jnp.nan, g), grads)
@@ -90,6 +92,8 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
         for name, ndim in (("boxes", 3), ("box_labels", 2), ("box_phrases", 3))
       }
     )
+  if local_crop_settings(config):  # SigLIP 2's local views (self-distillation; docs/losses.md)
+    batch_sh["local_images"] = S.batch_sharding(mesh, 5)
   aux, aux_shardings = objective.aux_inputs()
   out_shardings = (setup.state_shardings, S.replicated(mesh))
   if aux is None:

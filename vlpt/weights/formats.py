@@ -391,15 +391,26 @@ def _check_tokenizer_exportable(tokenizer: dict | None, to: str) -> None:
   )
 
 
+# the image tower's self-distillation parts (SigLIP 2, Sec. 2.3: pre-training only)
+_SSL_PARAMS = ("image.mask_token", "image.ssl_global.", "image.ssl_patch.")
+
+
 def contrastive_part(bundle: Bundle) -> Bundle:
-  """A LocCa model as the CLIP / SigLIP model of its two towers: its decoder serves pre-training
-  only (SigLIP 2, arXiv:2502.14786, Sec. 2.2), and open_clip / HF hold no such part. Any other
-  model is returned as it is."""
-  if bundle.model.get("name") != "locca":
+  """A model as the CLIP / SigLIP model of its two towers: a LocCa decoder (SigLIP 2,
+  arXiv:2502.14786, Sec. 2.2) and the image tower's self-distillation heads and mask token
+  (Sec. 2.3) serve pre-training only, and open_clip / HF hold no such parts. A model without them
+  is returned as it is."""
+  model, params = bundle.model, bundle.params
+  image = model.get("image") or {}
+  if model.get("name") != "locca" and not image.get("ssl_head"):
     return bundle
-  model = {k: v for k, v in bundle.model.items() if k != "decoder"}
-  params = {k: v for k, v in bundle.params.items() if not k.startswith("decoder.")}
-  return dataclasses.replace(bundle, model={**model, "name": "clip"}, params=params)
+  if model.get("name") == "locca":
+    model = {**{k: v for k, v in model.items() if k != "decoder"}, "name": "clip"}
+    params = {k: v for k, v in params.items() if not k.startswith("decoder.")}
+  if image.get("ssl_head"):
+    model = {**model, "image": {k: v for k, v in image.items() if k != "ssl_head"}}
+    params = {k: v for k, v in params.items() if not k.startswith(_SSL_PARAMS)}
+  return dataclasses.replace(bundle, model=model, params=params)
 
 
 def write_bundle(bundle: Bundle, dst: str, to: str = "vlpt") -> None:

@@ -13,6 +13,8 @@ from vlpt.train.objectives.coca import CocaObjective
 from vlpt.train.objectives.contrastive import ContrastiveObjective
 from vlpt.train.objectives.distillation import DistillationObjective
 from vlpt.train.objectives.locca import LoccaObjective
+from vlpt.train.objectives.self_distillation import enabled as self_distillation_enabled
+from vlpt.train.objectives.self_distillation import with_self_distillation
 
 # in order of precedence; ContrastiveObjective applies to every config (the default)
 OBJECTIVES: tuple[type[Objective], ...] = (
@@ -24,8 +26,10 @@ OBJECTIVES: tuple[type[Objective], ...] = (
 
 
 def objective_class(config: Any) -> type[Objective]:
-  """The objective ``config`` asks for."""
-  return next(cls for cls in OBJECTIVES if cls.applies(config))
+  """The objective ``config`` asks for; with ``config.self_distillation`` on, it carries SigLIP 2's
+  self-distillation terms too (:mod:`vlpt.train.objectives.self_distillation`)."""
+  cls = next(cls for cls in OBJECTIVES if cls.applies(config))
+  return with_self_distillation(cls) if self_distillation_enabled(config) else cls
 
 
 __all__ = [

@@ -48,6 +48,12 @@ class Objective:
     """(arrays, their shardings) given to every step; ``(None, None)`` when there are none."""
     return None, None
 
+  def step_inputs(self, state: Any, aux: Any) -> Any:
+    """What the step passes to :meth:`value_and_grad` as ``aux``: :meth:`aux_inputs`' arrays, or,
+    for an objective that reads the train state (an EMA teacher), those and the state's parts."""
+    del state
+    return aux
+
   # -- the forward pass
 
   def model(self, params: Any) -> nnx.Module:
