@@ -135,9 +135,13 @@ class ToCHWFloat:
   def __call__(self, example: dict) -> dict:
     from vlpt.data.normalization import OPENAI_MEAN, OPENAI_STD
 
-    x = example["image"].astype(np.float32) / 255.0
-    x = (x - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
-    return {**example, "image": np.ascontiguousarray(x.transpose(2, 0, 1))}
+    # the same arithmetic as ToTensor + Normalize ((x / 255 - mean) / std), in place: one
+    # float32 copy of the image, not a temporary per operation
+    x = np.ascontiguousarray(example["image"].transpose(2, 0, 1), dtype=np.float32)
+    std = np.asarray(OPENAI_STD, np.float32)[:, None, None]
+    x *= 1.0 / (255.0 * std)
+    x -= (np.asarray(OPENAI_MEAN, np.float32) / np.asarray(OPENAI_STD, np.float32))[:, None, None]
+    return {**example, "image": x}
 
 
 def drop_cache(pattern: str) -> None:
