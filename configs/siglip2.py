@@ -124,6 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   image, text = _towers(size["image"], size["text"])
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
+  c.model.text.vocab_size = GEMMA_VOCAB  # the table's real size even before the tokenizer exists
   c.model.embed_dim = size["width"]  # the image tower's width
   c.model.init_logit_scale = math.log(10.0)  # SigLIP's t' = log 10
   c.model.init_logit_bias = -10.0  # SigLIP's b = -10
