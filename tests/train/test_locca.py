@@ -115,7 +115,8 @@ def test_demo_locca_trains(tmp_path):
 @pytest.mark.timeout(1800)
 def test_demo_locca_captions_beat_the_shuffled_baseline(tmp_path):
   """Greedy KV-cache captions from the patch tokens score a CIDEr well above the same captions
-  against other images' references (an image-blind captioner's level)."""
+  against other images' references (an image-blind captioner's level). Measured (2 shared CPU
+  cores, 12.5 min): CIDEr 2.18 vs 0.99 shuffled, BLEU-4 0.353 vs 0.255."""
   c = load_config(RECIPE)
   c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = 300
   c.batch_size = 64
@@ -123,5 +124,5 @@ def test_demo_locca_captions_beat_the_shuffled_baseline(tmp_path):
   c.eval.datasets.heldout.tasks = ("captioning",)
   final = [r for r in _train(tmp_path, c) if "heldout/captioning/cider" in r][-1]
   cider, shuffled = final["heldout/captioning/cider"], final["heldout/captioning/cider_shuffled"]
-  assert cider > 2 * shuffled, (cider, shuffled)
+  assert cider > 1.6 * shuffled and cider > shuffled + 0.8, (cider, shuffled)
   assert final["heldout/captioning/bleu4"] > final["heldout/captioning/bleu4_shuffled"]
