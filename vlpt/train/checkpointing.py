@@ -7,7 +7,7 @@ the caller starts the (deterministic) stream at the restored step instead.
 
 The EMA weights (``config.ema.decay``) are part of the state and are restored with it; a
 checkpoint without them restored under a config with them starts them from its parameters, and
-one with them restored without them leaves them unread; both say so in one line.
+one with them restored without them drops them once read; both say so in one line.
 
 The workdir may be ``gs://``: every process opens the same directory, orbax's primary process
 writes the metadata and commits a step, and all processes list the same steps
