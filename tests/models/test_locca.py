@@ -134,6 +134,14 @@ def test_kv_cache_decoding_matches_teacher_forcing():
   for i in range(seq.shape[1]):
     step = model.decode_step(seq[:, i : i + 1], jnp.asarray(i), tokens)
     np.testing.assert_allclose(step, full[:, i], atol=1e-4)
+  # generation starts at cap, stops at eos, and reads back as text ids only
+  from vlpt.models.generation import generate
+
+  images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  ids = generate(model, images, max_len=8, sot_id=model.caption_start, eot_id=model.caption_end)
+  assert (ids[:, 0] == d.cap_id).all() and ids.shape == (2, 8)
+  text = np.asarray(model.text_ids(ids))
+  assert ((text >= 0) & (text < V)).all() and (text[:, 0] == PAD).all()
 
 
 def test_decoder_parameters_shard_by_logical_axes():

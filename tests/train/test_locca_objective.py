@@ -91,6 +91,25 @@ def test_config_errors_are_one_line(overrides, message):
   assert "\n" not in str(e.value)
 
 
+def test_captioning_evaluation_of_a_locca_model():
+  """The suite's captioning task decodes a (random) LocCa decoder's greedy and beam captions from
+  the patch tokens and scores them with both baselines."""
+  from vlpt.train.evaluation import eval_suite
+  from vlpt.train.setup import build, initial_state
+
+  c = _config()
+  entry = {"source": "synthetic", "split": "test", "num_examples": 24, "tasks": ("captioning",)}
+  c.eval.batch_size = 16
+  c.eval.datasets = {"greedy": entry, "beam": dict(entry, caption_method="beam", num_beams=3)}
+  validate(c, num_devices=jax.device_count())
+  setup = build(c)
+  got = eval_suite(setup)(initial_state(setup).params)
+  for method in ("greedy", "beam"):
+    scores = {k.split("/")[-1]: v for k, v in got.items() if k.startswith(f"{method}/captioning/")}
+    assert set(scores) == {"cider", "bleu4", "cider_shuffled", "bleu4_shuffled"}
+    assert all(np.isfinite(v) and v >= 0 for v in scores.values()), scores
+
+
 def _train(tmp_path, config):
   from vlpt.train.loop import train
 
