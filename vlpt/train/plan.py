@@ -28,8 +28,8 @@ from vlpt.data.tokenizers import build_tokenizer
 from vlpt.errors import ConfigError
 from vlpt.models.flops import training_flops_per_example
 from vlpt.train.objectives import objective_class
-from vlpt.train.setup import Setup, build
-from vlpt.train.step import make_train_step
+from vlpt.train.setup import Setup, build, naflex_training
+from vlpt.train.step import batch_layout, make_train_step
 
 GiB = 1024**3
 
@@ -204,14 +204,18 @@ def check_divisible(setup: Setup) -> None:
 
 
 def abstract_batch(setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
-  """The loader's global batch as abstract arrays: uint8 images, int32 token ids."""
+  """The loader's global batch as abstract arrays (:func:`vlpt.train.step.batch_layout`); a NaFlex
+  run at its longest sequence length, with that length's batch."""
   c, mesh = setup.config, setup.mesh
-  size, length = c.data.image_size, setup.tokenizer.context_length
+  rows = c.batch_size
+  if naflex_training(c):
+    from vlpt.data.naflex import batch_sizes
+
+    nf = c.data.train.naflex
+    rows = batch_sizes(int(nf.token_budget), [max(nf.lengths)], setup.batch_shards)[max(nf.lengths)]
   return {
-    "image": jax.ShapeDtypeStruct(
-      (c.batch_size, size, size, 3), jnp.uint8, sharding=S.batch_sharding(mesh, 4)
-    ),
-    "text": jax.ShapeDtypeStruct((c.batch_size, length), jnp.int32, sharding=S.batch_sharding(mesh, 2)),
+    name: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=S.batch_sharding(mesh, 1 + len(shape)))
+    for name, (shape, dtype) in batch_layout(setup).items()
   }
 
 

@@ -19,6 +19,7 @@ from flax import nnx
 
 from vlpt import sharding as S
 from vlpt.data.pipeline import local_crop_settings
+from vlpt.data.synthetic import MAX_OBJECTS
 from vlpt.optim import learning_rate_schedule
 from vlpt.train import ema
 from vlpt.train.metrics import train_metrics
@@ -78,22 +79,8 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     )
     return new_state, step_metrics
 
-  batch_sh = {"image": S.batch_sharding(mesh, 4), "text": S.batch_sharding(mesh, 2)}
-  if naflex_training(config):  # token-budget NaFlex batches (vlpt.data.naflex)
-    batch_sh = {
-      name: S.batch_sharding(mesh, ndim)
-      for name, ndim in (("pixel_values", 3), ("pixel_attention_mask", 2), ("spatial_shapes", 2))
-    }
-    batch_sh["text"] = S.batch_sharding(mesh, 2)
-  if setup.config.data.train.get("boxes", False):  # the objects' boxes ride along (docs/data.md)
-    batch_sh.update(
-      {
-        name: S.batch_sharding(mesh, ndim)
-        for name, ndim in (("boxes", 3), ("box_labels", 2), ("box_phrases", 3))
-      }
-    )
-  if local_crop_settings(config):  # SigLIP 2's local views (self-distillation; docs/losses.md)
-    batch_sh["local_images"] = S.batch_sharding(mesh, 5)
+  layout = batch_layout(setup)
+  batch_sh = {name: S.batch_sharding(mesh, 1 + len(shape)) for name, (shape, _) in layout.items()}
   aux, aux_shardings = objective.aux_inputs()
   out_shardings = (setup.state_shardings, S.replicated(mesh))
   if aux is None:
@@ -107,6 +94,33 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     donate_argnums=0,
   )
   return lambda state, batch: jitted(state, batch, aux)
+
+
+def batch_layout(setup: Setup) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """Every array of a training batch: its shape after the batch axis and its dtype (the step's
+  input shardings and ``vlpt-plan``'s abstract batch both read it). NaFlex batches are shown at
+  their longest sequence length."""
+  config, length = setup.config, setup.tokenizer.context_length
+  size = config.data.image_size
+  if naflex_training(config):  # token-budget NaFlex batches (vlpt.data.naflex)
+    n, p = max(int(x) for x in config.data.train.naflex.lengths), setup.image_patch
+    layout = {
+      "pixel_values": ((n, p * p * 3), jnp.float32),
+      "pixel_attention_mask": ((n,), jnp.int32),
+      "spatial_shapes": ((2,), jnp.int32),
+    }
+  else:
+    layout = {"image": ((size, size, 3), jnp.uint8)}
+  layout["text"] = ((length,), jnp.int32)
+  if config.data.train.get("boxes", False):  # the objects' boxes ride along (docs/data.md)
+    layout["boxes"] = ((MAX_OBJECTS, 4), jnp.float32)
+    layout["box_labels"] = ((MAX_OBJECTS,), jnp.int32)
+    layout["box_phrases"] = ((MAX_OBJECTS, length), jnp.int32)
+  local = local_crop_settings(config)
+  if local:  # SigLIP 2's local views (self-distillation; docs/losses.md)
+    v, s = local["local_crops"], local["local_size"]
+    layout["local_images"] = ((v, s, s, 3), jnp.uint8)
+  return layout
 
 
 def schedule_count(opt_state: Any, step: jax.Array) -> jax.Array:
