@@ -120,3 +120,32 @@ def test_architecture_keeps_what_the_checkpoint_does_not_name(converted):
   arch = architecture(bundle)
   assert "tokenizer" not in arch["data"] and arch["data"]["image_size"] == 40
   assert "image_size" not in arch["model"]["image"] and "vocab_size" not in arch["model"]["text"]
+
+
+def test_training_only_parts_start_random_from_a_released_checkpoint(tmp_path, capsys):
+  """SigLIP 2's self-distillation heads and mask token exist only in training: a checkpoint
+  without them (any released SigLIP) initializes everything else and leaves them random."""
+  import jax
+
+  from vlpt.train.initialization import pretrained_params
+
+  config = load_config("configs/siglip2.py:demo")  # heads + mask token in the image tower
+  without = load_config("configs/siglip2.py:demo")
+  with without.unlocked():
+    without.model.image.ssl_head = None
+  _, flat = export_random_model(without, tmp_path / "released")
+  assert not any(k.startswith("image.ssl") or k == "image.mask_token" for k in flat)
+  config.init.checkpoint = str(tmp_path / "released")
+  setup = build(config)
+  check_checkpoint_fits(setup)
+  assert "training-only tensor(s) the checkpoint lacks" in capsys.readouterr().out
+  params = jax.device_get(pretrained_params(setup))
+  fresh = jax.device_get(setup.init_fn(jax.random.key_data(jax.random.key(config.seed))).params)
+  np.testing.assert_array_equal(params["image"]["mask_token"], fresh["image"]["mask_token"])
+  heads = jax.tree.leaves(params["image"]["ssl_patch"])
+  assert len(heads) == 7
+  for got, want in zip(heads, jax.tree.leaves(fresh["image"]["ssl_patch"])):
+    np.testing.assert_allclose(got, want, atol=1e-7)  # the init under jit vs eagerly
+  np.testing.assert_array_equal(  # the rest is the checkpoint's
+    params["image"]["patch_embed"].reshape(-1), np.asarray(flat["image.patch_embed"]).reshape(-1)
+  )

@@ -27,7 +27,7 @@ from vlpt.models import build_model, model_kwargs
 from vlpt.train.checkpointing import Checkpointer
 from vlpt.weights.formats import Bundle, detect_format, read_bundle
 from vlpt.weights.resize import resize_model
-from vlpt.weights.state import flat_params, pure_tree
+from vlpt.weights.state import flat_params, param_shapes, pure_tree
 
 LOCKABLE = ("image", "text")
 
@@ -233,7 +233,7 @@ def check_checkpoint_fits(setup: Any) -> None:
     return
   bundle = _checkpoint(path)
   try:
-    _checkpoint_trees(config, setup.model_config, bundle)
+    trees = _checkpoint_trees(config, setup.model_config, bundle)
   except (WeightsError, ValueError) as e:
     raise ConfigError(
       f"config.init.checkpoint={path!r} does not fit config.model: {e}; "
@@ -242,6 +242,11 @@ def check_checkpoint_fits(setup: Any) -> None:
   towers = tuple(config.init.towers or ())
   parts = " and ".join(towers) + " tower(s)" if towers else "all parameters"
   _say(f"init: {parts} from {path} ({bundle.source} checkpoint, {len(bundle.params)} tensors)")
+  if trees[TRAINING_ONLY_KEY]:
+    _say(
+      f"init: {len(trees[TRAINING_ONLY_KEY])} training-only tensor(s) the checkpoint lacks "
+      "(self-distillation heads, mask token) start from the random initialization"
+    )
 
 
 def _checkpoint(path: str) -> Bundle:
@@ -278,7 +283,8 @@ def pretrained_params(setup: Any, random_params: Any = None) -> Any:
     ) from None
   shardings = setup.state_shardings.params
   dtypes = jax.tree.map(lambda a: a.dtype, setup.abstract_state.params)
-  if None in trees:
+  missing = trees.pop(TRAINING_ONLY_KEY)
+  if None in trees and not missing:
     return jax.tree.map(place, trees[None], shardings, dtypes)
   params = random_params
   if params is None:  # the parameters initial_state draws (same key, same split); the
@@ -286,15 +292,33 @@ def pretrained_params(setup: Any, random_params: Any = None) -> Any:
     key_data = jax.random.key_data(jax.random.key(config.seed))
     with S.activate(setup.mesh, setup.rules):
       params = jax.jit(lambda k: setup.init_fn(k).params, out_shardings=shardings)(key_data)
-  params = dict(params)
-  for tower, tree in trees.items():
-    params[tower] = jax.tree.map(place, tree, shardings[tower], dtypes[tower])
+  random = params
+  if None in trees:
+    params = jax.tree.map(place, trees[None], shardings, dtypes)
+  else:
+    params = dict(params)
+    for tower, tree in trees.items():
+      params[tower] = jax.tree.map(place, tree, shardings[tower], dtypes[tower])
+  for name in missing:  # training-only parts the checkpoint lacks keep their random values
+    *path, leaf = (int(p) if p.isdigit() else p for p in name.split("."))
+    node, source = params, random
+    for part in path:
+      node[part] = dict(node[part])
+      node, source = node[part], source[part]
+    node[leaf] = source[leaf]
   return params
+
+
+# Parameters only training uses: SigLIP 2's self-distillation heads and mask token
+# (vlpt.models.ssl_head). A released checkpoint has none; they start from the random init.
+TRAINING_ONLY = ("image.ssl_global.", "image.ssl_patch.", "image.mask_token")
+TRAINING_ONLY_KEY = "training_only_missing"
 
 
 def _checkpoint_trees(config: Any, model_config: dict, bundle: Bundle) -> dict:
   """The checkpoint's parameters as pure trees of ``model_config``'s model, resized: {None:
-  whole} or {tower: tree} for ``config.init.towers`` (a WeightsError names the first misfit)."""
+  whole} or {tower: tree} for ``config.init.towers`` (a WeightsError names the first misfit), and
+  under :data:`TRAINING_ONLY_KEY` the training-only tensors it lacks (zeros in the trees)."""
   towers = tuple(config.init.towers or ())
   whole = not towers
   _, flat = resize_model(
@@ -304,9 +328,14 @@ def _checkpoint_trees(config: Any, model_config: dict, bundle: Bundle) -> dict:
     context_length=model_config["text"]["context_length"] if whole or "text" in towers else None,
   )
   abstract_model = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(0)))
+  shapes = param_shapes(abstract_model)
+  missing = [k for k in shapes if k.startswith(TRAINING_ONLY) and k not in flat]
+  flat = {**flat, **{k: np.zeros(shapes[k], np.float32) for k in missing}}
   if whole:
-    return {None: pure_tree(abstract_model, flat)}
-  return {tower: _tower_tree(abstract_model, flat, tower, towers) for tower in towers}
+    return {None: pure_tree(abstract_model, flat), TRAINING_ONLY_KEY: missing}
+  trees = {tower: _tower_tree(abstract_model, flat, tower, towers) for tower in towers}
+  loaded = tuple(f"{t}." for t in towers)
+  return {**trees, TRAINING_ONLY_KEY: [k for k in missing if k.startswith(loaded)]}
 
 
 def _say(message: str) -> None:
