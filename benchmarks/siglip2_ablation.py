@@ -4,13 +4,16 @@ prediction (``configs/siglip2.py:demo,sigmoid`` / ``:demo,locca`` / ``:demo``), 
 (``:demo,sigmoid,naflex``) at three sequence lengths.
 
   python benchmarks/siglip2_ablation.py --root DIR [--runs sigmoid,locca,all,naflex] [--reuse]
+                                       [--steps N]
 
 Each run trains with ``vlpt-train`` into ``DIR/<run>`` (the same seed, steps and batch: only the
 losses differ) and the script prints the final held-out figures from each ``metrics.jsonl``:
 the dense per-patch probe (accuracy, foreground accuracy, mIoU; docs/evaluation.md), zero-shot
 top-1, retrieval R@5 and, for runs with a LocCa decoder, greedy captions' CIDEr-D against their
 own images' references and against shuffled ones. ``--reuse`` reads a run whose workdir already
-holds its final step instead of training it again. The last line is
+holds its final step instead of training it again. ``--steps N`` shortens every run alike
+(``total_steps``, evaluation and checkpoint at the end; the stage still starts at 80%). The
+last line is
 ``dense_gain_points=<all - sigmoid, accuracy x 100> zeroshot_delta_points=<all - sigmoid>``.
 """
 
@@ -61,10 +64,10 @@ def finished(workdir: str, steps: int) -> bool:
     return any(json.loads(line).get("step") == steps and "heldout/zeroshot/top1" in line for line in f)
 
 
-def train(config: str, workdir: str) -> float:
+def train(config: str, workdir: str, overrides: list[str]) -> float:
   t0 = time.perf_counter()
   subprocess.run(
-    [sys.executable, "-m", "vlpt.cli.train", "--config", config, "--workdir", workdir],
+    [sys.executable, "-m", "vlpt.cli.train", "--config", config, "--workdir", workdir, *overrides],
     check=True,
     cwd=REPO,
   )
@@ -76,7 +79,12 @@ def main() -> None:
   p.add_argument("--root", required=True, help="the runs' workdirs go here")
   p.add_argument("--runs", default="sigmoid,locca,all,naflex")
   p.add_argument("--reuse", action="store_true", help="read finished workdirs instead of training")
+  p.add_argument("--steps", type=int, default=None, help="every run's total_steps")
   args = p.parse_args()
+  overrides = []
+  if args.steps:
+    overrides = [f"--config.{k}={args.steps}" for k in ("total_steps", "eval_every_steps")]
+    overrides.append(f"--config.checkpoint_every_steps={args.steps}")
   sys.path.insert(0, REPO)
   from vlpt.config import load_config
 
@@ -84,9 +92,9 @@ def main() -> None:
   for run in args.runs.split(","):
     config = RUNS[run]
     workdir = os.path.join(args.root, run)
-    steps = int(load_config(config).total_steps)
+    steps = args.steps or int(load_config(config).total_steps)
     if not (args.reuse and finished(workdir, steps)):
-      print(f"training {config} into {workdir}: {train(config, workdir):.0f} s", flush=True)
+      print(f"training {config} into {workdir}: {train(config, workdir, overrides):.0f} s", flush=True)
     results[run] = final_metrics(workdir)
 
   print("| run | config | " + " | ".join(name for name, _ in COLUMNS) + " |")
