@@ -47,6 +47,7 @@ from vlpt.config import (
   imagenet_zeroshot_eval,
   large_tower_defaults,
   recipe_variants,
+  siglip_towers,
   smoke_run,
 )
 
@@ -65,33 +66,6 @@ SIZES = {
 VARIANTS = (*SIZES, "smoke")
 
 
-def _towers(image_variant: str, text: dict) -> tuple[dict, dict]:
-  """big_vision's SigLIP layout (as vlpt reads it from HF SiglipModel / big_vision npz)."""
-  image = {
-    "variant": image_variant,
-    "pool": "map",
-    "class_token": False,
-    "patch_bias": True,
-    "ln_pre": False,
-    "proj": False,
-    "act": "gelu_tanh",
-    "norm_eps": 1e-6,
-  }
-  text = {
-    "variant": "B",
-    **text,
-    "causal": False,
-    "pool": "last",
-    "proj": True,
-    "proj_bias": True,
-    "act": "gelu_tanh",
-    "norm_eps": 1e-6,
-    "vocab_size": ml_collections.FieldReference(None, field_type=int),
-    "context_length": ml_collections.FieldReference(None, field_type=int),
-  }
-  return image, text
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, variants = recipe_variants(arg, "siglip", SIZES, "B16", VARIANTS)
 
@@ -105,7 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.name = "clip"
   c.model.embed_dim = size["width"]  # Appendix F: the embedding is the tower width
-  image, text = _towers(size["image"], {k: size[k] for k in ("width", "depth", "heads", "mlp_dim")})
+  dims = {k: size[k] for k in ("width", "depth", "heads", "mlp_dim")}
+  image, text = siglip_towers(size["image"], **dims)
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
   c.model.init_logit_scale = math.log(10.0)  # Sec. 3.2: t' = log 10
@@ -144,6 +119,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   """Micro towers on the built-in synthetic data: the recipe's loss and optimizer, 20 steps."""
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64  # = the micro towers' width
-  image, text = _towers("micro/8", {"variant": "micro"})
+  image, text = siglip_towers("micro/8", variant="micro")
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)

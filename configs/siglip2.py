@@ -49,6 +49,7 @@ from vlpt.config import (
   imagenet_zeroshot_eval,
   large_tower_defaults,
   recipe_variants,
+  siglip_towers,
   smoke_run,
 )
 
@@ -74,32 +75,6 @@ DEMO_ABLATIONS = ("sigmoid", "locca")  # with demo: the runs of the ablation tab
 VARIANTS = (*SIZES, "naflex", "demo", *DEMO_ABLATIONS, "smoke")
 
 
-def _towers(image_variant: str, text_variant: str) -> tuple[dict, dict]:
-  """SigLIP's layout (as vlpt reads HF Siglip2Model / big_vision checkpoints)."""
-  image = {
-    "variant": image_variant,
-    "pool": "map",
-    "class_token": False,
-    "patch_bias": True,
-    "ln_pre": False,
-    "proj": False,
-    "act": "gelu_tanh",
-    "norm_eps": 1e-6,
-  }
-  text = {
-    "variant": text_variant,
-    "causal": False,
-    "pool": "last",
-    "proj": True,
-    "proj_bias": True,
-    "act": "gelu_tanh",
-    "norm_eps": 1e-6,
-    "vocab_size": ml_collections.FieldReference(None, field_type=int),
-    "context_length": ml_collections.FieldReference(None, field_type=int),
-  }
-  return image, text
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, variants = recipe_variants(arg, "siglip2", SIZES, "B16", VARIANTS)
   if variants & {"sigmoid", "locca"} and "demo" not in variants:
@@ -121,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 10_000
 
   c.model.name = "clip"
-  image, text = _towers(size["image"], size["text"])
+  image, text = siglip_towers(size["image"], variant=size["text"])
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
   c.model.text.vocab_size = GEMMA_VOCAB  # the table's real size even before the tokenizer exists
@@ -193,7 +168,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   (without the self-distillation stage: :demo runs it)."""
   smoke_run(c)  # 20 steps on the built-in data, 8 simulated devices
   c.model.embed_dim = 64  # = the micro towers' width
-  image, text = _towers("micro/8", "micro")
+  image, text = siglip_towers("micro/8", variant="micro")
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
   _no_self_distillation(c)
@@ -231,7 +206,7 @@ def _demo(c: ml_collections.ConfigDict, ablation: str | None) -> None:
   c.eval_every_steps = 400
   c.checkpoint_every_steps = 400
   c.model.dtype = "float32"
-  image, text = _towers("micro/8", "micro")
+  image, text = siglip_towers("micro/8", variant="micro")
   image["variant"] = "micro/4"  # 8 x 8 patches of 4 px at 32 px: a grid fine enough for objects
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)

@@ -295,6 +295,36 @@ def large_tower_defaults(c: ml_collections.ConfigDict, remat: str = "dots_no_bat
         tower.remat = tower.get("remat", remat)
 
 
+def siglip_towers(image_variant: str, **text: Any) -> tuple[dict, dict]:
+  """big_vision's SigLIP tower layout (MAP head, no class token or image projection, tanh GELU,
+  a bidirectional text tower pooled at its last token, projected with a bias), as vlpt reads HF
+  SiglipModel / Siglip2Model and big_vision checkpoints: (image, text) tower dicts; ``text``:
+  the text tower's size keys (``variant``, default "B", or explicit dimensions)."""
+  image = {
+    "variant": image_variant,
+    "pool": "map",
+    "class_token": False,
+    "patch_bias": True,
+    "ln_pre": False,
+    "proj": False,
+    "act": "gelu_tanh",
+    "norm_eps": 1e-6,
+  }
+  tower = {
+    "variant": "B",
+    **text,
+    "causal": False,
+    "pool": "last",
+    "proj": True,
+    "proj_bias": True,
+    "act": "gelu_tanh",
+    "norm_eps": 1e-6,
+    "vocab_size": ml_collections.FieldReference(None, field_type=int),
+    "context_length": ml_collections.FieldReference(None, field_type=int),
+  }
+  return image, tower
+
+
 def imagenet_zeroshot_eval(c: ml_collections.ConfigDict) -> None:
   """The recipes' headline evaluation: zero-shot ImageNet-1k (TFDS imagenet2012 validation)."""
   c.eval.batch_size = 1024
