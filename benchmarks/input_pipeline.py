@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Input-pipeline throughput at 224 px: vlpt's grain + WebDataset source vs open_clip's pipeline.
 
-  python benchmarks/input_pipeline.py [--same-work] [--cold] [--repeats 3] [--num 3000]
+  python benchmarks/input_pipeline.py [--same-work] [--cold] [--repeats 7] [--num 3000]
                                      [--workers 2] [--batch 128] [--batches 20] [--shards-dir DIR]
 
 Shards: real photographs shipped with Python packages (scikit-image's astronaut, cat, coffee,
@@ -253,7 +253,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--same-work", action="store_true", help="both sides produce the same tensor")
   p.add_argument("--cold", action="store_true", help="shards dropped from the page cache per run")
-  p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side (medians)")
+  p.add_argument("--repeats", type=int, default=7, help="interleaved runs per side (medians)")
   p.add_argument("--num", type=int, default=3000, help="samples in the shards")
   p.add_argument("--shard-size", type=int, default=500)
   p.add_argument("--workers", type=int, default=2)
