@@ -1,8 +1,15 @@
-"""big_vision SigLIP ``.npz`` checkpoints -> vlpt (Zhai et al. 2023; flax layouts, no torch).
+"""big_vision SigLIP / SigLIP 2 ``.npz`` checkpoints -> vlpt (Zhai et al. 2023; Tschannen et al.
+2025, arXiv 2502.14786; flax layouts, no torch).
 
 Flax kernels are already ``[in, out]`` and attention is ``[embed, heads, head_dim]``, so most
 tensors map unchanged. Tower sizes are read from the tensors' shapes; scanned checkpoints
 (``encoderblock/`` with a leading depth axis) are unstacked first.
+
+SigLIP 2's fixed-resolution checkpoints have SigLIP's layout (``vit.py`` + ``two_towers.py``; only
+the vocabulary, Gemma's 256k, differs). Its NaFlex checkpoints (``naflex_vit.py``) differ in the
+image stem only: ``img/embedding/kernel`` is a Dense ``[p*p*3, width]`` over patches flattened
+(y, x, channel), and ``img/pos_embedding`` a square ``[g, g, width]`` grid resized per image;
+they load as a ``naflex`` image tower (as HF ``Siglip2Model``) whose ``image_size`` is g * p.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import re
 import numpy as np
 
 from vlpt.errors import WeightsError
+from vlpt.models.sizes import parse_vit
 from vlpt.weights.mapping import Rule, apply_rules, reshape, rule, scalar
 
 
@@ -40,6 +48,35 @@ def _depth(sd: dict, prefix: str) -> int:
   return max(ids) + 1
 
 
+def is_naflex(sd: dict[str, np.ndarray]) -> bool:
+  """A NaFlex image stem (SigLIP 2's ``naflex_vit.py``): a Dense patch embedding ``[p*p*3, width]``
+  instead of ``vit.py``'s convolution ``[p, p, 3, width]``."""
+  return np.ndim(sd["img/embedding/kernel"]) == 2
+
+
+def _image_stem(sd: dict[str, np.ndarray]) -> tuple[int, int, int]:
+  """(patch, grid side, width) of the image stem, plain ViT or NaFlex."""
+  kernel, pos = sd["img/embedding/kernel"], sd["img/pos_embedding"]
+  if is_naflex(sd):
+    k, w = kernel.shape
+    p = math.isqrt(k // 3)
+    if p * p * 3 != k:
+      raise WeightsError(f"NaFlex patch embedding of {k} inputs is not a p x p x 3 patch")
+    if np.ndim(pos) != 3 or pos.shape[0] != pos.shape[1] or pos.shape[2] != w:
+      raise WeightsError(
+        f"NaFlex position embedding {tuple(pos.shape)} is not a square [g, g, {w}] grid"
+      )
+    return p, pos.shape[0], w
+  if np.ndim(kernel) != 4 or kernel.shape[0] != kernel.shape[1]:
+    raise WeightsError(f"image patch embedding {tuple(kernel.shape)} is not [p, p, 3, width]")
+  p, w = kernel.shape[0], kernel.shape[-1]
+  n = pos.shape[1]
+  grid = math.isqrt(n)
+  if grid * grid != n:
+    raise WeightsError(f"image position embedding of {n} tokens is not a square grid")
+  return p, grid, w
+
+
 def model_config_from_big_vision(sd: dict[str, np.ndarray]) -> dict:
   """Reads a SigLIP model's shape from its tensors."""
   need = [
@@ -53,11 +90,7 @@ def model_config_from_big_vision(sd: dict[str, np.ndarray]) -> dict:
   missing = [k for k in need if k not in sd]
   if missing:
     raise WeightsError(f"not a big_vision SigLIP checkpoint: missing {', '.join(missing)}")
-  p, _, _, w = sd["img/embedding/kernel"].shape
-  n = sd["img/pos_embedding"].shape[1]
-  grid = int(round(math.sqrt(n)))
-  if grid * grid != n:
-    raise WeightsError(f"image position embedding of {n} tokens is not a square grid")
+  p, grid, w = _image_stem(sd)
   blk = "img/Transformer/encoderblock_0/"
   heads = sd[blk + "MultiHeadDotProductAttention_0/query/kernel"].shape[1]
   mlp = sd[blk + "MlpBlock_0/Dense_0/kernel"].shape[1]
@@ -86,6 +119,8 @@ def model_config_from_big_vision(sd: dict[str, np.ndarray]) -> dict:
     act="gelu_tanh",
     norm_eps=1e-6,
   )
+  if is_naflex(sd):
+    image["naflex"] = True
   text = dict(
     variant="B",
     vocab_size=vocab,
@@ -147,11 +182,22 @@ def _flax_mlp(ext: str, ours: str) -> list[Rule]:
 def rules(model: dict, sd: dict[str, np.ndarray]) -> list[Rule]:
   image, text = model["image"], model["text"]
   w, tw = image["width"], text["width"]
-  n = sd["img/pos_embedding"].shape[1]
+  p = parse_vit(image["variant"])[1]
+  grid = image["image_size"] // p
+  n = grid * grid
+  if image.get("naflex"):  # naflex_vit.py: a Dense over (y, x, channel) patches, a [g, g, w] grid
+    stem = [
+      rule("img/embedding/kernel", "image.patch_embed", reshape((p * p * 3, w), (p, p, 3, w))),
+      rule("img/pos_embedding", "image.positional_embedding", reshape((grid, grid, w), (n, w))),
+    ]
+  else:
+    stem = [
+      rule("img/embedding/kernel", "image.patch_embed"),
+      rule("img/pos_embedding", "image.positional_embedding", reshape((1, n, w), (n, w))),
+    ]
   r = [
-    rule("img/embedding/kernel", "image.patch_embed"),
+    *stem,
     rule("img/embedding/bias", "image.patch_bias"),
-    rule("img/pos_embedding", "image.positional_embedding", reshape((1, n, w), (n, w))),
     rule("img/Transformer/encoder_norm/scale", "image.ln_post.scale"),
     rule("img/Transformer/encoder_norm/bias", "image.ln_post.bias"),
     rule("txt/Embed_0/embedding", "text.token_embedding"),
@@ -194,11 +240,9 @@ def from_big_vision(sd: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarr
 def to_big_vision(
   model: dict, flat: dict[str, np.ndarray], *, scale_shape=(1,)
 ) -> dict[str, np.ndarray]:
-  """vlpt SigLIP-layout params -> big_vision npz keys (``params/...``), e.g. for round trips."""
-  fake = {
-    "img/pos_embedding": np.zeros((1, flat["image.positional_embedding"].shape[0], 1)),
-    "t": np.zeros(scale_shape),
-  }
+  """vlpt SigLIP-layout params -> big_vision npz keys (``params/...``), e.g. for round trips; a
+  ``naflex`` image tower is written in ``naflex_vit.py``'s layout."""
+  fake = {"t": np.zeros(scale_shape)}
   if "logit_bias" in flat:
     fake["b"] = np.zeros(scale_shape)
   out = apply_rules(flat, rules(model, fake), to_ours=False)

@@ -270,13 +270,16 @@ def read_big_vision(path: str) -> Bundle:
   from vlpt.weights.big_vision import from_big_vision
 
   model, params = from_big_vision(read_tensors(path))
-  return Bundle(
-    model,
-    params,
-    None,
-    Preprocess(image_size=model["image"]["image_size"], **_SIGLIP_PREPROCESS),
-    "big_vision",
-  )
+  image = model["image"]
+  pre: dict[str, Any] = dict(_SIGLIP_PREPROCESS)
+  if image.get("naflex"):  # SigLIP 2 NaFlex: as many patches as the position grid has by default
+    from vlpt.models.sizes import parse_vit
+
+    patch = parse_vit(image["variant"])[1]
+    pre.update(
+      resize_mode="naflex", patch_size=patch, max_num_patches=(image["image_size"] // patch) ** 2
+    )
+  return Bundle(model, params, None, Preprocess(image_size=image["image_size"], **pre), "big_vision")
 
 
 def read_vlpt(path: str) -> Bundle:
