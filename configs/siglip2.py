@@ -11,7 +11,8 @@ vocabulary) on lower-cased text, batch 32k, a cosine schedule with 20k warmup st
 seen (= 1,220,703 steps); Adam with learning rate 1e-3 and decoupled weight decay 1e-4, gradients
 clipped to norm 1 (vlpt's reading of Sec. 2.1; the optimizer is AdamW here). Sec. 2.2: the LocCa
 decoder (captioning, referring-expression prediction, grounded captioning) on the un-pooled image
-tokens. Sec. 2.3: self-distillation and masked prediction added for the last 20% of training.
+tokens (vlpt's reading: the text tower's shape with half its layers, as wide as the image tower;
+captioning only unless the data carries boxes, config.data.train.boxes). Sec. 2.3: self-distillation and masked prediction added for the last 20% of training.
 Sec. 2.4: NaFlex (native aspect ratio, several sequence lengths).
 
 Reported (zero-shot; fixed-resolution models, the paper's Table 1 as the released model cards
@@ -71,6 +72,12 @@ SIZES = {
   "So400m14": dict(image="So400m/14", text="So400m", width=1152, size=224),  # released /14: 224 px
   "g16": dict(image="g-opt/16", text="So400m", width=1536, size=256),
 }
+# SigLIP's text towers have the same-size image tower's dimensions (not CLIP's narrower text sizes)
+TEXT_TOWERS = {
+  "B": dict(width=768, depth=12, heads=12, mlp_dim=3072),
+  "L": dict(width=1024, depth=24, heads=16, mlp_dim=4096),
+  "So400m": dict(width=1152, depth=27, heads=16, mlp_dim=4304),
+}
 DEMO_ABLATIONS = ("sigmoid", "locca")  # with demo: the runs of the ablation table
 VARIANTS = (*SIZES, "naflex", "demo", *DEMO_ABLATIONS, "smoke")
 
@@ -96,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 10_000
 
   c.model.name = "clip"
-  image, text = siglip_towers(size["image"], variant=size["text"])
+  image, text = siglip_towers(size["image"], variant=size["text"], **TEXT_TOWERS[size["text"]])
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
   c.model.text.vocab_size = GEMMA_VOCAB  # the table's real size even before the tokenizer exists
@@ -129,6 +136,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train.shuffle = True
 
   imagenet_zeroshot_eval(c)
+  # Sec. 2.2: the text tower's shape with half its layers (vlpt's reading), the image tower's width
+  dims = TEXT_TOWERS[size["text"]]
+  _locca(
+    c,
+    {
+      "variant": size["text"],
+      "depth": dims["depth"] // 2,
+      "heads": dims["heads"],
+      "mlp_dim": dims["mlp_dim"],
+    },
+  )
   _self_distillation(c)
   large_tower_defaults(c)  # ViT-L and larger: scanned blocks, remat (docs/scale.md)
 
@@ -171,6 +189,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   image, text = siglip_towers("micro/8", variant="micro")
   c.model.image = ml_collections.ConfigDict(image)
   c.model.text = ml_collections.ConfigDict(text)
+  c.model.decoder = ml_collections.ConfigDict({"variant": "micro", "num_bins": 32})
   _no_self_distillation(c)
 
 
@@ -182,8 +201,10 @@ def _naflex(c: ml_collections.ConfigDict, small: bool) -> None:
   training draws a sequence length per step and fills a token budget (the fixed-resolution
   batch's patches: 32k x 256); the demo's micro/4 tower at 32 px has 4x4, 6x6 and 8x8 grids, and
   is evaluated at all three sequence lengths (16, 24 and 32 px held-out images). Without the
-  self-distillation stage: vlpt's local views are fixed-size crops (not NaFlex batches)."""
+  self-distillation stage (vlpt's local views are fixed-size crops, not NaFlex batches) and
+  without the LocCa decoder (vlpt's reads fixed-size images)."""
   _no_self_distillation(c)
+  _no_locca(c)
   c.model.image.naflex = True
   patch = int(c.model.image.variant.split("/")[1])
   full = (c.data.image_size // patch) ** 2
@@ -235,17 +256,29 @@ def _demo(c: ml_collections.ConfigDict, ablation: str | None) -> None:
       }
     }
   )
-  if ablation != "sigmoid":
-    _locca(c)
+  if ablation == "sigmoid":
+    _no_locca(c)
+  else:  # the image tower's width (64); the coordinate bins are finer than the 8 x 8 patch grid
+    _locca(c, {"variant": "micro", "num_bins": 32})
+    c.loss.decoder_chunk_length = 0  # a 128-row vocabulary: nothing to save
+    # its greedy captions of the held-out images are scored against the shuffled baseline
+    c.eval.datasets.heldout.tasks = (*c.eval.datasets.heldout.tasks, "captioning")
 
 
-def _locca(c: ml_collections.ConfigDict) -> None:
-  """Sec. 2.2: a LocCa decoder on the un-pooled patch tokens (captioning, ARef and GCap on the
-  built-in data's boxes; half the sequences predicted in parallel), weight 1 beside the sigmoid
-  loss; its greedy captions of the held-out images are scored against the shuffled baseline."""
+def _locca(c: ml_collections.ConfigDict, decoder: dict) -> None:
+  """Sec. 2.2: a LocCa decoder on the un-pooled patch tokens, as wide as the image tower
+  (captioning; ARef and GCap where the data has boxes: ``config.data.train.boxes``; half the
+  sequences predicted in parallel), weight 1 beside the sigmoid loss. Its head and cross-entropy
+  run 16 positions at a time: the Gemma vocabulary's logits of a whole sequence would be
+  gigabytes per chip (docs/models.md)."""
   c.model.name = "locca"
-  # the image tower's width (64); the coordinate bins are finer than the 8 x 8 patch grid
-  c.model.decoder = ml_collections.ConfigDict({"variant": "micro", "num_bins": 32})
+  c.model.decoder = ml_collections.ConfigDict(decoder)
   c.loss.decoder_weight = 1.0
   c.loss.parallel_fraction = 0.5
-  c.eval.datasets.heldout.tasks = (*c.eval.datasets.heldout.tasks, "captioning")
+  c.loss.decoder_chunk_length = 16
+
+
+def _no_locca(c: ml_collections.ConfigDict) -> None:
+  c.model.name = "clip"
+  c.model.decoder = ml_collections.ConfigDict()
+  c.loss.decoder_chunk_length = 0

@@ -121,6 +121,9 @@ def default_config() -> ml_collections.ConfigDict:
   # predicted in parallel (mask-token inputs, no causal mask: CapPa, arXiv:2306.07915)
   c.loss.decoder_weight = 1.0
   c.loss.parallel_fraction = 0.5
+  # > 0: the decoder's output head and cross-entropy this many positions at a time (each chunk's
+  # logits recomputed in the backward pass): [B, chunk, V] logits held instead of [B, L, V]
+  c.loss.decoder_chunk_length = 0
 
   # A frozen teacher for the teacher losses (config.loss.name "distill" or "cwcl"): any source
   # vlpt.load accepts; it must tokenize like config.data.tokenizer

@@ -129,7 +129,13 @@ def test_recipe_settings_follow_the_papers():
   assert s2.data.tokenizer.context_length == 64 and s2.data.tokenizer.lower_case
   assert s2.model.image.variant == "g-opt/16" and s2.model.text.variant == "So400m"
   assert s2.model.image.scan and s2.model.text.scan  # large towers
-  assert siglip2.get_config("naflex").model.image.naflex
+  # Sec. 2.2: the LocCa decoder at every size (the text tower's shape, half its layers), chunked
+  assert (s2.model.name, s2.model.decoder.variant, s2.model.decoder.depth) == ("locca", "So400m", 13)
+  assert s2.loss.decoder_chunk_length == 16 and s2.loss.decoder_weight == 1.0
+  b16 = siglip2.get_config("B16").model.text  # SigLIP's text tower: the image tower's dimensions
+  assert (b16.width, b16.depth, b16.heads, b16.mlp_dim) == (768, 12, 12, 3072)
+  naflex = siglip2.get_config("naflex")
+  assert naflex.model.image.naflex and naflex.model.name == "clip"  # vlpt's decoder: fixed size
   demo, sigmoid = siglip2.get_config("demo"), siglip2.get_config("demo,sigmoid")
   assert "dense_probe" in demo.eval.datasets.heldout.tasks
   assert (demo.seed, demo.total_steps, demo.batch_size) == (

@@ -398,3 +398,48 @@ def test_cwcl_matches_equation_and_reduces_to_clip_with_one_hot_weights():
   logp = z - np.log(np.exp(z).sum(1, keepdims=True))
   logq = z.T - np.log(np.exp(z.T).sum(1, keepdims=True))
   assert uniform == pytest.approx((np.mean(-logp.mean(1)) + np.mean(-logq.mean(1))) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 5, 8, 64])
+def test_chunked_token_nll_equals_the_whole_head_and_gradient(chunk):
+  from vlpt.losses.captioning import chunked_token_nll, token_nll
+
+  kh, kw, ky = jax.random.split(jax.random.key(0), 3)
+  hidden = jax.random.normal(kh, (3, 21, 16))
+  kernel = jax.random.normal(kw, (16, 300)) * 0.3
+  labels = jax.random.randint(ky, (3, 21), 0, 300)
+
+  def whole(h, w):
+    return token_nll(h @ w, labels)
+
+  def chunked(h, w):
+    return chunked_token_nll(h, lambda x: x @ w, labels, chunk)
+
+  np.testing.assert_allclose(chunked(hidden, kernel), whole(hidden, kernel), rtol=1e-6, atol=1e-6)
+  weights = jax.random.uniform(ky, (3, 21))
+  g_whole = jax.grad(lambda h, w: jnp.sum(whole(h, w) * weights), argnums=(0, 1))(hidden, kernel)
+  g_chunk = jax.grad(lambda h, w: jnp.sum(chunked(h, w) * weights), argnums=(0, 1))(hidden, kernel)
+  for a, b in zip(g_whole, g_chunk, strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_token_nll_holds_a_fraction_of_the_logits():
+  """What the chunking is for: XLA's temporaries of the loss and its gradient with a large
+  vocabulary shrink with the chunk (the whole [B, L, V] logits are 32 MiB here)."""
+  from vlpt.losses.captioning import chunked_token_nll
+
+  hidden = jax.ShapeDtypeStruct((4, 64, 32), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((32, 32768), jnp.float32)
+  labels = jax.ShapeDtypeStruct((4, 64), jnp.int32)
+
+  def temp_bytes(chunk):
+    def loss(h, w, y):
+      return jnp.mean(chunked_token_nll(h, lambda x: x @ w, y, chunk))
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(hidden, kernel, labels).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  logits_bytes = 4 * 64 * 32768 * 4
+  whole, chunked = temp_bytes(0), temp_bytes(8)
+  assert whole >= logits_bytes
+  assert chunked < whole / 3

@@ -69,6 +69,20 @@ def test_total_is_sigmoid_plus_weighted_decoder_and_gradient_is_finite():
   assert np.abs(grads["image"]["patch_embed"]).sum() > 0
 
 
+def test_chunked_decoder_loss_equals_the_whole_one():
+  """config.loss.decoder_chunk_length (the head and cross-entropy a few positions at a time, each
+  chunk recomputed in the backward pass) changes the memory, not the loss or its gradient; 5 does
+  not divide the decoder's length (padded and cut)."""
+  whole, m0, g0, _ = _loss_and_grad(_config())
+  chunked, m1, g1, _ = _loss_and_grad(_config(**{"loss.decoder_chunk_length": 5}))
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+  for term in ("caption_loss", "aref_loss", "gcap_loss"):
+    np.testing.assert_allclose(m1[term], m0[term], rtol=1e-6, err_msg=term)
+  for path, a in jax.tree_util.tree_leaves_with_path(g0):
+    b = dict(jax.tree_util.tree_leaves_with_path(g1))[path]
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
 def test_without_boxes_the_decoder_trains_captioning_only():
   loss, m, _, batch = _loss_and_grad(_config(**{"data.train.boxes": False}))
   assert "boxes" not in batch
@@ -81,6 +95,7 @@ def test_without_boxes_the_decoder_trains_captioning_only():
   [
     ({"loss.parallel_fraction": 1.5}, "parallel_fraction must be in"),
     ({"loss.decoder_weight": -1.0}, "decoder_weight must be >= 0"),
+    ({"loss.decoder_chunk_length": -1}, "decoder_chunk_length must be >= 0"),
     ({"accumulation_steps": 2}, "LocCa with config.accumulation_steps > 1"),
     ({"model.init_logit_bias": None}, "sigmoid' needs a logit bias"),
   ],

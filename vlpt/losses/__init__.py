@@ -190,7 +190,7 @@ def _cwcl(impl: str = "gather") -> Callable:
 
 
 # config.loss keys an objective reads (not a loss function's arguments)
-OBJECTIVE_KEYS = ("caption_weight", "decoder_weight", "parallel_fraction")
+OBJECTIVE_KEYS = ("caption_weight", "decoder_weight", "parallel_fraction", "decoder_chunk_length")
 
 
 def _filtered_kwargs(builder: Callable, name: str, kwargs: dict) -> dict:

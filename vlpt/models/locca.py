@@ -125,6 +125,16 @@ class LocCaDecoder(nnx.Module):
     self, tokens: jax.Array, image_tokens: jax.Array, *, parallel: jax.Array | None = None
   ) -> jax.Array:
     """Teacher forcing; ``parallel`` [B] bool: rows whose self-attention is not causal."""
+    return self.logits(self.hidden(tokens, image_tokens, parallel=parallel))
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """The output head on final states [..., W] -> float32 logits [..., V']."""
+    return self.head(hidden).astype(jnp.float32)
+
+  def hidden(
+    self, tokens: jax.Array, image_tokens: jax.Array, *, parallel: jax.Array | None = None
+  ) -> jax.Array:
+    """The final (normalized) states [B, L, W] under teacher forcing, before the output head."""
     length = tokens.shape[1]
     if length > self.context_length:
       raise ValueError(f"decoder input length {length} exceeds its context {self.context_length}")
@@ -135,12 +145,12 @@ class LocCaDecoder(nnx.Module):
       causal = jnp.tril(jnp.ones((length, length), bool))
       mask = causal[None, None] | parallel[:, None, None, None]
       x = self.transformer(x, mask=mask, context=image_tokens)
-    return self.head(self.ln_final(x)).astype(jnp.float32)
+    return self.ln_final(x)
 
   def decode_step(self, tokens: jax.Array, position: jax.Array, image_tokens: jax.Array) -> jax.Array:
     """Next-token logits [B, V'] after appending ``tokens`` [B, 1] at ``position`` (KV cache)."""
     x = self.transformer(self._embed(tokens, position), context=image_tokens, decode=True)
-    return self.head(self.ln_final(x)).astype(jnp.float32)[:, -1]
+    return self.logits(self.ln_final(x))[:, -1]
 
 
 def _image_width(image: dict) -> int:

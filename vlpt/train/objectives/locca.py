@@ -8,6 +8,9 @@ automatic referring expression (ARef: phrase -> box) and grounded captioning (GC
 phrase). The sequences and the box encoding are :mod:`vlpt.models.locca`'s; the loss reads only
 the predicted part of each sequence, and ``config.loss.parallel_fraction`` of the sequences are
 predicted in parallel (CapPa). The decoder term is the sum of the three tasks' token means.
+``config.loss.decoder_chunk_length`` > 0 computes the output head and cross-entropy that many
+positions at a time (:func:`vlpt.losses.captioning.chunked_token_nll`: the same numbers, a
+fraction of the logits' memory; SigLIP 2's 256k vocabulary needs it at pod batch sizes).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from vlpt.losses.captioning import masked_mean, token_nll
+from vlpt.losses.captioning import chunked_token_nll, masked_mean
 from vlpt.models.locca import TASKS, decoder_inputs, parallel_rows, task_sequences
 from vlpt.train.objectives.contrastive import ContrastiveObjective
 
@@ -42,6 +45,11 @@ class LoccaObjective(ContrastiveObjective):
       raise ValueError(f"config.loss.parallel_fraction must be in [0, 1], got {loss.parallel_fraction}")
     if float(loss.decoder_weight) < 0:
       raise ValueError(f"config.loss.decoder_weight must be >= 0, got {loss.decoder_weight}")
+    if int(loss.decoder_chunk_length) < 0:
+      raise ValueError(
+        f"config.loss.decoder_chunk_length must be >= 0 (0: all positions at once), "
+        f"got {loss.decoder_chunk_length}"
+      )
 
   def __init__(self, setup: Any):
     super().__init__(setup)
@@ -51,6 +59,7 @@ class LoccaObjective(ContrastiveObjective):
     self.pad = int(tok.pad_id)
     self.fraction = float(self.config.loss.parallel_fraction)
     self.weight = float(self.config.loss.decoder_weight)
+    self.chunk = int(self.config.loss.decoder_chunk_length)
 
   def decoder_loss(self, model: Any, batch: dict, image_tokens: Any) -> dict[str, Any]:
     """The decoder's terms on ``batch`` (captions, and boxes when the batch has them)."""
@@ -61,7 +70,8 @@ class LoccaObjective(ContrastiveObjective):
     inputs, labels, mask = decoder_inputs(model.decoder, seqs, parallel)
     per_example = rows // image_tokens.shape[0]
     context = jnp.repeat(image_tokens, per_example, axis=0)  # example-major, as the sequences
-    nll = token_nll(model.decoder(inputs, context, parallel=parallel), labels)
+    hidden = model.decoder.hidden(inputs, context, parallel=parallel)
+    nll = chunked_token_nll(hidden, model.decoder.logits, labels, self.chunk)
     terms = {
       f"{name}_loss": masked_mean(nll, mask & (seqs["task"] == i)[:, None])
       for i, name in enumerate(TASKS)
