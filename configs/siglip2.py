@@ -12,8 +12,9 @@ seen (= 1,220,703 steps); Adam with learning rate 1e-3 and decoupled weight deca
 clipped to norm 1 (vlpt's reading of Sec. 2.1; the optimizer is AdamW here). Sec. 2.2: the LocCa
 decoder (captioning, referring-expression prediction, grounded captioning) on the un-pooled image
 tokens (vlpt's reading: the text tower's shape with half its layers, as wide as the image tower;
-captioning only unless the data carries boxes, config.data.train.boxes). Sec. 2.3: self-distillation and masked prediction added for the last 20% of training.
-Sec. 2.4: NaFlex (native aspect ratio, several sequence lengths).
+captioning only unless the data carries boxes, config.data.train.boxes). Sec. 2.3:
+self-distillation and masked prediction added for the last 20% of training. Sec. 2.4: NaFlex
+(native aspect ratio, several sequence lengths).
 
 Reported (zero-shot; fixed-resolution models, the paper's Table 1 as the released model cards
 quote it): ImageNet-1k top-1 / COCO text->image R@1 / image->text R@1:
