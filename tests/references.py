@@ -66,3 +66,25 @@ def run_clip_benchmark_probe(torch, lp, root, splits, seed=0):
         )
   finally:
     torch.set_num_threads(threads)
+
+
+def perturb_torch(torch, model):
+  """Every tensor moved off its init (no zero bias or unit scale can hide a layout bug)."""
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+  return model.eval()
+
+
+def big_vision_scanned(npz):
+  """big_vision's scanned layout of a plain npz dict: one ``encoderblock`` with a leading depth axis."""
+  groups, out = {}, {}
+  for key, value in npz.items():
+    if "encoderblock_" in key:
+      head, _, tail = key.partition("encoderblock_")
+      idx, _, rest = tail.partition("/")
+      groups.setdefault(f"{head}encoderblock/{rest}", {})[int(idx)] = value
+    else:
+      out[key] = value
+  return {**out, **{k: np.stack([v[i] for i in sorted(v)]) for k, v in groups.items()}}

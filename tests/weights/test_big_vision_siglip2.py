@@ -15,17 +15,11 @@ import pytest
 import vlpt
 from vlpt.weights.big_vision import from_big_vision, to_big_vision
 
+from references import big_vision_scanned, perturb_torch
+
 TOL = 1e-5
 PATCH, GRID, TEXT_LEN = 4, 4, 16
 SIZES = ((30, 70), (90, 20), (48, 48), (9, 200))  # wide, tall, square, extreme
-
-
-def _perturb(torch, model):
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-  return model.eval()
 
 
 def _attention(sd, hf: str, bv: str, heads: int) -> dict[str, np.ndarray]:
@@ -105,20 +99,6 @@ def _to_npz(ref, naflex: bool) -> dict[str, np.ndarray]:
   return {f"params/{k}": v for k, v in flat.items()}
 
 
-def _scanned(npz: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """big_vision's scanned layout: one ``encoderblock`` with a leading depth axis."""
-  groups: dict[str, dict[int, np.ndarray]] = {}
-  out = {}
-  for key, value in npz.items():
-    if "encoderblock_" in key:
-      head, _, tail = key.partition("encoderblock_")
-      idx, _, rest = tail.partition("/")
-      groups.setdefault(f"{head}encoderblock/{rest}", {})[int(idx)] = value
-    else:
-      out[key] = value
-  return {**out, **{k: np.stack([v[i] for i in sorted(v)]) for k, v in groups.items()}}
-
-
 def _text_embeddings(torch, ref, ids):
   with torch.no_grad():
     out = ref.get_text_features(input_ids=torch.as_tensor(ids, dtype=torch.long))
@@ -154,7 +134,7 @@ def naflex_ref():
     text_config={**tower, "vocab_size": 350, "max_position_embeddings": TEXT_LEN},
     vision_config={**tower, "num_patches": GRID * GRID, "patch_size": PATCH},
   )
-  return _perturb(torch, transformers.Siglip2Model(config))
+  return perturb_torch(torch, transformers.Siglip2Model(config))
 
 
 def test_naflex_npz_matches_transformers_siglip2(torch_reference, naflex_ref, tmp_path):
@@ -167,7 +147,7 @@ def test_naflex_npz_matches_transformers_siglip2(torch_reference, naflex_ref, tm
   npz = _to_npz(naflex_ref, naflex=True)
   assert npz["params/img/pos_embedding"].shape == (GRID, GRID, 32)
   np.savez(tmp_path / "plain.npz", **npz)
-  np.savez(tmp_path / "scanned.npz", **_scanned(npz))
+  np.savez(tmp_path / "scanned.npz", **big_vision_scanned(npz))
   rng = np.random.RandomState(0)
   images = [Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
   ids = _ids(350)
@@ -240,11 +220,11 @@ def test_fixed_resolution_npz_has_siglips_layout_with_a_256k_vocabulary(torch_re
     },
     vision_config={**vision, "image_size": 16, "patch_size": 4},
   )
-  ref = _perturb(torch, transformers.SiglipModel(config))
+  ref = perturb_torch(torch, transformers.SiglipModel(config))
   npz = _to_npz(ref, naflex=False)
   assert npz["params/txt/Embed_0/embedding"].shape == (256_000, 16)
   assert npz["params/txt/head/kernel"].shape == (16, 32)
-  np.savez(tmp_path / "siglip2.npz", **_scanned(npz))
+  np.savez(tmp_path / "siglip2.npz", **big_vision_scanned(npz))
   loaded = vlpt.load(str(tmp_path / "siglip2.npz"))
   model = loaded.bundle.model
   assert not model["image"].get("naflex") and model["text"]["vocab_size"] == 256_000

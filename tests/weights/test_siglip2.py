@@ -17,6 +17,8 @@ import pytest
 import vlpt
 from vlpt.models.vit import resize_positions
 
+from references import perturb_torch
+
 TOL = 1e-5
 PATCH, GRID, TEXT_LEN = 4, 4, 64
 # (height, width): wide, tall, square, extreme; each gives its own patch grid
@@ -55,15 +57,6 @@ def _gemma_like_tokenizer(directory, template: str) -> None:
   (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def _perturb(torch, model):
-  """Every tensor moved off its init (no zero bias or unit scale can hide a layout bug)."""
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-  return model.eval()
-
-
 @pytest.fixture(scope="module")
 def siglip2_dir(tmp_path_factory):
   """A small random perturbed HF Siglip2Model directory with processor and tokenizer files."""
@@ -89,7 +82,7 @@ def siglip2_dir(tmp_path_factory):
     patch_size=PATCH,
   )
   torch.manual_seed(0)
-  ref = _perturb(
+  ref = perturb_torch(
     torch, transformers.Siglip2Model(transformers.Siglip2Config(text_config=text, vision_config=vision))
   )
   path = tmp_path_factory.mktemp("siglip2") / "hf"
@@ -207,7 +200,7 @@ def test_fixed_resolution_siglip2_reads_its_gemma_tokenizer(torch_reference, tmp
     text_config={**tower, "vocab_size": 350, "max_position_embeddings": 16},
     vision_config={**tower, "image_size": 16, "patch_size": 8},
   )
-  ref = _perturb(torch, transformers.SiglipModel(config))
+  ref = perturb_torch(torch, transformers.SiglipModel(config))
   ref.save_pretrained(str(tmp_path / "hf"))
   _gemma_like_tokenizer(tmp_path / "hf", "<bos> $A")
   loaded = vlpt.load(str(tmp_path / "hf"))

@@ -25,6 +25,8 @@ from vlpt.weights.io import write_safetensors
 from vlpt.weights.open_clip import from_open_clip, to_open_clip
 from vlpt.weights.state import assign_params, flat_params
 
+from references import big_vision_scanned
+
 TOL = 1e-5
 IMAGES = np.random.RandomState(0).randn(3, 32, 32, 3).astype(np.float32)
 
@@ -263,18 +265,7 @@ def test_big_vision_npz_plain_and_scanned(torch_reference, tmp_path):
   )
   npz = to_big_vision(bv_model, flat)
   np.savez(tmp_path / "plain.npz", **npz)
-  # big_vision's scanned layout: one 'encoderblock' with a leading depth axis
-  scanned = {}
-  for key, value in npz.items():
-    if "encoderblock_" in key:
-      head, _, tail = key.partition("encoderblock_")
-      idx, _, rest = tail.partition("/")
-      scanned.setdefault(f"{head}encoderblock/{rest}", {})[int(idx)] = value
-    else:
-      scanned[key] = value
-  scanned = {
-    k: (np.stack([v[i] for i in sorted(v)]) if isinstance(v, dict) else v) for k, v in scanned.items()
-  }
+  scanned = big_vision_scanned(npz)
   np.savez(tmp_path / "scanned.npz", **scanned)
   ids = _ids(100, 16, 99)
   ref_i, ref_t, _ = _hf_outputs(torch, ref, ids)
