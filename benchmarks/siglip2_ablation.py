@@ -4,7 +4,7 @@ prediction (``configs/siglip2.py:demo,sigmoid`` / ``:demo,locca`` / ``:demo``), 
 (``:demo,sigmoid,naflex``) at three sequence lengths.
 
   python benchmarks/siglip2_ablation.py --root DIR [--runs sigmoid,locca,all,naflex] [--reuse]
-                                       [--steps N]
+                                       [--steps N] [--seeds 0,1,2]
 
 Each run trains with ``vlpt-train`` into ``DIR/<run>`` (the same seed, steps and batch: only the
 losses differ) and the script prints the final held-out figures from each ``metrics.jsonl``:
@@ -12,8 +12,13 @@ the dense per-patch probe (accuracy, foreground accuracy, mIoU; docs/evaluation.
 top-1, retrieval R@5 and, for runs with a LocCa decoder, greedy captions' CIDEr-D against their
 own images' references and against shuffled ones. ``--reuse`` reads a run whose workdir already
 holds its final step instead of training it again. ``--steps N`` shortens every run alike
-(``total_steps``, evaluation and checkpoint at the end; the stage still starts at 80%). The
-last line is
+(``total_steps``, evaluation and checkpoint at the end; the stage still starts at 80%).
+
+``--seeds`` trains every run once per seed (``config.seed``; seed 0 in ``DIR/<run>``, seed k in
+``DIR/<run>_seed<k>``) and prints each seed's row, then the mean and the sample standard
+deviation over seeds: at the demo's size, one seed's held-out zero-shot top-1 moves by several
+points from seed to seed (docs/recipes.md), more than the differences the ablation asks about, so
+a single-seed comparison says little. The last line compares the seeds' means:
 ``dense_gain_points=<all - sigmoid, accuracy x 100> zeroshot_delta_points=<all - sigmoid>``.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -74,13 +80,56 @@ def train(config: str, workdir: str, overrides: list[str]) -> float:
   return time.perf_counter() - t0
 
 
+def workdir_of(root: str, run: str, seed: int) -> str:
+  return os.path.join(root, run if seed == 0 else f"{run}_seed{seed}")
+
+
+def mean_std(values: list[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def print_table(results: dict[str, dict[int, dict[str, float]]]) -> None:
+  """One row per run and seed; with several seeds, then one row per run of mean ± std."""
+  print("| run | seed | " + " | ".join(name for name, _ in COLUMNS) + " |")
+  print("|---|---|" + "---|" * len(COLUMNS))
+  for run, by_seed in results.items():
+    for seed, m in by_seed.items():
+      cells = [f"{m[key]:.4f}" if key in m else "-" for _, key in COLUMNS]
+      print(f"| {run} | {seed} | " + " | ".join(cells) + " |")
+  if any(len(by_seed) > 1 for by_seed in results.values()):
+    for run, by_seed in results.items():
+      cells = []
+      for _, key in COLUMNS:
+        values = [m[key] for m in by_seed.values() if key in m]
+        cells.append(mean_std(values) if values else "-")
+      print(f"| {run} | mean ± std ({len(by_seed)}) | " + " | ".join(cells) + " |")
+
+
+def print_naflex(m: dict[str, float]) -> None:
+  print("\nNaFlex run, held-out at three sequence lengths:")
+  print("| eval set | patches | zero-shot top-1 | dense acc | dense mIoU |")
+  print("|---|---|---|---|---|")
+  keys = ("zeroshot/top1", "dense_probe/accuracy", "dense_probe/miou")
+  for name, patches in (("heldout_16px", 16), ("heldout_24px", 36), ("heldout", 64)):
+    cells = ["-" if m.get(f"{name}/{k}") is None else f"{m[f'{name}/{k}']:.4f}" for k in keys]
+    print(f"| {name} | {patches} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--root", required=True, help="the runs' workdirs go here")
   p.add_argument("--runs", default="sigmoid,locca,all,naflex")
   p.add_argument("--reuse", action="store_true", help="read finished workdirs instead of training")
   p.add_argument("--steps", type=int, default=None, help="every run's total_steps")
+  p.add_argument("--seeds", default="0", help="config.seed values (comma-separated)")
   args = p.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  runs = args.runs.split(",")
+  unknown = [r for r in runs if r not in RUNS]
+  if unknown:
+    p.error(f"--runs: unknown {unknown}; choose from {sorted(RUNS)}")
   overrides = []
   if args.steps:
     overrides = [f"--config.{k}={args.steps}" for k in ("total_steps", "eval_every_steps")]
@@ -88,33 +137,28 @@ def main() -> None:
   sys.path.insert(0, REPO)
   from vlpt.config import load_config
 
-  results = {}
-  for run in args.runs.split(","):
+  results: dict[str, dict[int, dict[str, float]]] = {}
+  for run in runs:
     config = RUNS[run]
-    workdir = os.path.join(args.root, run)
     steps = args.steps or int(load_config(config).total_steps)
-    if not (args.reuse and finished(workdir, steps)):
-      print(f"training {config} into {workdir}: {train(config, workdir, overrides):.0f} s", flush=True)
-    results[run] = final_metrics(workdir)
+    for seed in seeds:
+      workdir = workdir_of(args.root, run, seed)
+      if not (args.reuse and finished(workdir, steps)):
+        seconds = train(config, workdir, [*overrides, f"--config.seed={seed}"])
+        print(f"training {config} (seed {seed}) into {workdir}: {seconds:.0f} s", flush=True)
+      results.setdefault(run, {})[seed] = final_metrics(workdir)
 
-  print("| run | config | " + " | ".join(name for name, _ in COLUMNS) + " |")
-  print("|---|---|" + "---|" * len(COLUMNS))
-  for run, m in results.items():
-    cells = [f"{m[key]:.4f}" if key in m else "-" for _, key in COLUMNS]
-    print(f"| {run} | `{RUNS[run]}` | " + " | ".join(cells) + " |")
+  print_table(results)
   if "naflex" in results:
-    m = results["naflex"]
-    print("\nNaFlex run, held-out at three sequence lengths:")
-    print("| eval set | patches | zero-shot top-1 | dense acc | dense mIoU |")
-    print("|---|---|---|---|---|")
-    keys = ("zeroshot/top1", "dense_probe/accuracy", "dense_probe/miou")
-    for name, patches in (("heldout_16px", 16), ("heldout_24px", 36), ("heldout", 64)):
-      cells = ["-" if m.get(f"{name}/{k}") is None else f"{m[f'{name}/{k}']:.4f}" for k in keys]
-      print(f"| {name} | {patches} | " + " | ".join(cells) + " |")
+    print_naflex(results["naflex"][seeds[0]])
   if "all" in results and "sigmoid" in results:
-    a, s = results["all"], results["sigmoid"]
-    gain = 100 * (a["heldout/dense_probe/accuracy"] - s["heldout/dense_probe/accuracy"])
-    delta = 100 * (a["heldout/zeroshot/top1"] - s["heldout/zeroshot/top1"])
+
+    def mean(run: str, key: str) -> float:
+      return statistics.mean(m[key] for m in results[run].values())
+
+    dense, zeroshot = "heldout/dense_probe/accuracy", "heldout/zeroshot/top1"
+    gain = 100 * (mean("all", dense) - mean("sigmoid", dense))
+    delta = 100 * (mean("all", zeroshot) - mean("sigmoid", zeroshot))
     print(f"dense_gain_points={gain:.2f} zeroshot_delta_points={delta:.2f}")
 
 
