@@ -152,6 +152,15 @@ def test_config_errors_are_one_line(overrides, message):
   assert "\n" not in str(e.value)
 
 
+def test_raw_parameters_of_a_self_distillation_run_can_be_evaluated():
+  """The EMA-teacher error names the fix for ``vlpt-eval --config.ema.decay=0``, and the fix
+  validates: the terms off, the EMA off."""
+  with pytest.raises(ConfigError, match="--config.self_distillation.weight=0"):
+    validate(_config(**{"ema.decay": 0.0}), num_devices=8)
+  off = {"ema.decay": 0.0, "self_distillation.weight": 0.0, "self_distillation.masked_weight": 0.0}
+  validate(_config(**off), num_devices=8)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_logs_the_terms_from_the_start(tmp_path):

@@ -61,7 +61,9 @@ def check_config(config: Any) -> None:
     return
   if float(config.ema.decay) <= 0:
     raise ValueError(
-      "config.self_distillation needs the EMA teacher: set config.ema.decay > 0 (e.g. 0.999)"
+      "config.self_distillation needs the EMA teacher: set config.ema.decay > 0 (e.g. 0.999); "
+      "to evaluate such a run's raw parameters (vlpt-eval --config.ema.decay=0), also turn the "
+      "terms off: --config.self_distillation.weight=0 --config.self_distillation.masked_weight=0"
     )
   if not config.model.image.get("ssl_head"):
     raise ValueError(
