@@ -6,7 +6,7 @@ prediction (``configs/siglip2.py:demo,sigmoid`` / ``:demo,locca`` / ``:demo``), 
   python benchmarks/siglip2_ablation.py --root DIR [--runs sigmoid,locca,all,naflex] [--reuse]
                                        [--steps N] [--seeds 0,1,2]
 
-Each run trains with ``vlpt-train`` into ``DIR/<run>`` (the same seed, steps and batch: only the
+Each run trains with ``vlpt-train`` into ``DIR/<run>`` (the same seeds, steps and batch: only the
 losses differ) and the script prints the final held-out figures from each ``metrics.jsonl``:
 the dense per-patch probe (accuracy, foreground accuracy, mIoU; docs/evaluation.md), zero-shot
 top-1, retrieval R@5 and, for runs with a LocCa decoder, greedy captions' CIDEr-D against their
