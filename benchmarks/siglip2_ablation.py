@@ -4,7 +4,7 @@ prediction (``configs/siglip2.py:demo,sigmoid`` / ``:demo,locca`` / ``:demo``), 
 (``:demo,sigmoid,naflex``) at three sequence lengths.
 
   python benchmarks/siglip2_ablation.py --root DIR [--runs sigmoid,locca,all,naflex] [--reuse]
-                                       [--steps N] [--seeds 0,1,2]
+                                       [--steps N] [--seeds 0,1,2] [--set KEY=VALUE ...]
 
 Each run trains with ``vlpt-train`` into ``DIR/<run>`` (the same seeds, steps and batch: only the
 losses differ) and the script prints the final held-out figures from each ``metrics.jsonl``:
@@ -18,7 +18,11 @@ holds its final step instead of training it again. ``--steps N`` shortens every 
 ``DIR/<run>_seed<k>``) and prints each seed's row, then the mean and the sample standard
 deviation over seeds: at the demo's size, one seed's held-out zero-shot top-1 moves by several
 points from seed to seed (docs/recipes.md), more than the differences the ablation asks about, so
-a single-seed comparison says little. The last line compares the seeds' means:
+a single-seed comparison says little. ``--set KEY=VALUE`` (repeatable) overrides a config key in
+every run alike, e.g. wider towers: ``--set model.image.variant=demo/4 --set
+model.text.variant=demo --set model.embed_dim=128 --set model.decoder.variant=demo`` (the sigmoid
+run has no decoder: keys under ``model.decoder`` are left out of it). The last line compares the
+seeds' means:
 ``dense_gain_points=<all - sigmoid, accuracy x 100> zeroshot_delta_points=<all - sigmoid>``.
 """
 
@@ -124,6 +128,7 @@ def main() -> None:
   p.add_argument("--reuse", action="store_true", help="read finished workdirs instead of training")
   p.add_argument("--steps", type=int, default=None, help="every run's total_steps")
   p.add_argument("--seeds", default="0", help="config.seed values (comma-separated)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   runs = args.runs.split(",")
@@ -134,6 +139,10 @@ def main() -> None:
   if args.steps:
     overrides = [f"--config.{k}={args.steps}" for k in ("total_steps", "eval_every_steps")]
     overrides.append(f"--config.checkpoint_every_steps={args.steps}")
+  for item in args.set:
+    key, sep, _ = item.partition("=")
+    if not sep or not key:
+      p.error(f"--set {item!r}: expected KEY=VALUE, e.g. model.embed_dim=128")
   sys.path.insert(0, REPO)
   from vlpt.config import load_config
 
@@ -143,8 +152,10 @@ def main() -> None:
     steps = args.steps or int(load_config(config).total_steps)
     for seed in seeds:
       workdir = workdir_of(args.root, run, seed)
+      no_decoder = run in ("sigmoid", "naflex")
+      sets = [f"--config.{s}" for s in args.set if not (no_decoder and s.startswith("model.decoder."))]
       if not (args.reuse and finished(workdir, steps)):
-        seconds = train(config, workdir, [*overrides, f"--config.seed={seed}"])
+        seconds = train(config, workdir, [*overrides, *sets, f"--config.seed={seed}"])
         print(f"training {config} (seed {seed}) into {workdir}: {seconds:.0f} s", flush=True)
       results.setdefault(run, {})[seed] = final_metrics(workdir)
 
