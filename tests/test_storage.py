@@ -44,14 +44,34 @@ def test_files_round_trip(root, tmp_path):
   assert not storage.exists(storage.join(root, "a.txt")) and storage.listdir(root) == []
 
 
-def test_metric_writer_on_gcs_rewrites_the_object_and_uploads_events(gcs_bucket, tmp_path, monkeypatch):
+def test_append_bytes_locally_and_on_gcs(gcs_bucket, tmp_path, monkeypatch):
+  for root in (str(tmp_path), gcs_bucket):
+    path = storage.join(root, "log.txt")
+    for chunk in (b"one\n", b"two\n", b"three\n"):
+      storage.append_bytes(path, chunk)
+    assert storage.read_bytes(path) == b"one\ntwo\nthree\n"
+    assert storage.listdir(root) == ["log.txt"]  # no part object left behind
+  # a bucket that cannot compose (zonal): read and written back whole
+  path = storage.join(gcs_bucket, "log.txt")
+  fs = storage._remote_fs(path)
+  monkeypatch.setattr(type(fs), "merge", lambda *a, **k: (_ for _ in ()).throw(NotImplementedError()))
+  storage.append_bytes(path, b"four\n")
+  assert storage.read_bytes(path) == b"one\ntwo\nthree\nfour\n"
+  assert storage.listdir(gcs_bucket) == ["log.txt"]
+
+
+def test_metric_writer_on_gcs_appends_rows_and_events(gcs_bucket, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   workdir = gcs_bucket + "/run"
   path = storage.join(workdir, METRICS_FILE)
+  uploads = []  # the size of every object upload: a write sends its row, not the whole file
+  write_bytes = storage.write_bytes
+  monkeypatch.setattr(storage, "write_bytes", lambda p, d: (uploads.append(len(d)), write_bytes(p, d)))
   writer = MetricWriter(workdir)
-  for step in (1, 2, 3):
-    writer.write(step, {"train/loss": 1.0 / step})
+  for step in range(1, 31):
+    writer.write(step, {"train/loss": 1.0 / step, "train/accuracy": step / 30})
     assert [r["step"] for r in read_rows(path)] == list(range(1, step + 1))  # visible at once
+  assert storage.file_size(path) > 30 * 50 and max(uploads) < 200  # each upload: one row or event
   writer.close()
   # a resume from step 2 drops the rows after it, then appends
   writer = MetricWriter(workdir, resume_step=2)
@@ -64,7 +84,7 @@ def test_metric_writer_on_gcs_rewrites_the_object_and_uploads_events(gcs_bucket,
   assert len(events) == 2 and all(n.startswith("events.out.tfevents") for n in events)
   storage.download(storage.join(workdir, "tensorboard"), str(tmp_path / "tb"))
   steps = sorted(_scalar_steps(tmp_path / "tb" / name, "train/loss") for name in events)
-  assert steps == [[1, 2, 3], [3]]  # one file per writer (the two started in the same second)
+  assert steps == [list(range(1, 31)), [3]]  # one file per writer (the two started in the same second)
   assert not os.path.exists(tmp_path / "gs:")
 
 

@@ -8,7 +8,9 @@ TensorFlow); orbax writes checkpoint arrays to the same URLs with tensorstore.
 GCS objects are written whole and have no append and no atomic rename: :func:`write_text` /
 :func:`write_bytes` replace a local file through a temporary file and ``os.replace`` (a kill never
 leaves half a file under the final name), and upload an object in one request (an object is
-visible complete or not at all).
+visible complete or not at all). :func:`append_bytes` appends to an object by composing it with
+an upload of the new bytes alone (GCS compose), so a log that grows all run long costs each write
+its own size, not the object's.
 """
 
 from __future__ import annotations
@@ -146,6 +148,33 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
+
+
+def append_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Appends ``data`` to ``path``, creating it if absent.
+
+  Remotely the bytes go up as an object of their own beside ``path`` and a server-side compose
+  makes ``path`` + that object the new ``path`` (the object is visible before or after the append,
+  never in between; GCS composite objects: https://cloud.google.com/storage/docs/composite-objects),
+  then the part is deleted; where the bucket cannot compose (zonal buckets), the object is read
+  and written back whole.
+  """
+  path = str(path)
+  if not is_remote(path):
+    with open(path, "ab") as f:
+      f.write(data)
+    return
+  if not exists(path):
+    write_bytes(path, data)
+    return
+  part = f"{path}.append-{uuid.uuid4().hex[:12]}"
+  write_bytes(part, data)
+  try:
+    _remote_fs(path).merge(resolve(path), [resolve(path), resolve(part)])
+  except NotImplementedError:
+    write_bytes(path, read_bytes(path) + data)
+  finally:
+    _fresh(part).unlink(missing_ok=True)
 
 
 def upload(local: str, path: str | os.PathLike) -> None:

@@ -1,9 +1,10 @@
 """Metric sinks: ``WORKDIR/metrics.jsonl``, TensorBoard event files (no TensorFlow), stdout.
 
 Only process 0 writes; every process may call them. On a ``gs://`` workdir, which has no append,
-the writer keeps the file's rows and uploads the whole object at each write, and writes the
-event file locally and uploads it after each flush: a log interval costs one upload of each (a
-training row is about 300 bytes: 10,000 log intervals make a 3 MB object).
+each row is appended with :func:`vlpt.storage.append_bytes` (an upload of the row and a
+server-side compose), and the event file is written locally and its new bytes appended the same
+way after each flush: a log interval costs what it adds (a training row is about 300 bytes),
+however long the run has been logging.
 """
 
 from __future__ import annotations
@@ -36,16 +37,15 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
-    self._remote_text = None  # a remote metrics.jsonl: its whole text, uploaded at each write
+    self._remote = False  # a gs:// metrics.jsonl: each row is appended to the object
     if not self.enabled:
       return
     storage.makedirs(workdir)
     self._path = path = storage.join(workdir, METRICS_FILE)
     if resume_step is not None and storage.exists(path):
       _keep_rows_until(path, resume_step)
-    if storage.is_remote(path):
-      self._remote_text = storage.read_text(path) if storage.exists(path) else ""
-    else:
+    self._remote = storage.is_remote(path)
+    if not self._remote:
       self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -55,6 +55,7 @@ class MetricWriter:
       self._tb_dir = storage.join(workdir, "tensorboard")
       remote = storage.is_remote(self._tb_dir)
       self._tb_local = tempfile.mkdtemp(prefix="vlpt-tensorboard-") if remote else None
+      self._tb_uploaded: dict[str, int] = {}  # remote: each local event file's bytes appended
       # (tensorboardX names the file by the second: a writer started in the same second, such as
       # vlpt-eval's, would replace it without a suffix of its own)
       self._tb = SummaryWriter(
@@ -73,8 +74,7 @@ class MetricWriter:
       self._jsonl.write(line)
       self._jsonl.flush()
     else:
-      self._remote_text += line
-      storage.write_text(self._path, self._remote_text)
+      storage.append_bytes(self._path, line.encode("utf-8"))
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and value is not None:
@@ -83,9 +83,17 @@ class MetricWriter:
       self._upload_events()
 
   def _upload_events(self) -> None:
-    if self._tb_local is not None:
-      for name in os.listdir(self._tb_local):
-        storage.upload(os.path.join(self._tb_local, name), storage.join(self._tb_dir, name))
+    """Appends what the local event files gained since the last upload (event files only grow)."""
+    if self._tb_local is None:
+      return
+    for name in os.listdir(self._tb_local):
+      done = self._tb_uploaded.get(name, 0)
+      with open(os.path.join(self._tb_local, name), "rb") as f:
+        f.seek(done)
+        new = f.read()
+      if new:
+        storage.append_bytes(storage.join(self._tb_dir, name), new)
+        self._tb_uploaded[name] = done + len(new)
 
   def close(self) -> None:
     if self._jsonl is not None:
