@@ -47,3 +47,47 @@ def test_unknown_run_is_refused(tmp_path):
     text=True,
   )
   assert r.returncode == 2 and "unknown ['sigmod']" in r.stderr
+
+
+def _ablation_module():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "siglip2_ablation", os.path.join(REPO, "benchmarks", "siglip2_ablation.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_set_overrides_reach_every_run_but_decoder_keys_skip_the_decoderless(tmp_path, monkeypatch):
+  module = _ablation_module()
+  calls = {}
+
+  def fake_train(config, workdir, overrides):
+    calls[config] = overrides
+    _fake_run(workdir, dense=0.9, zeroshot=0.3)
+    return 0.0
+
+  monkeypatch.setattr(module, "train", fake_train)
+  sets = ["--set", "model.embed_dim=128", "--set", "model.decoder.variant=demo"]
+  argv = ["x", "--root", str(tmp_path), "--runs", "sigmoid,all", "--seeds", "2", *sets]
+  monkeypatch.setattr(sys, "argv", argv)
+  module.main()
+  assert calls["configs/siglip2.py:demo,sigmoid"] == ["--config.model.embed_dim=128", "--config.seed=2"]
+  assert calls["configs/siglip2.py:demo"] == [
+    "--config.model.embed_dim=128",
+    "--config.model.decoder.variant=demo",
+    "--config.seed=2",
+  ]
+  assert os.path.exists(tmp_path / "all_seed2" / "metrics.jsonl")
+
+
+def test_malformed_set_is_refused(tmp_path):
+  r = subprocess.run(
+    [sys.executable, "benchmarks/siglip2_ablation.py", "--root", str(tmp_path), "--set", "seed"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert r.returncode == 2 and "--set 'seed': expected KEY=VALUE" in r.stderr
