@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from vlpt import storage
+from vlpt.train import writers
 from vlpt.train.writers import METRICS_FILE, MetricWriter, read_rows
 
 
@@ -64,14 +65,24 @@ def test_metric_writer_on_gcs_appends_rows_and_events(gcs_bucket, tmp_path, monk
   monkeypatch.chdir(tmp_path)
   workdir = gcs_bucket + "/run"
   path = storage.join(workdir, METRICS_FILE)
-  uploads = []  # the size of every object upload: a write sends its row, not the whole file
+  # whole re-uploads up to 600 bytes (one request each), appends by compose past that
+  monkeypatch.setattr(writers, "COMPOSE_ABOVE", 600)
+  uploads = []  # (object name, size) of every upload
   write_bytes = storage.write_bytes
-  monkeypatch.setattr(storage, "write_bytes", lambda p, d: (uploads.append(len(d)), write_bytes(p, d)))
+  monkeypatch.setattr(
+    storage,
+    "write_bytes",
+    lambda p, d: (uploads.append((storage.basename(p), len(d))), write_bytes(p, d)),
+  )
   writer = MetricWriter(workdir)
   for step in range(1, 31):
     writer.write(step, {"train/loss": 1.0 / step, "train/accuracy": step / 30})
     assert [r["step"] for r in read_rows(path)] == list(range(1, step + 1))  # visible at once
-  assert storage.file_size(path) > 30 * 50 and max(uploads) < 200  # each upload: one row or event
+  assert storage.file_size(path) > 30 * 70 and max(size for _, size in uploads) <= 600
+  metrics = [size for name, size in uploads if name.startswith(METRICS_FILE)]
+  assert metrics[:3] == sorted(metrics[:3]) and metrics[2] > 200  # whole: growing
+  assert max(metrics[-10:]) < 100  # appended: one row each
+  assert all(".append-" not in n for n in storage.listdir(workdir))
   writer.close()
   # a resume from step 2 drops the rows after it, then appends
   writer = MetricWriter(workdir, resume_step=2)

@@ -150,8 +150,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
-def append_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Appends ``data`` to ``path``, creating it if absent.
+def append_bytes(path: str | os.PathLike, data: bytes, *, exists_now: bool | None = None) -> None:
+  """Appends ``data`` to ``path``, creating it if absent (``exists_now``: the caller knows whether
+  it exists, which saves a request).
 
   Remotely the bytes go up as an object of their own beside ``path`` and a server-side compose
   makes ``path`` + that object the new ``path`` (the object is visible before or after the append,
@@ -164,7 +165,7 @@ def append_bytes(path: str | os.PathLike, data: bytes) -> None:
     with open(path, "ab") as f:
       f.write(data)
     return
-  if not exists(path):
+  if not (exists(path) if exists_now is None else exists_now):
     write_bytes(path, data)
     return
   part = f"{path}.append-{uuid.uuid4().hex[:12]}"

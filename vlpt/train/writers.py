@@ -1,10 +1,12 @@
 """Metric sinks: ``WORKDIR/metrics.jsonl``, TensorBoard event files (no TensorFlow), stdout.
 
 Only process 0 writes; every process may call them. On a ``gs://`` workdir, which has no append,
-each row is appended with :func:`vlpt.storage.append_bytes` (an upload of the row and a
-server-side compose), and the event file is written locally and its new bytes appended the same
-way after each flush: a log interval costs what it adds (a training row is about 300 bytes),
-however long the run has been logging.
+a write re-uploads the whole ``metrics.jsonl`` object (one request) while it is at most
+:data:`COMPOSE_ABOVE` bytes, and past that appends its row with :func:`vlpt.storage.append_bytes`
+(three requests: the row's upload, a server-side compose, the row object's deletion), so a write
+never costs more than a megabyte's upload however long the run logs (a training row is about 300
+bytes: a megabyte is about 3,000 log intervals). The event file is written locally and uploaded
+after each flush the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import jax
 from vlpt import storage
 
 METRICS_FILE = "metrics.jsonl"  # one JSON object per line, with "step"
+# remote files up to this size are re-uploaded whole at each write (one request, whose upload time
+# at this size is about a request's latency); larger ones are appended to by compose (three)
+COMPOSE_ABOVE = 1 << 20
 
 
 class MetricWriter:
@@ -37,7 +42,8 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
-    self._remote = False  # a gs:// metrics.jsonl: each row is appended to the object
+    self._remote = False  # a gs:// metrics.jsonl
+    self._remote_data = None  # its bytes while small enough to be re-uploaded whole, then None
     if not self.enabled:
       return
     storage.makedirs(workdir)
@@ -45,7 +51,9 @@ class MetricWriter:
     if resume_step is not None and storage.exists(path):
       _keep_rows_until(path, resume_step)
     self._remote = storage.is_remote(path)
-    if not self._remote:
+    if self._remote:
+      self._remote_data = storage.read_bytes(path) if storage.exists(path) else b""
+    else:
       self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -73,8 +81,13 @@ class MetricWriter:
     if self._jsonl is not None:
       self._jsonl.write(line)
       self._jsonl.flush()
-    else:
-      storage.append_bytes(self._path, line.encode("utf-8"))
+    elif self._remote_data is not None and len(self._remote_data) + len(line) <= COMPOSE_ABOVE:
+      self._remote_data += line.encode("utf-8")
+      storage.write_bytes(self._path, self._remote_data)
+    else:  # past the limit: the object exists (a first row over a megabyte is created by this)
+      exists_now = self._remote_data != b""
+      self._remote_data = None
+      storage.append_bytes(self._path, line.encode("utf-8"), exists_now=exists_now)
     if self._tb is not None:
       for key, value in row.items():
         if key != "step" and value is not None:
@@ -83,17 +96,22 @@ class MetricWriter:
       self._upload_events()
 
   def _upload_events(self) -> None:
-    """Appends what the local event files gained since the last upload (event files only grow)."""
+    """Uploads the local event files (whole up to :data:`COMPOSE_ABOVE` bytes, then what each
+    gained since its last upload, appended: event files only grow)."""
     if self._tb_local is None:
       return
     for name in os.listdir(self._tb_local):
+      local, remote = os.path.join(self._tb_local, name), storage.join(self._tb_dir, name)
       done = self._tb_uploaded.get(name, 0)
-      with open(os.path.join(self._tb_local, name), "rb") as f:
-        f.seek(done)
-        new = f.read()
-      if new:
-        storage.append_bytes(storage.join(self._tb_dir, name), new)
-        self._tb_uploaded[name] = done + len(new)
+      whole = os.path.getsize(local) <= COMPOSE_ABOVE
+      with open(local, "rb") as f:
+        f.seek(0 if whole else done)
+        data = f.read()
+      if whole:
+        storage.write_bytes(remote, data)
+      elif data:
+        storage.append_bytes(remote, data, exists_now=done > 0)
+      self._tb_uploaded[name] = (0 if whole else done) + len(data)
 
   def close(self) -> None:
     if self._jsonl is not None:
