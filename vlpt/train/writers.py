@@ -42,16 +42,14 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
-    self._remote = False  # a gs:// metrics.jsonl
-    self._remote_data = None  # its bytes while small enough to be re-uploaded whole, then None
+    self._remote_data = None  # a gs:// metrics.jsonl's bytes while small enough to re-upload whole
     if not self.enabled:
       return
     storage.makedirs(workdir)
     self._path = path = storage.join(workdir, METRICS_FILE)
     if resume_step is not None and storage.exists(path):
       _keep_rows_until(path, resume_step)
-    self._remote = storage.is_remote(path)
-    if self._remote:
+    if storage.is_remote(path):
       self._remote_data = storage.read_bytes(path) if storage.exists(path) else b""
     else:
       self._jsonl = open(path, "a", encoding="utf-8")
