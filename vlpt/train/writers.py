@@ -26,8 +26,8 @@ import jax
 from vlpt import storage
 
 METRICS_FILE = "metrics.jsonl"  # one JSON object per line, with "step"
-# remote files up to this size are re-uploaded whole at each write (one request, whose upload time
-# at this size is about a request's latency); larger ones are appended to by compose (three)
+# remote files up to this size are re-uploaded whole at each write (one request); larger ones are
+# appended to by compose (three requests, each carrying only the new bytes)
 COMPOSE_ABOVE = 1 << 20
 
 
